@@ -1,0 +1,51 @@
+"""bitnn: binary normalized neural networks on ordinary CPUs.
+
+``import bitnn`` needs only numpy. The PyTorch training layers live in
+:mod:`bitnn.nn` and are imported only when used.
+"""
+from bitnn._version import __version__
+from bitnn.errors import FormatError, KernelError
+from bitnn.ops import linear, pack_bits, unpack_bits
+
+__all__ = ["__version__", "FormatError", "KernelError", "linear", "pack_bits", "unpack_bits",
+           "system_info"]
+
+
+def system_info() -> dict:
+    """What this copy of bitnn can do on this machine.
+
+    Keys: ``version``, ``cpu_features`` (usable by this process: cpuid and OS
+    support), ``kernels_compiled``, ``kernels_supported``, ``kernel`` (the one
+    used by default; ``None`` and ``kernel_error`` set when BITNN_KERNEL
+    asks for one that cannot run), ``threads`` (default thread count),
+    ``available_cpus``.
+    """
+    from bitnn import _core
+
+    info = {
+        "version": __version__,
+        "cpu_features": _core.cpu_features(),
+        "kernels_compiled": _core.kernels_compiled(),
+        "kernels_supported": _core.kernels_supported(),
+        "available_cpus": _core.available_cpus(),
+    }
+    try:
+        info["kernel"] = _core.default_kernel()
+    except KernelError as e:
+        info["kernel"] = None
+        info["kernel_error"] = str(e)
+    try:
+        info["threads"] = _core.default_threads()
+    except ValueError as e:
+        info["threads"] = None
+        info["threads_error"] = str(e)
+    return info
+
+
+def __getattr__(name):
+    # Torch-dependent parts load on first use so that `import bitnn` stays light.
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("bitnn.nn")
+    raise AttributeError(f"module 'bitnn' has no attribute {name!r}")

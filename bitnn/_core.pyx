@@ -1,0 +1,248 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Low-level binding of the C core (csrc/bitnn.h).
+
+Every function here checks shapes, dtypes and values before it calls C, and
+releases the GIL around the computation. The friendlier API lives in
+``bitnn/ops.py``; this module is what it calls.
+"""
+import math
+import threading
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint64_t, uint32_t
+
+from bitnn.errors import KernelError
+
+cnp.import_array()
+
+_ACTIVATIONS = {None: BITNN_ACT_LINEAR, "linear": BITNN_ACT_LINEAR, "relu": BITNN_ACT_RELU,
+                "gelu": BITNN_ACT_GELU, "softmax": BITNN_ACT_SOFTMAX}
+
+
+# --------------------------------------------------------------- CPU, kernels
+def cpu_features():
+    """Names of the CPU features this process can use (cpuid AND OS support)."""
+    cdef uint32_t f = bitnn_cpu_features()
+    out = []
+    for bit in range(32):
+        name = bitnn_cpu_feature_name(bit)
+        if name != NULL and (f >> bit) & 1:
+            out.append(name.decode())
+    return out
+
+
+def kernels_compiled():
+    """Kernels built into this copy of bitnn."""
+    return [bitnn_isa_name(i).decode() for i in range(BITNN_ISA_COUNT) if bitnn_isa_compiled(i)]
+
+
+def kernels_supported():
+    """Kernels built in that this CPU can run."""
+    return [bitnn_isa_name(i).decode() for i in range(BITNN_ISA_COUNT) if bitnn_isa_supported(i)]
+
+
+def default_kernel():
+    """The kernel used when none is named: BITNN_KERNEL if set, else the best one."""
+    cdef int isa = 0
+    cdef char msg[256]
+    msg[0] = 0
+    cdef bitnn_status s = bitnn_isa_default(&isa, msg, sizeof(msg))
+    if s != BITNN_OK:
+        raise KernelError(msg.decode())
+    return bitnn_isa_name(isa).decode()
+
+
+cdef int _resolve_kernel(kernel) except -1:
+    if kernel is None:
+        kernel = default_kernel()
+    if not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a name such as 'ref' or 'avx512', not {type(kernel).__name__}")
+    cdef int isa = bitnn_isa_from_name(kernel.encode())
+    if isa < 0:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of "
+                         f"{[bitnn_isa_name(i).decode() for i in range(BITNN_ISA_COUNT)]}")
+    if not bitnn_isa_compiled(isa):
+        raise KernelError(f"the {kernel} kernel is not compiled into this build of bitnn "
+                          f"(compiled: {', '.join(kernels_compiled())})")
+    if not bitnn_isa_supported(isa):
+        raise KernelError(f"this CPU cannot run the {kernel} kernel "
+                          f"(supported here: {', '.join(kernels_supported())})")
+    return isa
+
+
+# ------------------------------------------------------------------- threads
+def available_cpus():
+    """CPUs this process may use (affinity mask and cgroup quota)."""
+    return bitnn_available_cpus()
+
+
+def default_threads():
+    """BITNN_NUM_THREADS if set, else available_cpus()."""
+    cdef int n = 0
+    cdef char msg[256]
+    msg[0] = 0
+    if bitnn_default_threads(&n, msg, sizeof(msg)) != BITNN_OK:
+        raise ValueError(msg.decode())
+    return n
+
+
+cdef class ThreadPool:
+    """A pool of `size` threads in total (the calling thread is one of them)."""
+
+    def __cinit__(self, int size):
+        if size < 1 or size > 1024:
+            raise ValueError(f"threads must be from 1 to 1024, got {size}")
+        cdef bitnn_status s = bitnn_pool_create(size, &self.pool)
+        if s != BITNN_OK:
+            raise RuntimeError(f"could not start {size} threads: {bitnn_status_str(s).decode()}")
+        self.size = size
+
+    def __dealloc__(self):
+        if self.pool != NULL:
+            bitnn_pool_destroy(self.pool)
+            self.pool = NULL
+
+    def __repr__(self):
+        return f"ThreadPool(size={self.size})"
+
+
+_pools = {}
+_pools_lock = threading.Lock()
+
+
+def get_pool(threads=None):
+    """The shared pool for a thread count (None: default_threads())."""
+    if threads is None:
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, not {type(threads).__name__}")
+    threads = int(threads)
+    if threads < 1 or threads > 1024:
+        raise ValueError(f"threads must be from 1 to 1024, got {threads}")
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPool(threads)
+    return pool
+
+
+# ------------------------------------------------------------ argument checks
+cdef object _as_input(x, name="x"):
+    """2-D float32 C-contiguous, finite. Other real dtypes are converted."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, features), got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+cdef object _as_bits(w, size_t rows, size_t k, name):
+    """Packed bits: uint64, C-contiguous, shape (rows, ceil(k/64)), zero padding."""
+    if not isinstance(w, np.ndarray) or w.dtype != np.uint64:
+        raise TypeError(f"{name} must be a numpy uint64 array of packed bits (see bitnn.pack_bits)")
+    cdef size_t wpr = bitnn_words_per_row(k)
+    if w.ndim != 2 or w.shape[0] != rows or w.shape[1] != wpr:
+        raise ValueError(f"{name} has shape {w.shape}, expected ({rows}, {wpr}) for "
+                         f"{rows} rows of {k} bits")
+    w = np.ascontiguousarray(w)
+    if k % 64 and rows and (w[:, wpr - 1] >> np.uint64(k % 64)).any():
+        raise ValueError(f"{name} has non-zero padding bits beyond bit {k} of a row")
+    return w
+
+
+cdef object _as_bias(b, size_t n):
+    """Packed bias bits: uint64, shape (ceil(n/64),)."""
+    if not isinstance(b, np.ndarray) or b.dtype != np.uint64:
+        raise TypeError("bias must be a numpy uint64 array of packed bits (see bitnn.pack_bits)")
+    if b.ndim != 1:
+        raise ValueError(f"bias must be 1-D packed bits, got shape {b.shape}")
+    return _as_bits(b.reshape(1, -1), 1, n, "bias")
+
+
+cdef bitnn_act _act(activation) except *:
+    try:
+        return _ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         "None, 'linear', 'relu', 'gelu', 'softmax'") from None
+
+
+cdef float _eps(eps) except *:
+    e = float(eps)
+    if not (math.isfinite(e) and e > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    return e
+
+
+cdef _check(bitnn_status s):
+    if s != BITNN_OK:
+        raise RuntimeError(f"bitnn core: {bitnn_status_str(s).decode()}")
+
+
+# ----------------------------------------------------------------- the ops
+def binary_gemm(x, weight, size_t out_features, bias=None, threads=None, kernel=None):
+    """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64))."""
+    xa = _as_input(x)
+    cdef size_t M = xa.shape[0], K = xa.shape[1], N = out_features
+    if K == 0:
+        raise ValueError("x must have at least one feature")
+    if N == 0:
+        raise ValueError("out_features must be at least 1")
+    wa = _as_bits(weight, N, K, "weight")
+    ba = None if bias is None else _as_bias(bias, N)
+    cdef int isa = _resolve_kernel(kernel)
+    cdef ThreadPool pool = get_pool(threads)
+    out = np.empty((M, N), dtype=np.float32)
+    cdef const float[:, ::1] xv = xa
+    cdef const uint64_t[:, ::1] wv = wa
+    cdef const uint64_t[:, ::1] bv
+    cdef float[:, ::1] ov = out
+    cdef const uint64_t *bp = NULL
+    if ba is not None:
+        bv = ba
+        bp = &bv[0, 0]
+    cdef bitnn_status s
+    if M == 0:
+        return out
+    with nogil:
+        s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, isa, pool.pool)
+    _check(s)
+    return out
+
+
+def linear(x, weight, size_t out_features, bias=None, activation=None, eps=1e-5,
+           threads=None, kernel=None):
+    """y = act(Normalize(x @ W_b.T + b_b)) (PAPER.md BNFCL), x (M, K) float32."""
+    xa = _as_input(x)
+    cdef size_t M = xa.shape[0], K = xa.shape[1], N = out_features
+    if K == 0:
+        raise ValueError("x must have at least one feature")
+    if N == 0:
+        raise ValueError("out_features must be at least 1")
+    wa = _as_bits(weight, N, K, "weight")
+    ba = None if bias is None else _as_bias(bias, N)
+    cdef bitnn_act act = _act(activation)
+    cdef float e = _eps(eps)
+    cdef int isa = _resolve_kernel(kernel)
+    cdef ThreadPool pool = get_pool(threads)
+    out = np.empty((M, N), dtype=np.float32)
+    if M == 0:
+        return out
+    cdef const float[:, ::1] xv = xa
+    cdef const uint64_t[:, ::1] wv = wa
+    cdef const uint64_t[:, ::1] bv
+    cdef float[:, ::1] ov = out
+    cdef const uint64_t *bp = NULL
+    if ba is not None:
+        bv = ba
+        bp = &bv[0, 0]
+    cdef bitnn_status s
+    with nogil:
+        s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, isa, pool.pool)
+    _check(s)
+    return out

@@ -1,0 +1,179 @@
+/*
+ * cpu.c - CPU feature detection and the choice of kernel.
+ *
+ * On x86 a feature is usable only if cpuid reports it AND the OS saves the
+ * registers it needs (xgetbv XCR0): YMM state for AVX2, ZMM + opmask state
+ * for AVX-512. Which kernels are compiled in is decided by setup.py through
+ * the BITNN_HAVE_* macros.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BITNN_X86 1
+#include <cpuid.h>
+static uint64_t xgetbv0(void)
+{
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+#endif
+
+static uint32_t detect(void)
+{
+    uint32_t f = 0;
+#if defined(BITNN_X86)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    if ((c >> 20) & 1) f |= BITNN_CPU_SSE42;
+    uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    const int ymm_ok = (xcr0 & 0x6) == 0x6;
+    const int zmm_ok = (xcr0 & 0xe6) == 0xe6;
+    if (avx && ymm_ok) f |= BITNN_CPU_AVX;
+    if (fma && ymm_ok) f |= BITNN_CPU_FMA;
+    unsigned max_leaf = __get_cpuid_max(0, NULL);
+    if (max_leaf >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        if (((b >> 5) & 1) && ymm_ok) f |= BITNN_CPU_AVX2;
+        if (zmm_ok) {
+            if ((b >> 16) & 1) f |= BITNN_CPU_AVX512F;
+            if ((b >> 17) & 1) f |= BITNN_CPU_AVX512DQ;
+            if ((b >> 30) & 1) f |= BITNN_CPU_AVX512BW;
+            if ((b >> 31) & 1) f |= BITNN_CPU_AVX512VL;
+            if ((c >> 11) & 1) f |= BITNN_CPU_AVX512VNNI;
+            if ((c >> 14) & 1) f |= BITNN_CPU_AVX512VPOPCNTDQ;
+        }
+    }
+#elif defined(__aarch64__) || defined(_M_ARM64)
+    f |= BITNN_CPU_NEON;
+#if defined(__ARM_FEATURE_DOTPROD)
+    f |= BITNN_CPU_DOTPROD;
+#endif
+#endif
+    return f;
+}
+
+uint32_t bitnn_cpu_features(void)
+{
+    /* Racing first calls compute the same value; the store is idempotent. */
+    static volatile uint32_t cached = 0;
+    static volatile int done = 0;
+    if (!done) {
+        cached = detect();
+        done = 1;
+    }
+    return cached;
+}
+
+static const char *const feature_names[] = {
+    "sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+    "avx512dq", "avx512vnni", "avx512vpopcntdq", "neon", "dotprod"};
+
+const char *bitnn_cpu_feature_name(int bit)
+{
+    if (bit < 0 || bit >= (int)(sizeof feature_names / sizeof feature_names[0])) return NULL;
+    return feature_names[bit];
+}
+
+/* ------------------------------------------------------------ kernel table */
+static const char *const isa_names[BITNN_ISA_COUNT] = {"ref", "avx2", "avx512", "neon"};
+
+static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
+    [BITNN_ISA_REF] = {bitnn_gemm_f32_ref},
+#if defined(BITNN_HAVE_AVX2)
+    [BITNN_ISA_AVX2] = {bitnn_gemm_f32_avx2},
+#endif
+#if defined(BITNN_HAVE_AVX512)
+    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512},
+#endif
+#if defined(BITNN_HAVE_NEON)
+    [BITNN_ISA_NEON] = {bitnn_gemm_f32_neon},
+#endif
+};
+
+const bitnn_kernel_set *bitnn_kernels_for(int isa)
+{
+    if (isa < 0 || isa >= BITNN_ISA_COUNT) return NULL;
+    return &kernel_table[isa];
+}
+
+const char *bitnn_isa_name(int isa)
+{
+    return (isa >= 0 && isa < BITNN_ISA_COUNT) ? isa_names[isa] : "?";
+}
+
+int bitnn_isa_from_name(const char *name)
+{
+    for (int i = 0; i < BITNN_ISA_COUNT; i++)
+        if (name && strcmp(name, isa_names[i]) == 0) return i;
+    return -1;
+}
+
+int bitnn_isa_compiled(int isa)
+{
+    return isa >= 0 && isa < BITNN_ISA_COUNT && kernel_table[isa].gemm_f32 != NULL;
+}
+
+int bitnn_isa_supported(int isa)
+{
+    if (!bitnn_isa_compiled(isa)) return 0;
+    const uint32_t f = bitnn_cpu_features();
+    switch (isa) {
+    case BITNN_ISA_REF: return 1;
+    case BITNN_ISA_AVX2: return (f & BITNN_CPU_AVX2) != 0;
+    case BITNN_ISA_AVX512: return (f & BITNN_CPU_AVX512F) != 0;
+    case BITNN_ISA_NEON: return (f & BITNN_CPU_NEON) != 0;
+    default: return 0;
+    }
+}
+
+bitnn_status bitnn_isa_default(int *isa, char *msg, size_t msg_len)
+{
+    const char *env = getenv("BITNN_KERNEL");
+    if (env && *env && strcmp(env, "auto") != 0) {
+        int want = bitnn_isa_from_name(env);
+        if (want < 0) {
+            snprintf(msg, msg_len, "BITNN_KERNEL=%s is not a kernel name "
+                     "(expected one of ref, avx2, avx512, neon, auto)", env);
+            return BITNN_EENV;
+        }
+        if (!bitnn_isa_compiled(want)) {
+            snprintf(msg, msg_len, "BITNN_KERNEL=%s: this build of bitnn has no %s kernel", env, env);
+            return BITNN_EUNSUPPORTED;
+        }
+        if (!bitnn_isa_supported(want)) {
+            snprintf(msg, msg_len, "BITNN_KERNEL=%s: this CPU (or OS) cannot run the %s kernel",
+                     env, env);
+            return BITNN_EUNSUPPORTED;
+        }
+        *isa = want;
+        return BITNN_OK;
+    }
+    static const int preference[] = {BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON};
+    for (size_t i = 0; i < sizeof preference / sizeof preference[0]; i++)
+        if (bitnn_isa_supported(preference[i])) {
+            *isa = preference[i];
+            return BITNN_OK;
+        }
+    *isa = BITNN_ISA_REF;
+    return BITNN_OK;
+}
+
+const char *bitnn_status_str(bitnn_status s)
+{
+    switch (s) {
+    case BITNN_OK: return "ok";
+    case BITNN_EINVAL: return "invalid argument";
+    case BITNN_ENOMEM: return "out of memory";
+    case BITNN_EUNSUPPORTED: return "kernel not available on this CPU or build";
+    case BITNN_EENV: return "bad environment variable";
+    case BITNN_ESYS: return "system call failed";
+    case BITNN_EFORMAT: return "malformed model file";
+    }
+    return "unknown status";
+}

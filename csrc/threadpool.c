@@ -1,0 +1,255 @@
+/*
+ * threadpool.c - a small fixed-size pool of POSIX threads (no OpenMP).
+ *
+ * bitnn_parallel_for splits [0, n) into one contiguous range per thread, in
+ * multiples of `grain`. Callers only ever split work whose items are computed
+ * independently (output rows, input rows), so results do not depend on the
+ * number of threads.
+ *
+ * Workers spin briefly on the job counter before sleeping on a condition
+ * variable: token-by-token decoding issues many small jobs back to back and
+ * a futex wake-up per job would dominate.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bitnn.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ volatile("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define SPIN_ITERS 20000
+
+struct bitnn_pool {
+    int n;                 /* threads in total, the caller included */
+    pthread_t *workers;    /* n - 1 */
+    pthread_mutex_t mu;    /* guards sleeping / waking */
+    pthread_cond_t wake;   /* new job or stop */
+    pthread_cond_t done;   /* pending reached 0 */
+    pthread_mutex_t run_mu;/* one job at a time per pool */
+    /* the current job, published by incrementing generation */
+    bitnn_range_fn fn;
+    void *ctx;
+    size_t items, grain;
+    atomic_uint generation;
+    atomic_int pending;
+    atomic_int stop;
+};
+
+typedef struct {
+    bitnn_pool *pool;
+    int index;
+} worker_arg;
+
+static void run_share(bitnn_pool *p, int t)
+{
+    const size_t blocks = (p->items + p->grain - 1) / p->grain;
+    const size_t b0 = blocks * (size_t)t / (size_t)p->n;
+    const size_t b1 = blocks * (size_t)(t + 1) / (size_t)p->n;
+    size_t begin = b0 * p->grain, end = b1 * p->grain;
+    if (end > p->items) end = p->items;
+    if (begin < end) p->fn(p->ctx, begin, end);
+}
+
+static void *worker_main(void *arg)
+{
+    worker_arg wa = *(worker_arg *)arg;
+    free(arg);
+    bitnn_pool *p = wa.pool;
+    unsigned seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+    for (;;) {
+        unsigned g = seen;
+        for (int i = 0; i < SPIN_ITERS; i++) {
+            g = atomic_load_explicit(&p->generation, memory_order_acquire);
+            if (g != seen || atomic_load(&p->stop)) break;
+            CPU_RELAX();
+        }
+        if (g == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+                   !atomic_load(&p->stop))
+                pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = g;
+        run_share(p, wa.index);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    return NULL;
+}
+
+bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
+{
+    if (!out || n < 1 || n > 1024) return BITNN_EINVAL;
+    *out = NULL;
+    bitnn_pool *p = calloc(1, sizeof *p);
+    if (!p) return BITNN_ENOMEM;
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->run_mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->stop, 0);
+    if (n > 1) {
+        p->workers = calloc((size_t)(n - 1), sizeof *p->workers);
+        if (!p->workers) {
+            free(p);
+            return BITNN_ENOMEM;
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        int rc = wa ? 0 : ENOMEM;
+        if (wa) {
+            wa->pool = p;
+            wa->index = i;
+            rc = pthread_create(&p->workers[i - 1], NULL, worker_main, wa);
+            if (rc) free(wa);
+        }
+        if (rc) { /* stop the ones already started */
+            p->n = i;
+            bitnn_pool_destroy(p);
+            return rc == ENOMEM ? BITNN_ENOMEM : BITNN_ESYS;
+        }
+    }
+    *out = p;
+    return BITNN_OK;
+}
+
+void bitnn_pool_destroy(bitnn_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->workers[i - 1], NULL);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->run_mu);
+    free(p->workers);
+    free(p);
+}
+
+int bitnn_pool_size(const bitnn_pool *p) { return p ? p->n : 1; }
+
+void bitnn_parallel_for(bitnn_pool *p, size_t n, size_t grain, bitnn_range_fn fn, void *ctx)
+{
+    if (n == 0) return;
+    if (grain == 0) grain = 1;
+    if (!p || p->n == 1 || n <= grain) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pthread_mutex_lock(&p->run_mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->items = n;
+    p->grain = grain;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+
+    run_share(p, 0);
+
+    int spins = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins++ < SPIN_ITERS)
+        CPU_RELAX();
+    if (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
+            pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->run_mu);
+}
+
+/* ------------------------------------------------------- how many threads */
+static int cgroup_cpu_limit(void)
+{
+    /* cgroup v2: "max 100000" or "<quota> <period>" */
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f) {
+        char q[32] = {0};
+        long period = 0;
+        int ok = fscanf(f, "%31s %ld", q, &period) == 2;
+        fclose(f);
+        if (ok && strcmp(q, "max") != 0 && period > 0) {
+            long quota = atol(q);
+            if (quota > 0) return (int)((quota + period - 1) / period);
+        }
+        return 0;
+    }
+    /* cgroup v1 */
+    long quota = 0, period = 0;
+    f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &quota) != 1) quota = 0;
+        fclose(f);
+    }
+    f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &period) != 1) period = 0;
+        fclose(f);
+    }
+    if (quota > 0 && period > 0) return (int)((quota + period - 1) / period);
+    return 0;
+}
+
+int bitnn_available_cpus(void)
+{
+    int n = 0;
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+#endif
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    int limit = cgroup_cpu_limit();
+    if (limit > 0 && limit < n) n = limit;
+    if (n > 1024) n = 1024;
+    return n;
+}
+
+bitnn_status bitnn_default_threads(int *n, char *msg, size_t msg_len)
+{
+    const char *env = getenv("BITNN_NUM_THREADS");
+    if (env && *env) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(env, &end, 10);
+        if (errno || end == env || *end != '\0' || v < 1 || v > 1024) {
+            snprintf(msg, msg_len, "BITNN_NUM_THREADS=%s is not a whole number from 1 to 1024", env);
+            return BITNN_EENV;
+        }
+        *n = (int)v;
+        return BITNN_OK;
+    }
+    *n = bitnn_available_cpus();
+    return BITNN_OK;
+}
