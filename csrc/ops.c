@@ -5,6 +5,7 @@
  * differs between instruction sets.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernels.h"
 
@@ -53,56 +54,104 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
 }
 
 /* ------------------------------------------------------------- Normalize */
-typedef struct {
-    float *z;
-    size_t ldz, N;
-    float eps;
-    bitnn_act act;
-} norm_job;
+/* The sums of Normalize run over fixed chunks of NORM_CHUNK values (double
+ * partial sums, combined in chunk order), whatever the number of threads:
+ * a long row (the "chw" normalization of a whole feature map) can then be
+ * shared out between threads and still give the same bits. */
+#define NORM_CHUNK 4096
 
-static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
+static double sum_range(const float *z, size_t n0, size_t n1)
 {
-    double sum = 0.0;
-    for (size_t n = 0; n < N; n++) sum += z[n];
-    const double mean = sum / (double)N;
-    double ss = 0.0;
-    for (size_t n = 0; n < N; n++) {
+    double s = 0.0;
+    for (size_t n = n0; n < n1; n++) s += z[n];
+    return s;
+}
+
+static double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
+{
+    double s = 0.0;
+    for (size_t n = n0; n < n1; n++) {
         const double d = z[n] - mean;
-        ss += d * d;
+        s += d * d;
     }
-    const double inv = 1.0 / sqrt(ss / (double)N + eps);
+    return s;
+}
+
+/* Normalize + act of z[n0, n1) given the row's statistics. Softmax is split:
+ * act_range writes exp(v - max) and returns their sum; scale_range divides. */
+static double act_range(float *z, size_t n0, size_t n1, double mean, double inv, bitnn_act act,
+                        float mx)
+{
+    double total = 0.0;
     switch (act) {
     case BITNN_ACT_LINEAR:
-        for (size_t n = 0; n < N; n++) z[n] = (float)((z[n] - mean) * inv);
+        for (size_t n = n0; n < n1; n++) z[n] = (float)((z[n] - mean) * inv);
         break;
     case BITNN_ACT_RELU:
-        for (size_t n = 0; n < N; n++) {
+        for (size_t n = n0; n < n1; n++) {
             const float v = (float)((z[n] - mean) * inv);
             z[n] = v > 0.0f ? v : 0.0f;
         }
         break;
     case BITNN_ACT_GELU:
-        for (size_t n = 0; n < N; n++) {
+        for (size_t n = n0; n < n1; n++) {
             const double v = (float)((z[n] - mean) * inv);
             z[n] = (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
         }
         break;
-    case BITNN_ACT_SOFTMAX: {
-        float mx = -INFINITY;
-        for (size_t n = 0; n < N; n++) {
-            z[n] = (float)((z[n] - mean) * inv);
-            if (z[n] > mx) mx = z[n];
-        }
-        double total = 0.0;
-        for (size_t n = 0; n < N; n++) {
-            z[n] = (float)exp((double)z[n] - mx);
+    case BITNN_ACT_SOFTMAX:
+        for (size_t n = n0; n < n1; n++) {
+            const float v = (float)((z[n] - mean) * inv);
+            z[n] = (float)exp((double)v - mx);
             total += z[n];
         }
+        break;
+    default: break;
+    }
+    return total;
+}
+
+/* Row statistics computed chunk by chunk; `partial` has one slot per chunk. */
+typedef struct {
+    float *z;
+    size_t ldz, N;
+    double eps;
+    bitnn_act act;
+    /* single-row parallel mode */
+    double *partial;
+    double mean, inv, scale;
+    float mx;
+    int phase;
+} norm_job;
+
+static float norm_value_max(const float *z, size_t N, double mean, double inv)
+{
+    /* max of the normalized values, computed as (float) of each, like act_range */
+    float mx = -INFINITY;
+    for (size_t n = 0; n < N; n++) {
+        const float v = (float)((z[n] - mean) * inv);
+        if (v > mx) mx = v;
+    }
+    return mx;
+}
+
+static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
+{
+    double sum = 0.0;
+    for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
+        sum += sum_range(z, c0, c0 + NORM_CHUNK < N ? c0 + NORM_CHUNK : N);
+    const double mean = sum / (double)N;
+    double ss = 0.0;
+    for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
+        ss += sq_dev_range(z, c0, c0 + NORM_CHUNK < N ? c0 + NORM_CHUNK : N, mean);
+    const double inv = 1.0 / sqrt(ss / (double)N + eps);
+    const float mx = act == BITNN_ACT_SOFTMAX ? norm_value_max(z, N, mean, inv) : 0.0f;
+    double total = 0.0;
+    for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
+        total += act_range(z, c0, c0 + NORM_CHUNK < N ? c0 + NORM_CHUNK : N, mean, inv, act, mx);
+    if (act == BITNN_ACT_SOFTMAX) {
         const double scale = 1.0 / total;
         for (size_t n = 0; n < N; n++) z[n] = (float)(z[n] * scale);
-        break;
-    }
-    default: break;
     }
 }
 
@@ -112,6 +161,30 @@ static void normalize_rows(void *ctx, size_t m0, size_t m1)
     for (size_t m = m0; m < m1; m++) normalize_row(j->z + m * j->ldz, j->N, j->eps, j->act);
 }
 
+/* One long row, chunks shared out between threads; phases run in order. */
+static void normalize_chunks(void *ctx, size_t c0, size_t c1)
+{
+    norm_job *j = ctx;
+    for (size_t c = c0; c < c1; c++) {
+        const size_t n0 = c * NORM_CHUNK, n1 = n0 + NORM_CHUNK < j->N ? n0 + NORM_CHUNK : j->N;
+        switch (j->phase) {
+        case 0: j->partial[c] = sum_range(j->z, n0, n1); break;
+        case 1: j->partial[c] = sq_dev_range(j->z, n0, n1, j->mean); break;
+        case 2: j->partial[c] = act_range(j->z, n0, n1, j->mean, j->inv, j->act, j->mx); break;
+        default:
+            for (size_t n = n0; n < n1; n++) j->z[n] = (float)(j->z[n] * j->scale);
+            break;
+        }
+    }
+}
+
+static double ordered_sum(const double *v, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += v[i];
+    return s;
+}
+
 bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float eps,
                                  bitnn_act act, bitnn_pool *pool)
 {
@@ -119,7 +192,28 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
         return BITNN_EINVAL;
     if (M == 0) return BITNN_OK;
     if (!z) return BITNN_EINVAL;
-    norm_job j = {z, ldz, N, eps, act};
+    norm_job j = {z, ldz, N, eps, act, NULL, 0, 0, 0, 0, 0};
+    const size_t chunks = (N + NORM_CHUNK - 1) / NORM_CHUNK;
+    if (M == 1 && chunks >= 4 && bitnn_pool_size(pool) > 1) {
+        j.partial = malloc(chunks * sizeof(double));
+        if (!j.partial) return BITNN_ENOMEM;
+        j.phase = 0;
+        bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        j.mean = ordered_sum(j.partial, chunks) / (double)N;
+        j.phase = 1;
+        bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        j.inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)N + j.eps);
+        if (act == BITNN_ACT_SOFTMAX) j.mx = norm_value_max(z, N, j.mean, j.inv);
+        j.phase = 2;
+        bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        if (act == BITNN_ACT_SOFTMAX) {
+            j.scale = 1.0 / ordered_sum(j.partial, chunks);
+            j.phase = 3;
+            bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        }
+        free(j.partial);
+        return BITNN_OK;
+    }
     bitnn_parallel_for(pool, M, 1, normalize_rows, &j);
     return BITNN_OK;
 }
