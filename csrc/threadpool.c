@@ -69,7 +69,7 @@ static void *worker_main(void *arg)
     worker_arg wa = *(worker_arg *)arg;
     free(arg);
     bitnn_pool *p = wa.pool;
-    unsigned seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+    unsigned seen = 0; /* 0 at creation: a job published before we ran is not missed */
     for (;;) {
         unsigned g = seen;
         for (int i = 0; i < SPIN_ITERS; i++) {
