@@ -50,3 +50,76 @@ cdef extern from "bitnn.h" nogil:
 cdef class ThreadPool:
     cdef bitnn_pool *pool
     cdef readonly int size
+
+
+# ------------------------------------------------- .bnb files (csrc/json.h, csrc/bnb.h)
+cdef extern from "json.h" nogil:
+    int BJSON_MAX_DEPTH
+    int BJSON_MAX_NODES
+    ctypedef enum bjson_type:
+        BJSON_NULL
+        BJSON_FALSE
+        BJSON_TRUE
+        BJSON_NUMBER
+        BJSON_STRING
+        BJSON_ARRAY
+        BJSON_OBJECT
+    ctypedef struct bjson:
+        bjson_type type
+        double number
+        char *str
+        size_t len
+        size_t count
+        bjson *items
+        char **keys
+    bitnn_status bjson_parse(const char *text, size_t len, bjson **out, char *err, size_t errlen)
+    void bjson_free(bjson *v)
+    const bjson *bjson_get(const bjson *v, const char *key)
+    int bjson_get_int(const bjson *v, long long lo, long long hi, long long *out)
+
+cdef extern from "bnb.h" nogil:
+    int BNB_VERSION
+    int BNB_MAX_DIMS
+    int BNB_OPEN_NO_MMAP
+    ctypedef enum bnb_dtype:
+        BNB_DTYPE_BITS
+        BNB_DTYPE_F32
+    ctypedef struct bnb_tensor:
+        const char *name
+        bnb_dtype dtype
+        int ndim
+        uint64_t shape[4]
+        uint64_t rows, cols
+        uint64_t offset, nbytes
+        const void *data
+    ctypedef struct bnb_file:
+        pass
+    bitnn_status bnb_open(const char *path, int flags, bnb_file **out, char *err, size_t errlen)
+    bitnn_status bnb_open_buffer(const void *buf, size_t len, bnb_file **out, char *err, size_t errlen)
+    void bnb_close(bnb_file *f)
+    const bjson *bnb_meta(const bnb_file *f)
+    const char *bnb_header_text(const bnb_file *f, size_t *len)
+    size_t bnb_tensor_count(const bnb_file *f)
+    const bnb_tensor *bnb_tensor_at(const bnb_file *f, size_t i)
+    const bnb_tensor *bnb_tensor_find(const bnb_file *f, const char *name)
+    uint64_t bnb_file_size(const bnb_file *f)
+    uint64_t BNB_CHECKSUM_INIT
+    uint64_t bnb_checksum(const void *data, size_t len)
+    uint64_t bnb_checksum_update(uint64_t h, const void *data, size_t len)
+
+
+# Owns an open bnb_file; bnb_close runs when the last reference goes. Tensor
+# views returned by BnbFile.tensor() hold one, so they stay valid after
+# BnbFile.close(); C-level users that keep pointers into the file (a model
+# graph) should hold one too (BnbFile.handle).
+cdef class _BnbHandle:
+    cdef bnb_file *ptr
+
+
+cdef class BnbFile:
+    cdef bnb_file *ptr          # NULL once closed; valid while `handle` is alive
+    cdef _BnbHandle handle      # None once closed
+    cdef readonly object path   # str, or None for BnbFile.from_bytes
+    cdef readonly bint mmapped
+    cdef object _header
+    cdef object _meta
