@@ -76,8 +76,17 @@ def normalize(z: torch.Tensor, dims: int | Sequence[int] = -1, eps: float = 1e-5
     """``(z - mean) / sqrt(var + eps)`` over ``dims``, population variance, no parameters."""
     if isinstance(dims, int):
         dims = (dims,)
-    var, mean = torch.var_mean(z, dim=tuple(dims), correction=0, keepdim=True)
-    return (z - mean) * torch.rsqrt(var + eps)
+    nd = z.dim()
+    axes = sorted({d % nd for d in dims})
+    # F.layer_norm computes exactly this and is several times faster on CPU
+    # (forward and backward) than var_mean; use it when the axes allow.
+    if axes == list(range(nd - len(axes), nd)):
+        return F.layer_norm(z, z.shape[nd - len(axes):], eps=eps)
+    if len(axes) == 1:
+        a = axes[0]
+        return F.layer_norm(z.movedim(a, -1), (z.shape[a],), eps=eps).movedim(-1, a)
+    d = z - z.mean(axes, keepdim=True)
+    return d * torch.rsqrt(d.square().mean(axes, keepdim=True) + eps)
 
 
 def _check_activation(activation: str | None) -> str:

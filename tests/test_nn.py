@@ -51,7 +51,7 @@ def test_ste_forward_value_and_identity_gradient():
 
 def test_normalize_stats():
     z = torch.randn(4, 3, 5, 6, dtype=torch.float64) * 7 + 3
-    for dims in [(-1,), (1,), (1, 2, 3), -1]:
+    for dims in [(-1,), (1,), (1, 2, 3), -1, (0, 2), (2, 3)]:
         y = bnn.normalize(z, dims, eps=0.0)
         d = (dims,) if isinstance(dims, int) else dims
         assert torch.allclose(y.mean(d), torch.zeros((), dtype=z.dtype), atol=1e-12)
