@@ -7,6 +7,7 @@ package runs on any CPU of the architecture. Nothing uses -march=native.
 
 Environment: BITNN_NO_SIMD=1 builds the reference kernel only.
 """
+import glob
 import os
 import platform
 import sys
@@ -16,7 +17,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE_SOURCES = ["csrc/cpu.c", "csrc/ops.c", "csrc/threadpool.c", "csrc/kernel_ref.c"]
+CORE_SOURCES = ["csrc/cpu.c", "csrc/ops.c", "csrc/threadpool.c", "csrc/kernel_ref.c",
+                "csrc/json.c", "csrc/bnb.c", "csrc/conv.c", "csrc/model.c"]
 # -ffp-contract=off: no fused multiply-add may change a rounding anywhere, so
 # that every kernel matches the reference bit for bit (docs/packing.md).
 CORE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra",
@@ -46,11 +48,11 @@ class BuildCore(build_ext):
         macros = [(macro, "1") for _, _, macro in simd]
         objects = self.compiler.compile(CORE_SOURCES, output_dir=self.build_temp,
                                         macros=macros, include_dirs=["csrc"],
-                                        extra_postargs=CORE_FLAGS, depends=["csrc/bitnn.h", "csrc/kernels.h"])
+                                        extra_postargs=CORE_FLAGS, depends=glob.glob("csrc/*.h"))
         for source, flags, _ in simd:
             objects += self.compiler.compile([source], output_dir=self.build_temp,
                                              include_dirs=["csrc"], extra_postargs=CORE_FLAGS + flags,
-                                             depends=["csrc/bitnn.h", "csrc/kernels.h"])
+                                             depends=glob.glob("csrc/*.h"))
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 
@@ -59,6 +61,8 @@ extensions = [
     Extension(
         "bitnn._core",
         sources=["bitnn/_core.pyx"],
+        # Any C change must relink the extension (the core objects are built in BuildCore).
+        depends=sorted(glob.glob("csrc/*.[ch]") + glob.glob("bitnn/*.pxi") + ["bitnn/_core.pxd"]),
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O2"],

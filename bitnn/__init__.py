@@ -8,7 +8,7 @@ from bitnn.errors import FormatError, KernelError
 from bitnn.ops import linear, pack_bits, unpack_bits
 
 __all__ = ["__version__", "FormatError", "KernelError", "linear", "pack_bits", "unpack_bits",
-           "system_info"]
+           "system_info", "load", "export"]
 
 
 def system_info() -> dict:
@@ -40,6 +40,20 @@ def system_info() -> dict:
         info["threads"] = None
         info["threads_error"] = str(e)
     return info
+
+
+def load(path, threads=None, *, mmap=True, kernel=None):
+    """Open a .bnb model file or a bundled model by name; see :func:`bitnn.model.load`."""
+    from bitnn.model import load as _load
+
+    return _load(path, threads, mmap=mmap, kernel=kernel)
+
+
+def export(model, path, **metadata):
+    """Write a trained binary PyTorch model to a .bnb file; see :func:`bitnn.exporter.export`."""
+    from bitnn.exporter import export as _export
+
+    return _export(model, path, **metadata)
 
 
 def __getattr__(name):

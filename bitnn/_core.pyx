@@ -53,6 +53,11 @@ def default_kernel():
     return bitnn_isa_name(isa).decode()
 
 
+def _resolve_kernel_name(kernel):
+    """Check a kernel name now (ValueError/KernelError) and return its name."""
+    return bitnn_isa_name(_resolve_kernel(kernel)).decode()
+
+
 cdef int _resolve_kernel(kernel) except -1:
     if kernel is None:
         kernel = default_kernel()
@@ -246,3 +251,7 @@ def linear(x, weight, size_t out_features, bias=None, activation=None, eps=1e-5,
         s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, isa, pool.pool)
     _check(s)
     return out
+
+
+include "_bnb.pxi"
+include "_model.pxi"

@@ -1,0 +1,115 @@
+/*
+ * conv.c - binary normalized convolution (PAPER.md BNCVL), max-pool and
+ * global average pooling on NHWC activations of one image.
+ *
+ * The convolution is im2col + the binary GEMM of the kernel table: each output
+ * position becomes a row of K = f*f*C_in inputs ordered (dy, dx, c), the order
+ * of the packed weight rows [C_out, kh, kw, C_in]. Positions are processed in
+ * tiles whose im2col rows fit in L2; tiles are shared out between threads, and
+ * every output value is computed whole by one thread, so results do not depend
+ * on the thread count. Out-of-image taps ('same' padding) contribute 0.0.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv.h"
+#include "kernels.h"
+
+#define TILE_BYTES (256u * 1024u)
+
+typedef struct {
+    const float *x;
+    size_t H, W, C, f, K, tile;
+    const uint64_t *w;
+    size_t Cout;
+    const uint64_t *bias;
+    float *z;
+    bitnn_gemm_f32_fn gemm;
+    int failed; /* set when a scratch allocation fails */
+} conv_job;
+
+/* im2col rows for positions [p0, p1) into buf (rows of K floats). */
+static void im2col(const conv_job *j, size_t p0, size_t p1, float *buf)
+{
+    const size_t pad = j->f / 2, C = j->C;
+    for (size_t p = p0; p < p1; p++) {
+        const size_t i = p / j->W, jj = p % j->W;
+        float *row = buf + (p - p0) * j->K;
+        for (size_t dy = 0; dy < j->f; dy++) {
+            const size_t yy = i + dy; /* image row yy - pad */
+            for (size_t dx = 0; dx < j->f; dx++, row += C) {
+                const size_t xx = jj + dx;
+                if (yy < pad || yy - pad >= j->H || xx < pad || xx - pad >= j->W)
+                    memset(row, 0, C * sizeof(float));
+                else
+                    memcpy(row, j->x + ((yy - pad) * j->W + (xx - pad)) * C, C * sizeof(float));
+            }
+        }
+    }
+}
+
+static void conv_tiles(void *ctx, size_t t0, size_t t1)
+{
+    conv_job *j = ctx;
+    const size_t P = j->H * j->W;
+    float *buf = malloc(j->tile * j->K * sizeof(float));
+    if (!buf) {
+        j->failed = 1; /* benign race: every writer stores 1 */
+        return;
+    }
+    for (size_t t = t0; t < t1; t++) {
+        const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
+        im2col(j, p0, p1, buf);
+        j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, j->bias,
+                j->z + p0 * j->Cout, j->Cout);
+    }
+    free(buf);
+}
+
+bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
+                              size_t Cout, size_t f, const uint64_t *bias, float *z, int isa,
+                              bitnn_pool *pool)
+{
+    if (!x || !w || !z || H == 0 || W == 0 || C == 0 || Cout == 0 || f == 0 || f % 2 == 0)
+        return BITNN_EINVAL;
+    if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
+    conv_job j = {x, H, W, C, f, f * f * C, 0, w, Cout, bias, z,
+                  bitnn_kernels_for(isa)->gemm_f32, 0};
+    const size_t P = H * W;
+    size_t tile = TILE_BYTES / (j.K * sizeof(float));
+    if (tile < 16) tile = 16;
+    /* Enough tiles for every thread to get some work on small images. */
+    const size_t threads = (size_t)bitnn_pool_size(pool);
+    if (threads > 1 && P / tile < 4 * threads) {
+        size_t t = P / (4 * threads);
+        if (t < 4) t = 4;
+        if (t < tile) tile = t;
+    }
+    j.tile = tile;
+    bitnn_parallel_for(pool, (P + tile - 1) / tile, 1, conv_tiles, &j);
+    return j.failed ? BITNN_ENOMEM : BITNN_OK;
+}
+
+void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y)
+{
+    const size_t Ho = H / k, Wo = W / k;
+    for (size_t i = 0; i < Ho; i++)
+        for (size_t jj = 0; jj < Wo; jj++) {
+            float *out = y + (i * Wo + jj) * C;
+            memcpy(out, x + ((i * k) * W + jj * k) * C, C * sizeof(float));
+            for (size_t dy = 0; dy < k; dy++)
+                for (size_t dx = 0; dx < k; dx++) {
+                    const float *in = x + ((i * k + dy) * W + jj * k + dx) * C;
+                    for (size_t c = 0; c < C; c++)
+                        if (in[c] > out[c]) out[c] = in[c];
+                }
+        }
+}
+
+void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc)
+{
+    for (size_t c = 0; c < C; c++) acc[c] = 0.0;
+    for (size_t p = 0; p < H * W; p++)
+        for (size_t c = 0; c < C; c++) acc[c] += x[p * C + c];
+    for (size_t c = 0; c < C; c++) y[c] = (float)(acc[c] / (double)(H * W));
+}

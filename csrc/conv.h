@@ -1,0 +1,20 @@
+/* conv.h - convolution and pooling on NHWC activations of one image. */
+#ifndef BITNN_CONV_H
+#define BITNN_CONV_H
+
+#include "bitnn.h"
+
+/* z (H*W, Cout) = raw binary 'same' convolution of x (H, W, C), stride 1, odd
+ * f, weights packed as rows [Cout][f*f*C] ordered (dy, dx, c), plus bias bits
+ * (may be NULL). No Normalize. */
+bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
+                              size_t Cout, size_t f, const uint64_t *bias, float *z, int isa,
+                              bitnn_pool *pool);
+
+/* k x k max-pool with stride k, floor: y is (H/k, W/k, C). */
+void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y);
+
+/* y[c] = mean over positions of x (H, W, C); acc is scratch of C doubles. */
+void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc);
+
+#endif

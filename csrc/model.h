@@ -1,0 +1,52 @@
+/*
+ * model.h - a model graph built from a validated .bnb file, and its forward
+ * pass. The builder checks that the layer list in the header is consistent
+ * with itself and with the tensors (every failure is BITNN_EFORMAT with a
+ * message); forward never re-checks the graph.
+ */
+#ifndef BITNN_MODEL_H
+#define BITNN_MODEL_H
+
+#include "bitnn.h"
+#include "bnb.h"
+
+typedef enum {
+    BITNN_LAYER_CONV2D = 0,
+    BITNN_LAYER_MAXPOOL2D = 1,
+    BITNN_LAYER_GLOBAL_AVG_POOL = 2,
+    BITNN_LAYER_LINEAR = 3
+} bitnn_layer_kind;
+
+typedef struct {
+    bitnn_layer_kind kind;
+    bitnn_act act;          /* conv2d, linear */
+    int norm_per_position;  /* conv2d: 1 = "c" (over C at each position), 0 = "chw" */
+    size_t in, out;         /* channels (conv2d) or features (linear) */
+    size_t size;            /* conv2d: kernel f; maxpool2d: window and stride */
+    size_t H, W;            /* spatial size of the layer's input (1 x 1 for vectors) */
+    const uint64_t *w;      /* packed [out][size*size*in] or [out][in] */
+    const uint64_t *b;      /* packed [out] bits */
+} bitnn_layer;
+
+typedef struct {
+    size_t C, H, W;         /* input image, NHWC */
+    size_t classes;         /* outputs of the last layer */
+    float eps;
+    size_t n_layers;
+    bitnn_layer *layers;
+    size_t first_linear;    /* index of the first linear layer: layers from here
+                               on run batched over images */
+    size_t max_act;         /* largest per-image activation, in floats */
+} bitnn_classifier;
+
+/* Build from an open file (which must outlive the model: weights point into it). */
+bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,
+                                    size_t errlen);
+void bitnn_classifier_free(bitnn_classifier *m);
+
+/* probs (N, classes) for N images x (N, H, W, C) float32 NHWC, already
+ * preprocessed. */
+bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x, size_t N,
+                                      float *probs, int isa, bitnn_pool *pool);
+
+#endif
