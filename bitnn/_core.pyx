@@ -179,9 +179,12 @@ cdef bitnn_act _act(activation) except *:
 
 cdef float _eps(eps) except *:
     e = float(eps)
-    if not (math.isfinite(e) and e > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    return e
+    # Checked in float32, the precision the core uses: 1e-50 or 1e39 would
+    # become 0 or inf there.
+    e32 = float(np.float32(e)) if math.isfinite(e) else e
+    if not (math.isfinite(e32) and e32 > 0):
+        raise ValueError(f"eps must be a positive finite float32 number, got {eps!r}")
+    return e32
 
 
 cdef _check(bitnn_status s):

@@ -71,7 +71,11 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
         xa = xa.reshape(1, -1)
     w = np.asarray(weight)
     if w.dtype != np.uint64:
-        n = (w.shape[0] if w.ndim else 0) if out_features is None else out_features
+        # Unpacked bits: the shapes are known exactly, so check them exactly.
+        if w.ndim != 2 or w.shape[1] != xa.shape[-1]:
+            raise ValueError(f"weight of shape {w.shape} does not fit x with {xa.shape[-1]} "
+                             "features: expected (out_features, in_features)")
+        n = w.shape[0] if out_features is None else out_features
         w = pack_bits(w)
     else:
         if out_features is None:
@@ -81,6 +85,8 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
     if bias is not None:
         b = np.asarray(bias)
         if b.dtype != np.uint64:
+            if b.shape != (n,):
+                raise ValueError(f"bias of shape {b.shape} does not match {n} output features")
             b = pack_bits(b)
     y = _core.linear(xa, w, n, bias=b, activation=activation, eps=eps, threads=threads,
                      kernel=kernel)

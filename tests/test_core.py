@@ -639,9 +639,6 @@ def test_bad_eps(good, eps):
         _core.linear(x, w, 5, eps=eps)
 
 
-@pytest.mark.xfail(reason="bug: _core._eps checks eps as a double, but a positive double that "
-                          "rounds to 0 or inf in float32 reaches C and comes back as "
-                          "RuntimeError('bitnn core: invalid argument')", strict=False)
 @pytest.mark.parametrize("eps", [1e-50, 1e39])
 def test_eps_out_of_float32_range_is_value_error(good, eps):
     x, w, b = good
@@ -858,9 +855,6 @@ def test_ops_linear_bad_unpacked_input():
         bitnn.linear(x, np.ones((3, 10)), bias=[1, 0, 1, 1])  # caught as padding bits
 
 
-@pytest.mark.xfail(reason="bug: bitnn.linear packs an unpacked (N, K') weight without checking "
-                          "K' == x.shape[-1]; extra all-zero columns in the same 64-bit word are "
-                          "silently accepted", strict=False)
 def test_ops_linear_unpacked_width_must_match_x():
     x = np.ones((2, 10), np.float32)
     w = np.zeros((3, 12))
@@ -869,9 +863,6 @@ def test_ops_linear_unpacked_width_must_match_x():
         bitnn.linear(x, w)
 
 
-@pytest.mark.xfail(reason="bug: bitnn.linear packs an unpacked bias without checking its length "
-                          "against N; a short bias (same word count) is silently zero-extended",
-                   strict=False)
 def test_ops_linear_unpacked_bias_length_must_match_n():
     x = np.ones((2, 10), np.float32)
     with pytest.raises(ValueError):
