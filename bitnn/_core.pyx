@@ -181,7 +181,7 @@ cdef float _eps(eps) except *:
     e = float(eps)
     # Checked in float32, the precision the core uses: 1e-50 or 1e39 would
     # become 0 or inf there.
-    e32 = float(np.float32(e)) if math.isfinite(e) else e
+    e32 = float(np.float32(e)) if math.isfinite(e) and abs(e) < 3.4e38 else math.inf
     if not (math.isfinite(e32) and e32 > 0):
         raise ValueError(f"eps must be a positive finite float32 number, got {eps!r}")
     return e32

@@ -12,7 +12,9 @@
 #             tool is missing); on an aarch64 host "native" covers NEON already
 #
 # Environment: CC (default cc), CROSS_CC (default aarch64-linux-gnu-gcc),
-# QEMU (default qemu-aarch64), QEMU_LD_PREFIX (default /usr/aarch64-linux-gnu).
+# QEMU (default qemu-aarch64), QEMU_LD_PREFIX (default /usr/aarch64-linux-gnu),
+# FULL=1 runs the full case list under the sanitizers and qemu too (about 6x
+# slower there; by default those run the quick list).
 # Exit status: 0 all passed, 1 a test failed, 2 a build failed,
 # 77 every requested part was skipped (no compiler / no cross tools).
 set -u
@@ -30,6 +32,9 @@ QEMU_LD_PREFIX="${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}"
 FLAGS=(-O3 -std=c11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter
        -Wno-missing-field-initializers -I"$SRC")
 CORE=(cpu.c ops.c threadpool.c kernel_ref.c)
+
+SLOW_ARG=quick
+if [ "${FULL:-0}" = 1 ]; then SLOW_ARG=; fi
 
 BUILD="$(mktemp -d "${TMPDIR:-/tmp}/bitnn-ctest.XXXXXX")"
 trap 'rm -rf "$BUILD"' EXIT
@@ -116,7 +121,7 @@ sanitize() {
         status=2
         return
     fi
-    ASAN_OPTIONS=detect_leaks=1 run_test sanitize "$BUILD/test_kernels_san" quick
+    ASAN_OPTIONS=detect_leaks=1 run_test sanitize "$BUILD/test_kernels_san" $SLOW_ARG
 }
 
 aarch64() {
@@ -134,7 +139,7 @@ aarch64() {
         status=2
         return
     fi
-    run_test aarch64 "$QEMU" -L "$QEMU_LD_PREFIX" "$BUILD/test_kernels_aarch64" quick
+    run_test aarch64 "$QEMU" -L "$QEMU_LD_PREFIX" "$BUILD/test_kernels_aarch64" $SLOW_ARG
 }
 
 case "$WHAT" in
