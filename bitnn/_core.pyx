@@ -258,3 +258,4 @@ def linear(x, weight, size_t out_features, bias=None, activation=None, eps=1e-5,
 
 include "_bnb.pxi"
 include "_model.pxi"
+include "_lm.pxi"

@@ -48,18 +48,14 @@ static int parse_act(const bjson *v, bitnn_act *out)
     return 0;
 }
 
-/* The bits tensor named by obj[key], which must have exactly the given shape. */
-static bitnn_status get_bits(const bnb_file *f, const bjson *obj, const char *key, size_t li,
-                             const char *type, int ndim, const uint64_t *shape,
-                             const uint64_t **out, char *err, size_t errlen)
+bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,
+                              const uint64_t *shape, const uint64_t **out, const char *what,
+                              char *err, size_t errlen)
 {
-    const bjson *name = bjson_get(obj, key);
-    if (!name || name->type != BJSON_STRING)
-        return fail(err, errlen, "layer %zu (%s): \"%s\" must name a tensor", li, type, key);
-    const bnb_tensor *t = bnb_tensor_find(f, name->str);
-    if (!t) return fail(err, errlen, "layer %zu (%s): tensor '%s' is not in the file", li, type, name->str);
+    const bnb_tensor *t = bnb_tensor_find(f, name);
+    if (!t) return fail(err, errlen, "%s: tensor '%s' is not in the file", what, name);
     if (t->dtype != BNB_DTYPE_BITS)
-        return fail(err, errlen, "layer %zu (%s): tensor '%s' must be bits", li, type, name->str);
+        return fail(err, errlen, "%s: tensor '%s' must be bits", what, name);
     int same = t->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
     if (!same) {
@@ -70,11 +66,24 @@ static bitnn_status get_bits(const bnb_file *f, const bjson *obj, const char *ke
         for (int d = 0; d < t->ndim; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%llu", d ? ", " : "",
                      (unsigned long long)t->shape[d]);
-        return fail(err, errlen, "layer %zu (%s): tensor '%s' has shape [%s], expected [%s]", li,
-                    type, name->str, got, want);
+        return fail(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", what, name, got,
+                    want);
     }
     *out = t->data;
     return BITNN_OK;
+}
+
+/* The bits tensor named by obj[key], which must have exactly the given shape. */
+static bitnn_status get_bits(const bnb_file *f, const bjson *obj, const char *key, size_t li,
+                             const char *type, int ndim, const uint64_t *shape,
+                             const uint64_t **out, char *err, size_t errlen)
+{
+    const bjson *name = bjson_get(obj, key);
+    if (!name || name->type != BJSON_STRING)
+        return fail(err, errlen, "layer %zu (%s): \"%s\" must name a tensor", li, type, key);
+    char what[64];
+    snprintf(what, sizeof what, "layer %zu (%s)", li, type);
+    return bitnn_model_bits(f, name->str, ndim, shape, out, what, err, errlen);
 }
 
 bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,

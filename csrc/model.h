@@ -39,6 +39,12 @@ typedef struct {
     size_t max_act;         /* largest per-image activation, in floats */
 } bitnn_classifier;
 
+/* The bits tensor `name` of f, which must have exactly this shape; `what`
+ * prefixes the error message. Shared by the model builders. */
+bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,
+                              const uint64_t *shape, const uint64_t **out, const char *what,
+                              char *err, size_t errlen);
+
 /* Build from an open file (which must outlive the model: weights point into it). */
 bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,
                                     size_t errlen);

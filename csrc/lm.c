@@ -1,0 +1,310 @@
+/*
+ * lm.c - the binary language decoder (PAPER.md §3, Alg. 8):
+ *
+ *   x   = Normalize(Normalize(W_tok[:, t] + b_tok) + Normalize(W_pos[:, p] + b_pos))
+ *   per block:  h = Normalize(x + BATL(x));  x = Normalize(h + FF2(FF1_gelu(h)))
+ *   BATL: Q, K, V = BNFCL(D, linear)(x); per head softmax(QK^T/sqrt(hd), causal) V;
+ *         heads merged; output BNFCL(D, linear)
+ *   head: BNFCL(mlp_i, gelu)...; scores = Normalize(W_out h + b_out)
+ *
+ * The embedding is a gather of bits (token t's row of the transposed table),
+ * never a matmul. A prompt goes through every layer as one batch of rows; the
+ * head runs only for the last position.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lm.h"
+#include "model.h"
+
+static bitnn_status fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return BITNN_EFORMAT;
+}
+
+static int get_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out)
+{
+    long long v;
+    if (!bjson_get_int(bjson_get(obj, key), (long long)lo, (long long)hi, &v)) return 0;
+    *out = (size_t)v;
+    return 1;
+}
+
+static bitnn_status get_linear(const bnb_file *f, const char *prefix, size_t in, size_t out,
+                               bitnn_lm_linear *L, char *err, size_t errlen)
+{
+    char name[128];
+    const uint64_t ws[2] = {out, in}, bs[1] = {out};
+    L->in = in, L->out = out;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    bitnn_status s = bitnn_model_bits(f, name, 2, ws, &L->w, prefix, err, errlen);
+    if (s != BITNN_OK) return s;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return bitnn_model_bits(f, name, 1, bs, &L->b, prefix, err, errlen);
+}
+
+bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const bjson *meta = bnb_meta(f);
+    const bjson *kind = bjson_get(bjson_get(meta, "model"), "kind");
+    if (!kind || kind->type != BJSON_STRING || strcmp(kind->str, "lm") != 0)
+        return fail(err, errlen, "model.kind must be \"lm\" for a language model");
+    const bjson *eps = bjson_get(meta, "eps");
+    if (!eps || eps->type != BJSON_NUMBER || !(eps->number > 0) || !(eps->number < 1.0))
+        return fail(err, errlen, "\"eps\" must be a number in (0, 1)");
+    const bjson *lm = bjson_get(meta, "lm");
+    bitnn_lm *m = calloc(1, sizeof *m);
+    if (!m) return BITNN_ENOMEM;
+    m->eps = (float)eps->number;
+    bitnn_status s = BITNN_OK;
+    if (!get_size(lm, "vocab_size", 2, 1u << 24, &m->vocab) ||
+        !get_size(lm, "max_len", 1, 1u << 20, &m->max_len) ||
+        !get_size(lm, "emb_dim", 1, 1u << 16, &m->dim) ||
+        !get_size(lm, "num_heads", 1, 1u << 12, &m->heads) ||
+        !get_size(lm, "num_blocks", 0, 1u << 12, &m->blocks) ||
+        !get_size(lm, "ff_dim", 1, 1u << 20, &m->ff_dim))
+        s = fail(err, errlen, "\"lm\" must give vocab_size (>= 2), max_len, emb_dim, num_heads, "
+                 "num_blocks and ff_dim as positive integers");
+    else if (m->dim % m->heads != 0)
+        s = fail(err, errlen, "lm.emb_dim %zu is not divisible by lm.num_heads %zu", m->dim, m->heads);
+    const bjson *mlp = bjson_get(lm, "mlp_units");
+    if (s == BITNN_OK && (!mlp || mlp->type != BJSON_ARRAY || mlp->count > 64))
+        s = fail(err, errlen, "lm.mlp_units must be a list of at most 64 widths");
+    if (s != BITNN_OK) {
+        free(m);
+        return s;
+    }
+    m->head_dim = m->dim / m->heads;
+    m->block = calloc(m->blocks ? m->blocks : 1, sizeof *m->block);
+    m->n_head = mlp->count;
+    m->head = calloc(m->n_head ? m->n_head : 1, sizeof *m->head);
+    if (!m->block || !m->head) {
+        bitnn_lm_free(m);
+        return BITNN_ENOMEM;
+    }
+    const uint64_t tw[2] = {m->vocab, m->dim}, pw[2] = {m->max_len, m->dim}, db[1] = {m->dim};
+    s = bitnn_model_bits(f, "embed.token.weight", 2, tw, &m->tok_w, "token embedding", err, errlen);
+    if (s == BITNN_OK)
+        s = bitnn_model_bits(f, "embed.token.bias", 1, db, &m->tok_b, "token embedding", err, errlen);
+    if (s == BITNN_OK)
+        s = bitnn_model_bits(f, "embed.position.weight", 2, pw, &m->pos_w, "position embedding",
+                             err, errlen);
+    if (s == BITNN_OK)
+        s = bitnn_model_bits(f, "embed.position.bias", 1, db, &m->pos_b, "position embedding", err,
+                             errlen);
+    char prefix[96];
+    for (size_t i = 0; i < m->blocks && s == BITNN_OK; i++) {
+        bitnn_lm_block *B = &m->block[i];
+        const char *names[4] = {"q", "k", "v", "out"};
+        bitnn_lm_linear *lins[4] = {&B->q, &B->k, &B->v, &B->o};
+        for (int j = 0; j < 4 && s == BITNN_OK; j++) {
+            snprintf(prefix, sizeof prefix, "blocks.%zu.attn.%s", i, names[j]);
+            s = get_linear(f, prefix, m->dim, m->dim, lins[j], err, errlen);
+        }
+        snprintf(prefix, sizeof prefix, "blocks.%zu.ff1", i);
+        if (s == BITNN_OK) s = get_linear(f, prefix, m->dim, m->ff_dim, &B->ff1, err, errlen);
+        snprintf(prefix, sizeof prefix, "blocks.%zu.ff2", i);
+        if (s == BITNN_OK) s = get_linear(f, prefix, m->ff_dim, m->dim, &B->ff2, err, errlen);
+    }
+    size_t width = m->dim;
+    for (size_t i = 0; i < m->n_head && s == BITNN_OK; i++) {
+        long long units;
+        if (!bjson_get_int(&mlp->items[i], 1, 1 << 24, &units)) {
+            s = fail(err, errlen, "lm.mlp_units[%zu] must be a positive integer", i);
+            break;
+        }
+        snprintf(prefix, sizeof prefix, "head.%zu", i);
+        s = get_linear(f, prefix, width, (size_t)units, &m->head[i], err, errlen);
+        width = (size_t)units;
+    }
+    if (s == BITNN_OK) s = get_linear(f, "output", width, m->vocab, &m->output, err, errlen);
+    if (s != BITNN_OK) {
+        bitnn_lm_free(m);
+        return s;
+    }
+    *out = m;
+    return BITNN_OK;
+}
+
+void bitnn_lm_free(bitnn_lm *m)
+{
+    if (!m) return;
+    free(m->block);
+    free(m->head);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ state */
+bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **out)
+{
+    *out = NULL;
+    if (!m || ctx == 0 || ctx > m->max_len) return BITNN_EINVAL;
+    bitnn_lm_state *s = calloc(1, sizeof *s);
+    if (!s) return BITNN_ENOMEM;
+    s->ctx = ctx;
+    const size_t D = m->dim, nb = m->blocks ? m->blocks : 1;
+    size_t widest = m->dim;
+    for (size_t i = 0; i < m->n_head; i++)
+        if (m->head[i].out > widest) widest = m->head[i].out;
+    s->k = malloc(nb * ctx * D * sizeof(float));
+    s->v = malloc(nb * ctx * D * sizeof(float));
+    s->x = malloc(ctx * D * sizeof(float));
+    s->q = malloc(ctx * D * sizeof(float));
+    s->att = malloc(ctx * D * sizeof(float));
+    s->h = malloc(ctx * D * sizeof(float));
+    s->t = malloc(ctx * D * sizeof(float));
+    s->f = malloc(ctx * m->ff_dim * sizeof(float));
+    s->hv0 = malloc(widest * sizeof(float));
+    s->hv1 = malloc(widest * sizeof(float));
+    if (!s->k || !s->v || !s->x || !s->q || !s->att || !s->h || !s->t || !s->f || !s->hv0 ||
+        !s->hv1) {
+        bitnn_lm_state_free(s);
+        return BITNN_ENOMEM;
+    }
+    *out = s;
+    return BITNN_OK;
+}
+
+void bitnn_lm_state_free(bitnn_lm_state *s)
+{
+    if (!s) return;
+    free(s->k), free(s->v), free(s->x), free(s->q), free(s->att), free(s->h), free(s->t);
+    free(s->f), free(s->hv0), free(s->hv1);
+    free(s);
+}
+
+void bitnn_lm_state_reset(bitnn_lm_state *s)
+{
+    if (s) s->pos = 0;
+}
+
+/* -------------------------------------------------------------- attention */
+typedef struct {
+    const bitnn_lm *m;
+    const float *q, *k, *v; /* q: [n][D] rows for positions p0.., k/v: cache [ctx][D] */
+    float *out;             /* [n][D] */
+    size_t n, p0;
+    int failed; /* a scratch allocation failed */
+} attn_job;
+
+/* One (row, head) pair per item: each output value is computed by one thread. */
+static void attn_items(void *ctx, size_t i0, size_t i1)
+{
+    attn_job *j = ctx;
+    const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
+    const double scale = 1.0 / sqrt((double)hd);
+    float *sc = malloc((j->p0 + j->n) * sizeof(float));
+    if (!sc) {
+        j->failed = 1; /* benign race: every writer stores 1 */
+        return;
+    }
+    for (size_t it = i0; it < i1; it++) {
+        const size_t r = it / H, h = it % H, p = j->p0 + r;
+        const float *qv = j->q + r * D + h * hd;
+        float mx = -INFINITY;
+        for (size_t t = 0; t <= p; t++) {
+            const float *kv = j->k + t * D + h * hd;
+            float d = 0.0f;
+            for (size_t e = 0; e < hd; e++) d += qv[e] * kv[e];
+            sc[t] = (float)(d * scale);
+            if (sc[t] > mx) mx = sc[t];
+        }
+        double total = 0.0;
+        for (size_t t = 0; t <= p; t++) {
+            sc[t] = (float)exp((double)sc[t] - mx);
+            total += sc[t];
+        }
+        const float inv = (float)(1.0 / total);
+        float *o = j->out + r * D + h * hd;
+        for (size_t e = 0; e < hd; e++) o[e] = 0.0f;
+        for (size_t t = 0; t <= p; t++) {
+            const float a = sc[t] * inv;
+            const float *vv = j->v + t * D + h * hd;
+            for (size_t e = 0; e < hd; e++) o[e] += a * vv[e];
+        }
+    }
+    free(sc);
+}
+
+/* ---------------------------------------------------------------- forward */
+static bitnn_status lin(const bitnn_lm_linear *L, const float *x, size_t M, float *y, float eps,
+                        bitnn_act act, int isa, bitnn_pool *pool)
+{
+    return bitnn_linear(x, L->in, M, L->in, L->w, L->out, L->b, eps, act, y, L->out, isa, pool);
+}
+
+static void add_rows(float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+static float bit_at(const uint64_t *row, size_t d) { return (float)((row[d >> 6] >> (d & 63)) & 1u); }
+
+bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids, size_t n,
+                              float *scores, int isa, bitnn_pool *pool)
+{
+    if (!m || !s || (!ids && n)) return BITNN_EINVAL;
+    if (n == 0) return scores ? BITNN_EINVAL : BITNN_OK;
+    if (s->pos >= s->ctx || n > s->ctx - s->pos) return BITNN_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (size_t)ids[i] >= m->vocab) return BITNN_EINVAL;
+    const size_t D = m->dim, p0 = s->pos, wpr = bitnn_words_per_row(D);
+    const float eps = m->eps;
+    bitnn_status st;
+
+    /* Embedding: Normalize(tok) + Normalize(pos), then Normalize. */
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t *tr = m->tok_w + (size_t)ids[i] * wpr, *pr = m->pos_w + (p0 + i) * wpr;
+        float *xe = s->x + i * D, *pe = s->t + i * D;
+        for (size_t d = 0; d < D; d++) {
+            xe[d] = bit_at(tr, d) + bit_at(m->tok_b, d);
+            pe[d] = bit_at(pr, d) + bit_at(m->pos_b, d);
+        }
+    }
+    if ((st = bitnn_normalize_act(s->x, D, n, D, eps, BITNN_ACT_LINEAR, pool)) ||
+        (st = bitnn_normalize_act(s->t, D, n, D, eps, BITNN_ACT_LINEAR, pool)))
+        return st;
+    add_rows(s->x, s->t, n * D);
+    if ((st = bitnn_normalize_act(s->x, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
+
+    for (size_t b = 0; b < m->blocks; b++) {
+        const bitnn_lm_block *B = &m->block[b];
+        float *kc = s->k + b * s->ctx * D, *vc = s->v + b * s->ctx * D;
+        if ((st = lin(&B->q, s->x, n, s->q, eps, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(&B->k, s->x, n, kc + p0 * D, eps, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(&B->v, s->x, n, vc + p0 * D, eps, BITNN_ACT_LINEAR, isa, pool)))
+            return st;
+        attn_job aj = {m, s->q, kc, vc, s->att, n, p0, 0};
+        bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
+        if (aj.failed) return BITNN_ENOMEM;
+        /* h = Normalize(x + O(att)) */
+        if ((st = lin(&B->o, s->att, n, s->h, eps, BITNN_ACT_LINEAR, isa, pool))) return st;
+        add_rows(s->h, s->x, n * D);
+        if ((st = bitnn_normalize_act(s->h, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
+        /* x = Normalize(h + FF2(FF1(h))) */
+        if ((st = lin(&B->ff1, s->h, n, s->f, eps, BITNN_ACT_GELU, isa, pool)) ||
+            (st = lin(&B->ff2, s->f, n, s->x, eps, BITNN_ACT_LINEAR, isa, pool)))
+            return st;
+        add_rows(s->x, s->h, n * D);
+        if ((st = bitnn_normalize_act(s->x, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
+    }
+    s->pos += n;
+    if (!scores) return BITNN_OK;
+
+    /* Head and output for the last position only. */
+    const float *cur = s->x + (n - 1) * D;
+    float *bufs[2] = {s->hv0, s->hv1};
+    for (size_t i = 0; i < m->n_head; i++) {
+        if ((st = lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_GELU, isa, pool))) return st;
+        cur = bufs[i & 1];
+    }
+    return lin(&m->output, cur, 1, scores, eps, BITNN_ACT_LINEAR, isa, pool);
+}

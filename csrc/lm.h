@@ -1,0 +1,56 @@
+/*
+ * lm.h - the binary language decoder (PAPER.md Alg. 8: BEMB, BTFB blocks,
+ * MLP head) built from a .bnb file, with a KV cache for generation.
+ */
+#ifndef BITNN_LM_H
+#define BITNN_LM_H
+
+#include "bitnn.h"
+#include "bnb.h"
+
+typedef struct {
+    const uint64_t *w, *b;     /* packed [out][in] and [out] */
+    size_t in, out;
+} bitnn_lm_linear;
+
+typedef struct {
+    bitnn_lm_linear q, k, v, o; /* attention projections, D -> D */
+    bitnn_lm_linear ff1, ff2;   /* D -> ff_dim (gelu), ff_dim -> D */
+} bitnn_lm_block;
+
+typedef struct {
+    size_t vocab, max_len, dim, heads, head_dim, blocks, ff_dim;
+    float eps;
+    const uint64_t *tok_w, *tok_b; /* [vocab][dim] (row t = token t's column), [dim] */
+    const uint64_t *pos_w, *pos_b; /* [max_len][dim], [dim] */
+    bitnn_lm_block *block;         /* [blocks] */
+    size_t n_head;                 /* MLP head layers (gelu) */
+    bitnn_lm_linear *head;         /* [n_head] */
+    bitnn_lm_linear output;        /* -> vocab */
+} bitnn_lm;
+
+/* Per-sequence state: the KV cache and scratch for up to `ctx` positions. */
+typedef struct {
+    size_t ctx;        /* capacity in positions, <= max_len */
+    size_t pos;        /* tokens processed so far */
+    float *k, *v;      /* [blocks][ctx][dim] */
+    float *x, *q, *att, *h, *f, *t; /* scratch: [ctx][dim] (f: [ctx][ff_dim]) */
+    float *hv0, *hv1;  /* head scratch: widest head layer */
+} bitnn_lm_state;
+
+bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen);
+void bitnn_lm_free(bitnn_lm *m);
+
+bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **out);
+void bitnn_lm_state_free(bitnn_lm_state *s);
+void bitnn_lm_state_reset(bitnn_lm_state *s);
+
+/* Process ids[0..n) at positions s->pos .. s->pos + n - 1 (one batched pass:
+ * M = n rows through every layer), append to the KV cache, and write the
+ * final layer's normalized scores (before the softmax) for the LAST position
+ * into scores[vocab] (may be NULL to skip the head). Fails with EINVAL if a
+ * token id is out of range or the context would exceed s->ctx. */
+bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids, size_t n,
+                              float *scores, int isa, bitnn_pool *pool);
+
+#endif
