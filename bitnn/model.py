@@ -1,7 +1,9 @@
 """Loading .bnb models and running them: ``bitnn.load(path).predict(x)``."""
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,8 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
         kind = (file.meta.get("model") or {}).get("kind")
         if kind == "classifier":
             return ClassifierModel(file, threads, kernel)
+        if kind == "lm":
+            return LanguageModel(file, threads, kernel)
         raise FormatError(f"model kind {kind!r} is not supported by this version of bitnn")
     except BaseException:
         file.close()
@@ -219,3 +223,261 @@ class ClassifierModel(Model):
         C, H, W = self.input_shape
         state = "closed" if self.closed else f"{self.num_classes} classes"
         return f"<bitnn ClassifierModel {self.name!r} {C}x{H}x{W} -> {state}>"
+
+
+# Tokens the repetition penalty looks back over (llama.cpp's repeat_last_n).
+REPEAT_LAST_N = 64
+
+
+def _check_int(name, value, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be {'from ' + str(lo) + ' to ' + str(hi) if hi is not None else 'at least ' + str(lo)}, got {value}")
+    return int(value)
+
+
+def _check_float(name, value, ok, what):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def _softmax(scores):
+    e = np.exp(scores.astype(np.float64) - scores.max())
+    return (e / e.sum()).astype(np.float32)
+
+
+class LanguageModel(Model):
+    """A binary GPT-style decoder (PAPER.md Alg. 8) with its tokenizer.
+
+    Generation keeps a KV cache: the prompt goes through the network in one
+    batched pass, then one token at a time. When the context is full
+    (``ctx_size``, at most the model's ``max_len``) the default
+    ``context_overflow="slide"`` keeps the last half of the tokens, re-reads
+    them from position 0 and goes on; ``"stop"`` ends generation instead.
+    Positions past ``max_len`` are never used.
+    """
+
+    def __init__(self, file, threads=None, kernel=None):
+        super().__init__(file, threads, kernel)
+        self._graph = _core.LMGraph(file)
+        cfg = self._graph.config
+        self.config = cfg
+        self.vocab_size = cfg["vocab_size"]
+        self.max_len = cfg["max_len"]
+        spec = self.meta.get("tokenizer")
+        self.tokenizer = None
+        if spec is not None:
+            from bitnn.tokenizer import Tokenizer
+
+            try:
+                self.tokenizer = Tokenizer(spec)
+            except ValueError as e:
+                raise FormatError(f"the model's tokenizer is invalid: {e}") from None
+            if self.tokenizer.vocab_size > self.vocab_size:
+                raise FormatError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the "
+                                  f"model only {self.vocab_size}")
+        self.last_seed = None
+        self.last_stats = None
+
+    # ------------------------------------------------------------ tokens
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model was exported without a tokenizer: pass token ids")
+        return self.tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._need_tokenizer().encode(text)
+
+    def detokenize(self, ids) -> str:
+        """Text of token ids (byte-level: exact; invalid UTF-8 at the end becomes U+FFFD)."""
+        return self._need_tokenizer().decode(self._check_ids(ids, "ids", allow_empty=True))
+
+    def _check_ids(self, ids, name="prompt", allow_empty=False):
+        a = np.asarray(ids)
+        if a.dtype == object or (a.size and a.dtype.kind not in "iu"):
+            raise ValueError(f"{name} must be token ids (integers)")
+        a = a.reshape(-1).astype(np.int64)
+        if not allow_empty and a.size == 0:
+            raise ValueError(f"{name} is empty: give at least one token")
+        bad = a[(a < 0) | (a >= self.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is out of the vocabulary "
+                             f"(0..{self.vocab_size - 1})")
+        return [int(v) for v in a]
+
+    # ----------------------------------------------------------- predict
+    def predict(self, ids) -> np.ndarray:
+        """Next-token probabilities ``(B, vocab)`` after the last position of each sequence.
+
+        ``ids``: one sequence (list of ints) or a batch (list of lists, or a 2-D
+        array); sequences may differ in length, each at most ``max_len``.
+        """
+        self._check_open()
+        if isinstance(ids, np.ndarray) and ids.ndim == 2:
+            seqs = list(ids)
+        elif isinstance(ids, (list, tuple)) and ids and all(
+                isinstance(s, (list, tuple, np.ndarray)) for s in ids):
+            seqs = list(ids)
+        else:
+            seqs = [ids]
+        if not seqs:
+            raise ValueError("empty batch")
+        out = np.empty((len(seqs), self.vocab_size), dtype=np.float32)
+        for i, seq in enumerate(seqs):
+            seq = self._check_ids(seq, "sequence")
+            if len(seq) > self.max_len:
+                raise ValueError(f"a sequence of {len(seq)} tokens is longer than the model's "
+                                 f"max_len {self.max_len}")
+            state = self._graph.new_state(len(seq))
+            out[i] = _softmax(state.forward(seq, threads=self.threads, kernel=self.kernel))
+        return out
+
+    # ---------------------------------------------------------- generate
+    def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stop=None, stream: bool = False,
+                 ctx_size: int | None = None, context_overflow: str = "slide"):
+        """Continue ``prompt``.
+
+        ``prompt``: a str (needs the model's tokenizer) or a list of token ids.
+        With a str, returns the new text (``stream=True``: an iterator of text
+        pieces, each complete UTF-8); with ids, returns the new ids (or an
+        iterator of ids). ``temperature=0`` is greedy; ``top_k=0`` and
+        ``top_p=1`` switch those filters off; ``repetition_penalty`` (> 0, 1 =
+        off) applies to the last 64 tokens. ``seed=None`` draws a random seed,
+        kept in ``self.last_seed``; the same seed gives the same output for any
+        thread count. ``stop``: a str or list of str; generation ends before the
+        first occurrence (text prompts only). Timings of the last call are in
+        ``self.last_stats``.
+        """
+        self._check_open()
+        text_mode = isinstance(prompt, str)
+        if text_mode:
+            tok = self._need_tokenizer()
+            if prompt == "":
+                raise ValueError("the prompt is empty: give at least one character")
+            ids = tok.encode(prompt)
+        else:
+            ids = self._check_ids(prompt)
+        max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
+        temperature = _check_float("temperature", temperature, lambda v: v >= 0, "a number >= 0")
+        top_k = _check_int("top_k", top_k, 0)
+        top_p = _check_float("top_p", top_p, lambda v: 0 < v <= 1, "in (0, 1]")
+        repetition_penalty = _check_float("repetition_penalty", repetition_penalty,
+                                          lambda v: v > 0, "a positive number")
+        ctx = self.max_len if ctx_size is None else _check_int("ctx_size", ctx_size, 2, self.max_len)
+        if context_overflow not in ("slide", "stop"):
+            raise ValueError("context_overflow must be 'slide' or 'stop'")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        seed = _check_int("seed", seed, 0, 2**64 - 1)
+        stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
+        if stops and not text_mode:
+            raise ValueError("stop strings need a text prompt")
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop must be a non-empty str or a list of them")
+        if not ids:
+            raise ValueError("the prompt encodes to no tokens")
+        if len(ids) > ctx:
+            ids = ids[-ctx:] if context_overflow == "slide" else None
+            if ids is None:
+                raise ValueError(f"the prompt has more tokens than the context ({ctx})")
+        self.last_seed = seed
+        sampler = _core.Sampler(self.vocab_size, temperature, top_k, top_p, repetition_penalty,
+                                seed)
+        steps = self._steps(ids, max_new_tokens, sampler, ctx, context_overflow)
+        if not text_mode:
+            return steps if stream else list(steps)
+        pieces = self._text_pieces(steps, stops)
+        return pieces if stream else "".join(pieces)
+
+    def _steps(self, ids, max_new_tokens, sampler, ctx, overflow):
+        """Yield new token ids; fills self.last_stats."""
+        stats = {"prompt_tokens": len(ids), "prompt_seconds": 0.0, "generated_tokens": 0,
+                 "generation_seconds": 0.0, "context_shifts": 0}
+        self.last_stats = stats
+        if max_new_tokens == 0:
+            return
+        state = self._graph.new_state(ctx)
+        history = list(ids)
+        t0 = time.perf_counter()
+        scores = state.forward(ids, threads=self.threads, kernel=self.kernel)
+        stats["prompt_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(max_new_tokens):
+            nxt = sampler.sample(scores, history[-REPEAT_LAST_N:])
+            history.append(nxt)
+            stats["generated_tokens"] += 1
+            stats["generation_seconds"] = time.perf_counter() - t0
+            yield nxt
+            if i + 1 == max_new_tokens:
+                break
+            if state.pos >= ctx:
+                if overflow == "stop":
+                    return
+                keep = history[-(ctx // 2):]
+                state.reset()
+                stats["context_shifts"] += 1
+                scores = state.forward(keep, threads=self.threads, kernel=self.kernel)
+            else:
+                scores = state.forward([nxt], threads=self.threads, kernel=self.kernel)
+        stats["generation_seconds"] = time.perf_counter() - t0
+
+    def _text_pieces(self, steps, stops):
+        """Text pieces from ids: complete UTF-8 only, cut before a stop string."""
+        dec = self.tokenizer.stream()
+        held = ""  # text that might be the start of a stop string
+        longest = max((len(s) for s in stops), default=0)
+        for nxt in steps:
+            held += dec.feed([nxt])
+            if stops:
+                cut = min((held.find(s) for s in stops if s in held), default=-1)
+                if cut >= 0:
+                    if held[:cut]:
+                        yield held[:cut]
+                    steps.close()
+                    return
+                safe = len(held) - (longest - 1)
+                if safe > 0:
+                    yield held[:safe]
+                    held = held[safe:]
+            elif held:
+                yield held
+                held = ""
+        held += dec.flush()
+        if stops:
+            cut = min((held.find(s) for s in stops if s in held), default=-1)
+            if cut >= 0:
+                held = held[:cut]
+        if held:
+            yield held
+
+    def summary(self) -> str:
+        c = self.config
+        params = self._param_count()
+        return (f"{self.name or 'lm'}: {c['num_blocks']} blocks, emb_dim {c['emb_dim']}, "
+                f"{c['num_heads']} heads, ff_dim {c['ff_dim']}, "
+                f"mlp {self.meta['lm'].get('mlp_units')}, vocab {c['vocab_size']}, "
+                f"max_len {c['max_len']}, {params:,} binary parameters, "
+                f"file {self.file_size:,} bytes"
+                + (f", tokenizer {self.tokenizer.kind}" if self.tokenizer else ", no tokenizer"))
+
+    def _param_count(self) -> int:
+        total = 0
+        for name in self._file.tensor_names:
+            shape = self.meta["tensors"][name]["shape"]
+            total += int(np.prod(shape))
+        return total
+
+    def __repr__(self):
+        return (f"<bitnn LanguageModel {self.name!r} vocab {self.vocab_size}, "
+                f"max_len {self.max_len}{', closed' if self.closed else ''}>")
