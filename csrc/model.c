@@ -4,6 +4,7 @@
  * then linear layers batched over the images.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,16 @@ static int parse_act(const bjson *v, bitnn_act *out)
         }
     return 0;
 }
+
+/* Two activation buffers and the pooling accumulator of one image. A forward
+ * pass takes them if no other call holds them (a try-lock), so back-to-back
+ * predictions reuse warm memory instead of faulting in fresh pages; a
+ * concurrent call allocates its own. */
+struct bitnn_scratch {
+    atomic_flag busy;
+    float *a, *b;
+    double *acc;
+};
 
 bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,
                               const uint64_t *shape, const uint64_t **out, const char *what,
@@ -118,6 +129,7 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
     m->n_layers = layers->count;
     m->first_linear = layers->count;
     m->max_act = C * H * W;
+    m->max_channels = C;
 
     /* Walk the shape through the graph: (h, w, c) spatial, or a vector of c. */
     size_t h = H, w = W, c = C;
@@ -206,6 +218,7 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
         }
         const size_t act = spatial ? h * w * c : c;
         if (act > m->max_act) m->max_act = act;
+        if (c > m->max_channels) m->max_channels = c;
     }
     if (s == BITNN_OK && (spatial || m->first_linear == layers->count))
         s = fail(err, errlen, "the last layer must be a linear layer giving the class scores");
@@ -219,6 +232,12 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
         return s;
     }
     m->classes = c;
+    m->scratch = calloc(1, sizeof *m->scratch);
+    if (!m->scratch) {
+        bitnn_classifier_free(m);
+        return BITNN_ENOMEM;
+    }
+    atomic_flag_clear(&m->scratch->busy);
     *out = m;
     return BITNN_OK;
 }
@@ -226,6 +245,8 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
 void bitnn_classifier_free(bitnn_classifier *m)
 {
     if (!m) return;
+    if (m->scratch) free(m->scratch->a), free(m->scratch->b), free(m->scratch->acc);
+    free(m->scratch);
     free(m->layers);
     free(m);
 }
@@ -237,9 +258,21 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
     if (N == 0) return BITNN_OK;
     const size_t feat = m->layers[m->first_linear].in;
     const size_t image = m->C * m->H * m->W;
-    float *a = malloc(m->max_act * sizeof(float));
-    float *b = malloc(m->max_act * sizeof(float));
-    double *acc = malloc(m->max_act * sizeof(double));
+    struct bitnn_scratch *sc = m->scratch;
+    const int own = !atomic_flag_test_and_set(&sc->busy);
+    float *a, *b;
+    double *acc;
+    if (own) {
+        if (!sc->a) sc->a = malloc(m->max_act * sizeof(float));
+        if (!sc->b) sc->b = malloc(m->max_act * sizeof(float));
+        if (!sc->acc) sc->acc = malloc(m->max_channels * sizeof(double));
+        a = sc->a, b = sc->b, acc = sc->acc;
+    } else {
+        a = malloc(m->max_act * sizeof(float));
+        b = malloc(m->max_act * sizeof(float));
+        acc = malloc(m->max_channels * sizeof(double));
+    }
+    float *const a0 = a, *const b0 = b;
     /* Batched part: two (N, max features) buffers. */
     size_t widest = feat;
     for (size_t i = m->first_linear; i < m->n_layers; i++)
@@ -286,6 +319,10 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
         float *tmp = va;
         va = vb, vb = tmp;
     }
-    free(a), free(b), free(acc), free(va), free(vb);
+    if (own)
+        atomic_flag_clear(&sc->busy);
+    else
+        free(a0), free(b0), free(acc);
+    free(va), free(vb);
     return s;
 }

@@ -37,6 +37,8 @@ typedef struct {
     size_t first_linear;    /* index of the first linear layer: layers from here
                                on run batched over images */
     size_t max_act;         /* largest per-image activation, in floats */
+    size_t max_channels;    /* widest activation channel count (pooling scratch) */
+    struct bitnn_scratch *scratch; /* per-image buffers kept between calls */
 } bitnn_classifier;
 
 /* The bits tensor `name` of f, which must have exactly this shape; `what`
