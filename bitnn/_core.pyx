@@ -160,6 +160,15 @@ cdef object _as_bits(w, size_t rows, size_t k, name):
     return w
 
 
+cdef size_t _count(v, name) except? 0:
+    """A non-negative integer count (not a float, not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    if v < 0 or v > 2**40:
+        raise ValueError(f"{name} must be from 0 to 2^40, got {v}")
+    return <size_t>v
+
+
 cdef object _as_bias(b, size_t n):
     """Packed bias bits: uint64, shape (ceil(n/64),)."""
     if not isinstance(b, np.ndarray) or b.dtype != np.uint64:
@@ -193,10 +202,10 @@ cdef _check(bitnn_status s):
 
 
 # ----------------------------------------------------------------- the ops
-def binary_gemm(x, weight, size_t out_features, bias=None, threads=None, kernel=None):
+def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None):
     """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64))."""
     xa = _as_input(x)
-    cdef size_t M = xa.shape[0], K = xa.shape[1], N = out_features
+    cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
     if K == 0:
         raise ValueError("x must have at least one feature")
     if N == 0:
@@ -223,11 +232,11 @@ def binary_gemm(x, weight, size_t out_features, bias=None, threads=None, kernel=
     return out
 
 
-def linear(x, weight, size_t out_features, bias=None, activation=None, eps=1e-5,
+def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
            threads=None, kernel=None):
     """y = act(Normalize(x @ W_b.T + b_b)) (PAPER.md BNFCL), x (M, K) float32."""
     xa = _as_input(x)
-    cdef size_t M = xa.shape[0], K = xa.shape[1], N = out_features
+    cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
     if K == 0:
         raise ValueError("x must have at least one feature")
     if N == 0:
@@ -259,3 +268,4 @@ def linear(x, weight, size_t out_features, bias=None, activation=None, eps=1e-5,
 include "_bnb.pxi"
 include "_model.pxi"
 include "_lm.pxi"
+include "_tokenizer.pxi"

@@ -46,6 +46,8 @@ def pack_bits(bits) -> np.ndarray:
 def unpack_bits(words, k: int) -> np.ndarray:
     """Inverse of :func:`pack_bits`: uint8 {0,1} array with last axis ``k``."""
     w = np.asarray(words)
+    if w.ndim == 0:
+        raise ValueError("unpack_bits takes an array of words (1-D or more), not a scalar")
     if w.dtype != np.uint64:
         raise TypeError(f"unpack_bits takes uint64 words, got dtype {w.dtype}")
     if k < 1 or w.shape[-1] != (k + 63) // 64:
