@@ -31,7 +31,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 2000 /* a few microseconds: covers the gap between back-to-back jobs, not idle time */
 
 struct bitnn_pool {
     int n;                 /* threads in total, the caller included */
