@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 CORE_SOURCES = ["csrc/cpu.c", "csrc/ops.c", "csrc/threadpool.c", "csrc/kernel_ref.c",
                 "csrc/json.c", "csrc/bnb.c", "csrc/conv.c", "csrc/model.c",
-                "csrc/lm.c", "csrc/sampler.c"]
+                "csrc/lm.c", "csrc/sampler.c", "csrc/tokenizer.c", "csrc/unicode_tables.c"]
 # -ffp-contract=off: no fused multiply-add may change a rounding anywhere, so
 # that every kernel matches the reference bit for bit (docs/packing.md).
 CORE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra",
