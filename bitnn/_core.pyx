@@ -204,37 +204,18 @@ cdef _check(bitnn_status s):
 # ----------------------------------------------------------------- the ops
 def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None):
     """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64))."""
-    xa = _as_input(x)
-    cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
-    if K == 0:
-        raise ValueError("x must have at least one feature")
-    if N == 0:
-        raise ValueError("out_features must be at least 1")
-    wa = _as_bits(weight, N, K, "weight")
-    ba = None if bias is None else _as_bias(bias, N)
-    cdef int isa = _resolve_kernel(kernel)
-    cdef ThreadPool pool = get_pool(threads)
-    out = np.empty((M, N), dtype=np.float32)
-    cdef const float[:, ::1] xv = xa
-    cdef const uint64_t[:, ::1] wv = wa
-    cdef const uint64_t[:, ::1] bv
-    cdef float[:, ::1] ov = out
-    cdef const uint64_t *bp = NULL
-    if ba is not None:
-        bv = ba
-        bp = &bv[0, 0]
-    cdef bitnn_status s
-    if M == 0:
-        return out
-    with nogil:
-        s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, isa, pool.pool)
-    _check(s)
-    return out
+    return _linear_op(x, weight, out_features, bias, False, None, 1e-5, threads, kernel)
 
 
 def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
            threads=None, kernel=None):
     """y = act(Normalize(x @ W_b.T + b_b)) (PAPER.md BNFCL), x (M, K) float32."""
+    return _linear_op(x, weight, out_features, bias, True, activation, eps, threads, kernel)
+
+
+cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, eps, threads,
+                       kernel):
+    """Checks every argument, then runs the raw GEMM or the fused layer without the GIL."""
     xa = _as_input(x)
     cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
     if K == 0:
@@ -260,7 +241,12 @@ def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
         bp = &bv[0, 0]
     cdef bitnn_status s
     with nogil:
-        s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, isa, pool.pool)
+        if fused:
+            s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, isa,
+                             pool.pool)
+        else:
+            s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, isa,
+                                  pool.pool)
     _check(s)
     return out
 

@@ -11,16 +11,8 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "kernel_common.h"
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-ALWAYS_INLINE uint16_t chunk16(const uint64_t *row, size_t c)
-{
-    uint16_t v;
-    memcpy(&v, (const unsigned char *)row + 2 * c, sizeof v);
-    return v;
-}
 
 ALWAYS_INLINE float reduce16(__m256 lo, __m256 hi)
 {
@@ -77,7 +69,6 @@ ALWAYS_INLINE void block(const float *x, size_t ldx, size_t K, const uint64_t *w
             z[i * ldz + n + r] = reduce16(lo[i][r], hi[i][r]) + bitnn_bias_value(bias, n + r);
 }
 
-#define SLAB_BYTES (128u * 1024u)
 
 void bitnn_gemm_f32_avx2(const float *x, size_t ldx, size_t M, size_t K,
                          const uint64_t *w, size_t wpr, size_t n0, size_t n1,

@@ -12,7 +12,6 @@
  * head runs only for the last position.
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,22 +19,8 @@
 #include "lm.h"
 #include "model.h"
 
-static bitnn_status fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return BITNN_EFORMAT;
-}
-
-static int get_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out)
-{
-    long long v;
-    if (!bjson_get_int(bjson_get(obj, key), (long long)lo, (long long)hi, &v)) return 0;
-    *out = (size_t)v;
-    return 1;
-}
+#define fail bitnn_format_fail
+#define get_size bitnn_meta_size
 
 static bitnn_status get_linear(const bnb_file *f, const char *prefix, size_t in, size_t out,
                                bitnn_lm_linear *L, char *err, size_t errlen)

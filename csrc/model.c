@@ -16,7 +16,7 @@
 #define MAX_DIM 65536
 #define MAX_ACT ((size_t)1 << 30) /* floats per image in any activation */
 
-static bitnn_status fail(char *err, size_t errlen, const char *fmt, ...)
+bitnn_status bitnn_format_fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -25,13 +25,16 @@ static bitnn_status fail(char *err, size_t errlen, const char *fmt, ...)
     return BITNN_EFORMAT;
 }
 
-static int get_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out)
+int bitnn_meta_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out)
 {
     long long v;
     if (!bjson_get_int(bjson_get(obj, key), (long long)lo, (long long)hi, &v)) return 0;
     *out = (size_t)v;
     return 1;
 }
+
+#define fail bitnn_format_fail
+#define get_size bitnn_meta_size
 
 static int parse_act(const bjson *v, bitnn_act *out)
 {

@@ -41,6 +41,12 @@ typedef struct {
     struct bitnn_scratch *scratch; /* per-image buffers kept between calls */
 } bitnn_classifier;
 
+/* Shared by the model builders: write a message and return BITNN_EFORMAT;
+ * read obj[key] as an integer in [lo, hi] (1 on success). */
+bitnn_status bitnn_format_fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int bitnn_meta_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out);
+
 /* The bits tensor `name` of f, which must have exactly this shape; `what`
  * prefixes the error message. Shared by the model builders. */
 bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,

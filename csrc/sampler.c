@@ -29,52 +29,48 @@ static int better(const float *v, int32_t a, int32_t b)
     return v[a] > v[b] || (v[a] == v[b] && a < b);
 }
 
-/* The k best ids of v[0..V) into idx[0..k), best first (min-heap then sort). */
+static void swap_ids(int32_t *idx, size_t a, size_t b)
+{
+    int32_t t = idx[a];
+    idx[a] = idx[b];
+    idx[b] = t;
+}
+
+/* Restore the heap (root = the worst kept id) below c, over idx[0..n). */
+static void sift_down(const float *v, int32_t *idx, size_t c, size_t n)
+{
+    for (;;) {
+        size_t l = 2 * c + 1, r = l + 1, w = c;
+        if (l < n && better(v, idx[w], idx[l])) w = l;
+        if (r < n && better(v, idx[w], idx[r])) w = r;
+        if (w == c) return;
+        swap_ids(idx, c, w);
+        c = w;
+    }
+}
+
+/* The k best ids of v[0..V) into idx[0..k), best first: a heap of the k best
+ * seen so far, whose root is the worst of them, then a heap sort. */
 static void top_k_ids(const float *v, size_t V, size_t k, int32_t *idx)
 {
     size_t n = 0;
     for (size_t i = 0; i < V; i++) {
-        int32_t id = (int32_t)i;
-        if (n < k) { /* sift up: heap root is the worst kept */
+        const int32_t id = (int32_t)i;
+        if (n < k) { /* sift up */
             size_t c = n++;
             idx[c] = id;
             while (c > 0 && better(v, idx[(c - 1) / 2], idx[c])) {
-                int32_t t = idx[c];
-                idx[c] = idx[(c - 1) / 2];
-                idx[(c - 1) / 2] = t;
+                swap_ids(idx, c, (c - 1) / 2);
                 c = (c - 1) / 2;
             }
         } else if (better(v, id, idx[0])) {
             idx[0] = id;
-            size_t c = 0;
-            for (;;) { /* sift down */
-                size_t l = 2 * c + 1, r = l + 1, w = c;
-                if (l < n && better(v, idx[w], idx[l])) w = l;
-                if (r < n && better(v, idx[w], idx[r])) w = r;
-                if (w == c) break;
-                int32_t t = idx[c];
-                idx[c] = idx[w];
-                idx[w] = t;
-                c = w;
-            }
+            sift_down(v, idx, 0, n);
         }
     }
-    /* heap sort in place: repeatedly move the worst to the end */
-    for (size_t end = n; end > 1; end--) {
-        int32_t t = idx[0];
-        idx[0] = idx[end - 1];
-        idx[end - 1] = t;
-        size_t c = 0, m = end - 1;
-        for (;;) {
-            size_t l = 2 * c + 1, r = l + 1, w = c;
-            if (l < m && better(v, idx[w], idx[l])) w = l;
-            if (r < m && better(v, idx[w], idx[r])) w = r;
-            if (w == c) break;
-            int32_t u = idx[c];
-            idx[c] = idx[w];
-            idx[w] = u;
-            c = w;
-        }
+    for (size_t end = n; end > 1; end--) { /* move the worst to the end */
+        swap_ids(idx, 0, end - 1);
+        sift_down(v, idx, 0, end - 1);
     }
 }
 
