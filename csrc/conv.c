@@ -28,22 +28,28 @@ typedef struct {
     int failed; /* set when a scratch allocation fails */
 } conv_job;
 
-/* im2col rows for positions [p0, p1) into buf (rows of K floats). */
+/* im2col rows for positions [p0, p1) into buf (rows of K floats). The taps of
+ * one kernel row that fall inside the image are contiguous in NHWC, so each
+ * kernel row is one copy plus zero fill at the edges. */
 static void im2col(const conv_job *j, size_t p0, size_t p1, float *buf)
 {
-    const size_t pad = j->f / 2, C = j->C;
+    const size_t f = j->f, pad = f / 2, C = j->C, W = j->W;
     for (size_t p = p0; p < p1; p++) {
-        const size_t i = p / j->W, jj = p % j->W;
+        const size_t i = p / W, jj = p % W;
+        /* kernel columns dx in [dx0, dx1) land inside the image */
+        const size_t dx0 = jj < pad ? pad - jj : 0;
+        const size_t dx1 = jj + f - pad > W ? W + pad - jj : f;
         float *row = buf + (p - p0) * j->K;
-        for (size_t dy = 0; dy < j->f; dy++) {
+        for (size_t dy = 0; dy < f; dy++, row += f * C) {
             const size_t yy = i + dy; /* image row yy - pad */
-            for (size_t dx = 0; dx < j->f; dx++, row += C) {
-                const size_t xx = jj + dx;
-                if (yy < pad || yy - pad >= j->H || xx < pad || xx - pad >= j->W)
-                    memset(row, 0, C * sizeof(float));
-                else
-                    memcpy(row, j->x + ((yy - pad) * j->W + (xx - pad)) * C, C * sizeof(float));
+            if (yy < pad || yy - pad >= j->H) {
+                memset(row, 0, f * C * sizeof(float));
+                continue;
             }
+            if (dx0) memset(row, 0, dx0 * C * sizeof(float));
+            memcpy(row + dx0 * C, j->x + ((yy - pad) * W + (jj + dx0 - pad)) * C,
+                   (dx1 - dx0) * C * sizeof(float));
+            if (dx1 < f) memset(row + dx1 * C, 0, (f - dx1) * C * sizeof(float));
         }
     }
 }
@@ -100,8 +106,8 @@ void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, flo
             for (size_t dy = 0; dy < k; dy++)
                 for (size_t dx = 0; dx < k; dx++) {
                     const float *in = x + ((i * k + dy) * W + jj * k + dx) * C;
-                    for (size_t c = 0; c < C; c++)
-                        if (in[c] > out[c]) out[c] = in[c];
+                    for (size_t c = 0; c < C; c++) /* this form vectorizes to maxps */
+                        out[c] = in[c] > out[c] ? in[c] : out[c];
                 }
         }
 }
