@@ -126,7 +126,8 @@ int bitnn_isa_supported(int isa)
     switch (isa) {
     case BITNN_ISA_REF: return 1;
     case BITNN_ISA_AVX2: return (f & BITNN_CPU_AVX2) != 0;
-    case BITNN_ISA_AVX512: return (f & BITNN_CPU_AVX512F) != 0;
+    case BITNN_ISA_AVX512: /* F for the masked adds, BW for the 16-bit broadcasts */
+        return (f & BITNN_CPU_AVX512F) && (f & BITNN_CPU_AVX512BW);
     case BITNN_ISA_NEON: return (f & BITNN_CPU_NEON) != 0;
     default: return 0;
     }

@@ -5,7 +5,7 @@
 #   tests/c/run.sh [all|native|sanitize|aarch64]     (default: all)
 #
 #   native    the host's kernels, with the flags setup.py uses (x86: -mavx2 /
-#             -mavx512f on the kernel files only, nothing else gets them)
+#             -mavx512f -mavx512bw on the kernel files only, nothing else gets them)
 #   sanitize  the same under AddressSanitizer + UBSan (skipped if unsupported)
 #   aarch64   cross-compiled with aarch64-linux-gnu-gcc (ref + NEON) and run
 #             under qemu-aarch64 -L /usr/aarch64-linux-gnu (skipped if either
@@ -57,6 +57,7 @@ build() {
         IFS=: read -r file kflags macro <<<"$spec"
         macros+=("-D$macro=1")
         # shellcheck disable=SC2086
+        kflags="${kflags//,/ }" # several flags are comma-separated in the spec
         "$cc" "${FLAGS[@]}" "${extra[@]}" $kflags -c "$SRC/$file" -o "$dir/${file%.c}.o" || return 1
         objs+=("$dir/${file%.c}.o")
     done
@@ -71,7 +72,7 @@ build() {
 # The SIMD kernel files for a machine, as setup.py's simd_sources() lists them.
 kernels_for() {
     case "$1" in
-        x86_64|amd64) echo "kernel_avx2.c:-mavx2:BITNN_HAVE_AVX2 kernel_avx512.c:-mavx512f:BITNN_HAVE_AVX512" ;;
+        x86_64|amd64) echo "kernel_avx2.c:-mavx2:BITNN_HAVE_AVX2 kernel_avx512.c:-mavx512f,-mavx512bw:BITNN_HAVE_AVX512" ;;
         aarch64|arm64) echo "kernel_neon.c::BITNN_HAVE_NEON" ;;
         *) echo "" ;;
     esac
