@@ -62,8 +62,12 @@ def _maxpool_size(m) -> int:
 
 def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None,
            preprocess: dict | None = None, name: str | None = None,
-           training: dict | None = None) -> dict:
-    """Write a binary classifier to ``path`` (.bnb) and return its header.
+           training: dict | None = None, tokenizer=None) -> dict:
+    """Write a binary classifier or language model to ``path`` (.bnb).
+
+    A :class:`bitnn.nn.BinaryLM` goes to :func:`_export_lm` (keywords
+    ``tokenizer``, ``name``, ``training``; ``input_shape``, ``labels`` and
+    ``preprocess`` do not apply). Everything else is a classifier:
 
     ``model`` is a :class:`bitnn.nn.BinaryCNN` (binary) or an ``nn.Sequential``
     of bitnn.nn layers. ``input_shape`` is ``(C, H, W)`` (for a BinaryCNN,
@@ -72,6 +76,13 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
     ``(x * scale - mean[c]) / std[c]``; default scale 1/255, mean 0, std 1.
     ``training``: free-form provenance stored in the file.
     """
+    if _is_lm(model):
+        if input_shape is not None or labels is not None or preprocess is not None:
+            raise ValueError("input_shape, labels and preprocess are for classifiers; "
+                             "a language model takes tokenizer, name and training")
+        return _export_lm(model, path, tokenizer=tokenizer, name=name, training=training)
+    if tokenizer is not None:
+        raise ValueError("tokenizer is for language models (BinaryLM)")
     graph = _classifier_graph(model)
     if getattr(model, "binary", True) is False or any(getattr(m, "binary", True) is False
                                                      for _, m in graph):
@@ -145,6 +156,113 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
         "labels": labels,
         "layers": layers,
     }
+    if training is not None:
+        meta["training"] = training
+    return write_bnb(path, meta, tensors)
+
+
+# --------------------------------------------------------------------------
+# Language decoder (csrc/lm.c: bitnn_lm_build)
+# --------------------------------------------------------------------------
+
+def _is_lm(model) -> bool:
+    try:
+        from bitnn.nn import BinaryLM
+    except ImportError:  # pragma: no cover - no torch: cannot be a torch model
+        return False
+    return isinstance(model, BinaryLM)
+
+
+def _tokenizer_spec(tokenizer):
+    """A tokenizer spec dict (bitnn.tokenizer's schema) from what the caller passed.
+
+    Accepts the spec itself (a dict), a :class:`bitnn.tokenizer.Tokenizer`
+    (its ``spec``), or a Hugging Face ``tokenizers.Tokenizer`` (through
+    :func:`bitnn.tokenizer.spec_from_hf`).
+    """
+    if tokenizer is None or isinstance(tokenizer, dict):
+        return tokenizer
+    spec = getattr(tokenizer, "spec", None)
+    if isinstance(spec, dict):
+        return spec
+    from bitnn.tokenizer import spec_from_hf
+
+    return spec_from_hf(tokenizer)
+
+
+def _check_tokenizer(spec: dict, vocab_size: int) -> None:
+    """The spec must load (bitnn.tokenizer.Tokenizer) and fit the model's vocabulary."""
+    try:
+        from bitnn.tokenizer import Tokenizer
+    except ImportError:  # pragma: no cover - the runtime tokenizer is not there
+        return
+    n = Tokenizer(spec).vocab_size
+    if n > vocab_size:
+        raise ValueError(f"the tokenizer has {n} tokens but the model's vocabulary only "
+                         f"{vocab_size}")
+
+
+def _linear_bits(m, prefix: str, tensors: dict) -> None:
+    tensors[f"{prefix}.weight"] = Bits(pack_bits(_bits_of(m.binary_weight())),
+                                       [m.out_features, m.in_features])
+    tensors[f"{prefix}.bias"] = Bits(pack_bits(_bits_of(m.binary_bias())), [m.out_features])
+
+
+def _export_lm(model, path, *, tokenizer=None, name: str | None = None,
+               training: dict | None = None) -> dict:
+    """Write a :class:`bitnn.nn.BinaryLM` to ``path`` as csrc/lm.c reads it.
+
+    Tensors (all bits): ``embed.token.weight [vocab, emb_dim]`` (the token
+    kernel transposed: row t is token t's column), ``embed.token.bias
+    [emb_dim]``, ``embed.position.weight [max_len, emb_dim]``,
+    ``embed.position.bias``, ``blocks.{i}.attn.{q,k,v,out}.{weight,bias}``
+    (``[D, D]``, ``[D]``), ``blocks.{i}.ff1.*`` (``[ff_dim, D]``),
+    ``blocks.{i}.ff2.*`` (``[D, ff_dim]``), ``head.{i}.*``, ``output.*``
+    (``[vocab, last width]``). Header: ``model`` (kind "lm"), ``eps``, ``lm``
+    (the shape), ``tokenizer`` (when given), ``training``.
+    """
+    if not getattr(model, "binary", True) or any(getattr(m, "binary", True) is False
+                                                 for m in model.modules()):
+        raise ValueError("only binary models can be exported (this is the fp32 baseline)")
+    c = model.config
+    eps_values = {float(m.eps) for m in model.modules() if hasattr(m, "eps")}
+    if len(eps_values) != 1:
+        raise ValueError(f"all layers must share one eps to export, got {sorted(eps_values)}")
+    eps = eps_values.pop()
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1) for the runtime, got {eps}")
+    if c["vocab_size"] < 2:
+        raise ValueError("the runtime needs a vocabulary of at least 2 tokens")
+
+    tensors: dict[str, Bits] = {}
+    emb = model.embedding
+    for part, m, rows in (("token", emb.token, c["vocab_size"]),
+                          ("position", emb.position, c["max_len"])):
+        wt = np.ascontiguousarray(_bits_of(m.binary_weight()).T)  # (rows, emb_dim)
+        assert wt.shape == (rows, c["emb_dim"])
+        tensors[f"embed.{part}.weight"] = Bits(pack_bits(wt), [rows, c["emb_dim"]])
+        tensors[f"embed.{part}.bias"] = Bits(pack_bits(_bits_of(m.binary_bias())),
+                                             [c["emb_dim"]])
+    for i, block in enumerate(model.blocks):
+        for nm in ("q", "k", "v", "out"):
+            _linear_bits(getattr(block.attn, nm), f"blocks.{i}.attn.{nm}", tensors)
+        _linear_bits(block.ff1, f"blocks.{i}.ff1", tensors)
+        _linear_bits(block.ff2, f"blocks.{i}.ff2", tensors)
+    for i, layer in enumerate(model.head):
+        _linear_bits(layer, f"head.{i}", tensors)
+    _linear_bits(model.output, "output", tensors)
+
+    meta: dict[str, Any] = {
+        "model": {"kind": "lm", "name": name or "lm"},
+        "eps": eps,
+        "lm": {"vocab_size": c["vocab_size"], "max_len": c["max_len"], "emb_dim": c["emb_dim"],
+               "num_heads": c["num_heads"], "num_blocks": c["num_blocks"],
+               "ff_dim": c["ff_dim"], "mlp_units": list(c["mlp_units"])},
+    }
+    spec = _tokenizer_spec(tokenizer)
+    if spec is not None:
+        _check_tokenizer(spec, c["vocab_size"])
+        meta["tokenizer"] = spec
     if training is not None:
         meta["training"] = training
     return write_bnb(path, meta, tensors)

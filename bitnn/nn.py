@@ -18,6 +18,12 @@ Layout conventions (what the exporter reads):
 - ``layer.activation`` in ``{"linear", "relu", "gelu", "softmax"}``, ``layer.eps``,
   and for convolutions ``layer.norm`` in ``{"chw", "c"}``.
 - ``BinaryCNN.ops()``: the forward pass as a list of ``(kind, module)``.
+- ``BinaryLM`` (the language decoder, PAPER.md Alg. 8): ``embedding.token`` /
+  ``embedding.position`` (BinaryLinear ``(emb_dim, vocab)`` / ``(emb_dim, max_len)``,
+  used as column gathers), ``blocks[i].attn.q/k/v/out`` (``(D, D)``),
+  ``blocks[i].ff1`` (``(ff_dim, D)``, gelu), ``blocks[i].ff2`` (``(D, ff_dim)``),
+  ``head[i]`` (gelu), ``output`` (``(vocab, width)``, linear). Its parameterless
+  Normalize steps are :class:`Normalize` modules (learnable only in the fp32 twin).
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ __all__ = [
     "GlobalAvgPool2d",
     "BinaryCNN",
     "FloatCNN",
+    "Normalize",
+    "BinaryEmbedding",
+    "BinaryMultiHeadAttention",
+    "BinaryTransformerBlock",
+    "BinaryLM",
+    "FloatLM",
 ]
 
 ACTIVATIONS = ("linear", "relu", "gelu", "softmax")
@@ -360,3 +372,244 @@ def _as_list(name: str, value) -> list:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ValueError(f"{name} must be a sequence, got {value!r}")
     return list(value)
+
+
+# --------------------------------------------------------------------------
+# Language decoder (PAPER.md section 3 BEMBL/BATL/BTFB, section 4 BLM; csrc/lm.c)
+# --------------------------------------------------------------------------
+
+class Normalize(nn.Module):
+    """Normalize over the last axis: parameterless in binary models; with a
+    learnable per-feature scale and shift (``norm_weight``, ``norm_bias``,
+    i.e. LayerNorm) in the fp32 twin (``binary=False``)."""
+
+    def __init__(self, features: int, eps: float = 1e-5, binary: bool = True):
+        super().__init__()
+        self.features = _check_positive_int("features", features)
+        self.eps = _check_eps(eps)
+        self.binary = bool(binary)
+        if not self.binary:
+            self.norm_weight = nn.Parameter(torch.ones(features))
+            self.norm_bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.layer_norm(z, (self.features,), eps=self.eps)
+        return F.layer_norm(z, (self.features,), self.norm_weight, self.norm_bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.features}, eps={self.eps}, binary={self.binary}"
+
+
+def _gather_normalized(layer: BinaryLinear, idx: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to one-hot inputs ``idx``: Normalize(W[:, idx] + b).
+
+    A gather of the (quantized) weight's columns, never a one-hot matmul; the
+    same value as ``layer.preact(one_hot(idx))`` (a linear layer has no
+    activation to apply).
+    """
+    z = F.embedding(idx, layer.effective_weight().t()) + layer.effective_bias()
+    h = normalize(z, -1, layer.eps)
+    if not layer.binary:
+        h = h * layer.norm_weight + layer.norm_bias
+    return h
+
+
+class BinaryEmbedding(nn.Module):
+    """BEMBL (PAPER.md Alg. 4): ``Normalize(Wb_tok[:, t] + bb_tok) +
+    Normalize(Wb_pos[:, p] + bb_pos)`` for token ``t`` at position ``p``.
+
+    ``token`` is a BinaryLinear(vocab_size -> emb_dim, linear) applied to the
+    one-hot token and ``position`` one applied to the one-hot position
+    ``0..max_len-1``; both are computed as column gathers. Returns the SUM of
+    the two normalized embeddings; :class:`BinaryLM` applies the outer
+    Normalize (as csrc/lm.c does). ``forward(ids)``: int ``(B, T)`` (or
+    ``(T,)``) -> ``(..., T, emb_dim)``; positions are ``0..T-1``.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, emb_dim: int, eps: float = 1e-5,
+                 binary: bool = True):
+        super().__init__()
+        self.vocab_size = _check_positive_int("vocab_size", vocab_size)
+        self.max_len = _check_positive_int("max_len", max_len)
+        self.emb_dim = _check_positive_int("emb_dim", emb_dim)
+        self.eps = _check_eps(eps)
+        self.binary = bool(binary)
+        lin_cls = BinaryLinear if binary else FloatLinear
+        self.token = lin_cls(vocab_size, emb_dim, "linear", eps)
+        self.position = lin_cls(max_len, emb_dim, "linear", eps)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        T = ids.shape[-1]
+        if T > self.max_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_len {self.max_len}")
+        pos = torch.arange(T, device=ids.device)
+        return _gather_normalized(self.token, ids) + _gather_normalized(self.position, pos)
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, max_len={self.max_len}, "
+                f"emb_dim={self.emb_dim}, binary={self.binary}")
+
+
+class BinaryMultiHeadAttention(nn.Module):
+    """BATL (PAPER.md Alg. 6), causal.
+
+    ``q``, ``k``, ``v``, ``out``: BinaryLinear(emb_dim -> emb_dim, linear), each
+    normalized per token over the full emb_dim. Heads of ``emb_dim //
+    num_heads``; scores ``Q K^T / sqrt(head_dim)``, causal mask (-inf),
+    softmax, ``A V``, heads merged, then ``out``. Input ``(B, T, emb_dim)``.
+    """
+
+    def __init__(self, emb_dim: int, num_heads: int, eps: float = 1e-5, binary: bool = True):
+        super().__init__()
+        self.emb_dim = _check_positive_int("emb_dim", emb_dim)
+        self.num_heads = _check_positive_int("num_heads", num_heads)
+        if emb_dim % num_heads:
+            raise ValueError(f"emb_dim {emb_dim} is not divisible by num_heads {num_heads}")
+        self.head_dim = emb_dim // num_heads
+        self.eps = _check_eps(eps)
+        self.binary = bool(binary)
+        lin_cls = BinaryLinear if binary else FloatLinear
+        self.q = lin_cls(emb_dim, emb_dim, "linear", eps)
+        self.k = lin_cls(emb_dim, emb_dim, "linear", eps)
+        self.v = lin_cls(emb_dim, emb_dim, "linear", eps)
+        self.out = lin_cls(emb_dim, emb_dim, "linear", eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, T, D = x.shape
+        H, hd = self.num_heads, self.head_dim
+
+        def heads(t):  # (..., T, D) -> (..., H, T, hd)
+            return t.reshape(*lead, T, H, hd).transpose(-3, -2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        # Same math as softmax(QK^T / sqrt(hd) + causal -inf mask) V (the scale
+        # is 1/sqrt(head_dim)); torch's fused kernel is faster on CPU.
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(a.transpose(-3, -2).reshape(*lead, T, D))
+
+    def extra_repr(self) -> str:
+        return f"emb_dim={self.emb_dim}, num_heads={self.num_heads}, binary={self.binary}"
+
+
+class BinaryTransformerBlock(nn.Module):
+    """BTFB (PAPER.md Alg. 5): ``h = Normalize(x + attn(x))``;
+    ``out = Normalize(h + ff2(ff1(h)))`` with ff1 = BinaryLinear(emb_dim ->
+    ff_dim, gelu), ff2 = BinaryLinear(ff_dim -> emb_dim, linear)."""
+
+    def __init__(self, emb_dim: int, num_heads: int, ff_dim: int | None = None,
+                 eps: float = 1e-5, binary: bool = True):
+        super().__init__()
+        ff_dim = 2 * emb_dim if ff_dim is None else ff_dim
+        self.emb_dim = _check_positive_int("emb_dim", emb_dim)
+        self.ff_dim = _check_positive_int("ff_dim", ff_dim)
+        self.binary = bool(binary)
+        lin_cls = BinaryLinear if binary else FloatLinear
+        self.attn = BinaryMultiHeadAttention(emb_dim, num_heads, eps, binary)
+        self.norm1 = Normalize(emb_dim, eps, binary)
+        self.ff1 = lin_cls(emb_dim, ff_dim, "gelu", eps)
+        self.ff2 = lin_cls(ff_dim, emb_dim, "linear", eps)
+        self.norm2 = Normalize(emb_dim, eps, binary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x + self.attn(x))
+        return self.norm2(h + self.ff2(self.ff1(h)))
+
+
+class BinaryLM(nn.Module):
+    """BLM, the binary language decoder (PAPER.md Alg. 8; runtime csrc/lm.c).
+
+    ``x = Normalize(embedding(ids))``; ``num_blocks`` transformer blocks
+    (``ff_dim``, default ``2 * emb_dim``); an MLP head of one
+    BinaryLinear(gelu) per entry of ``mlp_units`` (may be empty); ``output``
+    BinaryLinear(vocab_size, linear). ``forward(ids)`` takes int ``(B, T)``
+    ids, ``1 <= T <= max_len``, and returns the final layer's normalized
+    scores (before the softmax) ``(B, T, vocab_size)``: position ``t`` scores
+    the token that follows ``ids[:, :t+1]``. Train with
+    ``F.cross_entropy(scores.flatten(0, 1), targets.flatten())``. Note that the
+    final Normalize bounds the scores' scale (zero mean, unit variance over
+    the vocabulary), as in the paper.
+
+    ``binary=False`` (or :class:`FloatLM`) is the fp32 twin of the same
+    shape: float weights, and every Normalize with a learnable per-feature
+    scale and shift. The constructor arguments are kept in ``model.config``.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, emb_dim: int, num_heads: int,
+                 num_blocks: int, mlp_units: Sequence[int] = (4096, 2048), eps: float = 1e-5,
+                 binary: bool = True, ff_dim: int | None = None):
+        super().__init__()
+        _check_positive_int("vocab_size", vocab_size)
+        _check_positive_int("max_len", max_len)
+        _check_positive_int("emb_dim", emb_dim)
+        _check_positive_int("num_heads", num_heads)
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+            raise ValueError(f"num_blocks must be a non-negative integer, got {num_blocks!r}")
+        if emb_dim % num_heads:
+            raise ValueError(f"emb_dim {emb_dim} is not divisible by num_heads {num_heads}")
+        ff_dim = 2 * emb_dim if ff_dim is None else _check_positive_int("ff_dim", ff_dim)
+        mlp_units = [_check_positive_int("mlp_units[i]", u)
+                     for u in _as_list("mlp_units", mlp_units)]
+        eps = _check_eps(eps)
+        self.binary = bool(binary)
+        self.config = {
+            "vocab_size": vocab_size, "max_len": max_len, "emb_dim": emb_dim,
+            "num_heads": num_heads, "num_blocks": num_blocks, "mlp_units": mlp_units,
+            "eps": eps, "binary": self.binary, "ff_dim": ff_dim,
+        }
+        self.vocab_size, self.max_len, self.emb_dim = vocab_size, max_len, emb_dim
+        self.num_heads, self.num_blocks, self.ff_dim = num_heads, num_blocks, ff_dim
+        self.mlp_units, self.eps = mlp_units, eps
+        lin_cls = BinaryLinear if binary else FloatLinear
+        self.embedding = BinaryEmbedding(vocab_size, max_len, emb_dim, eps, binary)
+        self.embed_norm = Normalize(emb_dim, eps, binary)
+        self.blocks = nn.ModuleList(BinaryTransformerBlock(emb_dim, num_heads, ff_dim, eps, binary)
+                                    for _ in range(num_blocks))
+        head, width = [], emb_dim
+        for u in mlp_units:
+            head.append(lin_cls(width, u, "gelu", eps))
+            width = u
+        self.head = nn.ModuleList(head)
+        self.output = lin_cls(width, vocab_size, "linear", eps)
+
+    def _check_ids(self, ids) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(ids)
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be a (batch, time) tensor, got shape {tuple(ids.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+        T = ids.shape[1]
+        if T < 1 or ids.shape[0] < 1:
+            raise ValueError(f"ids must hold at least one token, got shape {tuple(ids.shape)}")
+        if T > self.max_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_len {self.max_len}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is out of the vocabulary (0..{self.vocab_size - 1})")
+        return ids.long()
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last block's output ``(B, T, emb_dim)`` (before the MLP head)."""
+        x = self.embed_norm(self.embedding(self._check_ids(ids)))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.features(ids)
+        for layer in self.head:
+            x = layer(x)
+        return self.output(x)
+
+    def log_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.forward(ids), dim=-1)
+
+
+class FloatLM(BinaryLM):
+    """The fp32 twin: ``BinaryLM(..., binary=False)``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["binary"] = False
+        super().__init__(*args, **kwargs)

@@ -243,3 +243,13 @@ def test_binary_cnn_trains_a_step():
 def test_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_cnn_config_round_trip():
+    model = bnn.BinaryCNN(1, 10, (3, 5), 5, (7,), norm="c", eps=1e-3)
+    twin = bnn.BinaryCNN(**model.config)
+    assert twin.config == model.config
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 9, 9)
+    assert torch.equal(twin(x), model(x))
+    assert all(m.eps == 1e-3 for _, m in model.ops() if hasattr(m, "eps"))
