@@ -1,0 +1,181 @@
+"""LanguageModel API: tokenize/detokenize, predict, generate (greedy parity with
+PyTorch, seeds, streaming, stop strings, context sliding), bad input, and the
+bitnn-run text CLI. Uses a tiny random BinaryLM with a small BPE tokenizer."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bitnn
+
+torch = pytest.importorskip("torch")
+tokenizers = pytest.importorskip("tokenizers")
+from bitnn.nn import BinaryLM  # noqa: E402
+
+TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Ça va, naïve café.\n") * 40
+
+
+@pytest.fixture(scope="module")
+def lm_path(tmp_path_factory):
+    tok = tokenizers.ByteLevelBPETokenizer()
+    tok.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, show_progress=False,
+                            special_tokens=["<|endoftext|>"])
+    vocab = tok.get_vocab_size()
+    torch.manual_seed(0)
+    m = BinaryLM(vocab, max_len=24, emb_dim=16, num_heads=2, num_blocks=2, mlp_units=(24,)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    path = tmp_path_factory.mktemp("lm") / "tiny.bnb"
+    bitnn.export(m, path, tokenizer=tok._tokenizer, name="tiny")
+    return m, path, tok
+
+
+def torch_greedy(m, ids, n):
+    ids = list(ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            scores = m(torch.tensor([ids[-m.config["max_len"]:]]))[0, -1]
+            nxt = int(scores.argmax())
+            out.append(nxt)
+            ids.append(nxt)
+    return out
+
+
+def test_tokenize_round_trip_and_predict(lm_path):
+    m, path, tok = lm_path
+    with bitnn.load(path) as model:
+        assert model.kind == "lm" and model.vocab_size == m.config["vocab_size"]
+        ids = model.tokenize("ROMEO: Ça va?")
+        assert ids == tok.encode("ROMEO: Ça va?").ids
+        assert model.detokenize(ids) == "ROMEO: Ça va?"
+        probs = model.predict([ids, ids[:3]])
+        assert probs.shape == (2, model.vocab_size)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        with torch.no_grad():
+            ref = torch.softmax(m(torch.tensor([ids]))[0, -1], -1).numpy()
+        assert np.abs(probs[0] - ref).max() <= 1e-4
+        assert "tiny" in model.summary()
+
+
+def test_greedy_matches_pytorch(lm_path):
+    m, path, _ = lm_path
+    prompt = [5, 17, 42]
+    with bitnn.load(path) as model:
+        got = model.generate(prompt, 20, temperature=0, ctx_size=24, context_overflow="stop")
+    assert got == torch_greedy(m, prompt, 20)
+
+
+def test_seed_gives_same_text_for_any_thread_count(lm_path):
+    _, path, _ = lm_path
+    outs = []
+    for threads in (1, 2, 3):
+        with bitnn.load(path, threads=threads) as model:
+            outs.append(model.generate("ROMEO:", 30, temperature=0.9, top_k=20, top_p=0.9,
+                                       repetition_penalty=1.2, seed=1234))
+    assert outs[0] == outs[1] == outs[2]
+    with bitnn.load(path) as model:
+        other = model.generate("ROMEO:", 30, temperature=0.9, seed=99)
+        random_seed = model.generate("ROMEO:", 5)
+        assert model.last_seed is not None
+    assert isinstance(other, str) and isinstance(random_seed, str)
+
+
+def test_stream_pieces_are_whole_text(lm_path):
+    _, path, _ = lm_path
+    with bitnn.load(path) as model:
+        full = model.generate("JULIET:", 40, temperature=1.0, seed=7)
+        pieces = list(model.generate("JULIET:", 40, temperature=1.0, seed=7, stream=True))
+        ids = model.generate(model.tokenize("JULIET:"), 40, temperature=1.0, seed=7)
+    assert "".join(pieces) == full
+    assert all(isinstance(p, str) and "\ufffd" not in p for p in pieces) or "\ufffd" in full
+    assert isinstance(ids, list) and len(ids) == 40
+
+
+def test_stop_string_and_context_slide(lm_path):
+    _, path, _ = lm_path
+    with bitnn.load(path) as model:
+        text = model.generate("ROMEO:", 60, temperature=1.0, seed=3)
+        if len(text) > 4:
+            stop = text[2:4]
+            cut = model.generate("ROMEO:", 60, temperature=1.0, seed=3, stop=stop)
+            assert cut == text[:text.find(stop)]
+        # 60 new tokens with a 24-position table: the window slides, never past max_len
+        slid = model.generate([1, 2, 3], 60, temperature=0, ctx_size=24)
+        assert len(slid) == 60
+        assert model.last_stats["context_shifts"] >= 1
+        stopped = model.generate([1, 2, 3], 60, temperature=0, context_overflow="stop")
+        assert len(stopped) == 24 - 3 + 1
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(prompt=""), ValueError),
+    (dict(prompt=[]), ValueError),
+    (dict(prompt=[-1]), ValueError),
+    (dict(prompt=[10**6]), ValueError),
+    (dict(prompt=[1.5]), ValueError),
+    (dict(temperature=-1), ValueError),
+    (dict(temperature=float("nan")), ValueError),
+    (dict(top_k=-3), ValueError),
+    (dict(top_p=0), ValueError),
+    (dict(top_p=float("nan")), ValueError),
+    (dict(repetition_penalty=0), ValueError),
+    (dict(repetition_penalty=float("nan")), ValueError),
+    (dict(max_new_tokens=-1), ValueError),
+    (dict(seed=-5), ValueError),
+    (dict(ctx_size=1000), ValueError),
+    (dict(context_overflow="wrap"), ValueError),
+])
+def test_bad_generate_arguments(lm_path, kwargs, exc):
+    _, path, _ = lm_path
+    args = dict(prompt="ROMEO:", max_new_tokens=3)
+    args.update(kwargs)
+    with bitnn.load(path) as model:
+        with pytest.raises(exc):
+            model.generate(args.pop("prompt"), **args)
+
+
+def test_bad_predict_input(lm_path):
+    _, path, _ = lm_path
+    with bitnn.load(path) as model:
+        for bad in ([], [[]], [-1], [[1, 2], [3, 10**6]], list(range(25))):
+            with pytest.raises(ValueError):
+                model.predict(bad)
+        with pytest.raises(ValueError):
+            model.detokenize([10**6])
+
+
+def test_cli_generates(lm_path):
+    _, path, _ = lm_path
+    r = subprocess.run([sys.executable, "-m", "bitnn.cli", "-m", str(path), "-p", "ROMEO:",
+                        "-n", "12", "--temp", "0.8", "-s", "5", "-t", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r2 = subprocess.run([sys.executable, "-m", "bitnn.cli", "-m", str(path), "-p", "ROMEO:",
+                         "-n", "12", "--temp", "0.8", "-s", "5", "-t", "2"],
+                        capture_output=True, text=True, timeout=60)
+    assert r.stdout == r2.stdout and r.stdout.strip()
+    assert "tokens/s" in r.stderr and "tokens/s" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "bitnn.cli", "-m", str(path), "-p", "x", "-n", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert "seed" in r.stderr
+    for bad in (["--temp", "-1"], ["--top-p", "2"], ["-n", "-4"], []):
+        r = subprocess.run([sys.executable, "-m", "bitnn.cli", "-m", str(path)] +
+                           (["-p", "x"] if bad else []) + bad,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (bad, r.stderr)
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "bitnn", "models", "shakespeare.bnb")
+
+
+@pytest.mark.skipif(not os.path.exists(SHIPPED), reason="shipped language model not built yet")
+def test_shipped_lm_writes_text():
+    with bitnn.load("shakespeare") as model:
+        text = model.generate("ROMEO:", 30, seed=1)
+    assert isinstance(text, str) and len(text) > 10
