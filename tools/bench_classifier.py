@@ -36,7 +36,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,8 +46,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from common import machine_info as _base_machine_info  # noqa: E402
 
 ENGINES = ("bitnn", "torch", "ort")
 CHANNELS = (32, 64, 64, 128, 256)
@@ -391,31 +393,7 @@ def profile(args, fs, sizes, threads, engines) -> list:
 # ----------------------------------------------------------------- report
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    fam = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "model name":
-                    cpu = val
-                elif key in ("cpu family", "model"):
-                    fam[key] = val
-                elif not key:
-                    break
-    except OSError:
-        pass
-    if fam:
-        cpu += f" (family {fam.get('cpu family')}, model {fam.get('model')})"
-    info = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
-    try:
-        import bitnn
-
-        info["bitnn"] = bitnn.system_info()
-    except Exception as e:  # noqa: BLE001 - report, don't fail
-        info["bitnn"] = f"unavailable: {e}"
+    info = _base_machine_info()
     try:
         import torch
 

@@ -52,7 +52,6 @@ import datetime as _dt
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -63,8 +62,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from common import machine_info as _base_machine_info  # noqa: E402
 
 ENGINES = ("bitnn", "torch")
 
@@ -433,41 +435,6 @@ def measure_rss(path: str, threads: int = 1, tokens: int = 64) -> dict:
 
 # ----------------------------------------------------------------- report
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    fam = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "model name":
-                    cpu = val
-                elif key in ("cpu family", "model"):
-                    fam[key] = val
-                elif not key:
-                    break
-    except OSError:
-        pass
-    if fam:
-        cpu += f" (family {fam.get('cpu family')}, model {fam.get('model')})"
-    info = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "numpy": np.__version__}
-    try:
-        import bitnn
-
-        info["bitnn"] = bitnn.system_info()
-    except Exception as e:  # noqa: BLE001 - report, don't fail
-        info["bitnn"] = f"unavailable: {e}"
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
-
-
 def fmt_speed_table(results) -> str:
     head = ["config", "threads", "measure", "bitnn tok/s", "torch fp32 tok/s", "bitnn / torch",
             "bitnn ms/tok", "torch ms/tok", "CPU-time bitnn / torch"]
@@ -554,7 +521,7 @@ def run(args, configs: dict | None = None) -> dict:
     contexts = [int(v) for v in args.contexts.split(",")]
     t_start = time.time()
     report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_info(), "loadavg_start": list(os.getloadavg()),
+              "machine": _base_machine_info(), "loadavg_start": list(os.getloadavg()),
               "args": {k: v for k, v in vars(args).items() if not k.startswith("rss")},
               "configs": {}, "sizes": [], "parity": [], "results": [], "rss": []}
     m = report["machine"]

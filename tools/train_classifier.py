@@ -38,31 +38,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fashion_mnist  # noqa: E402
+from common import Progress, atomic_save, int_list, lr_factor  # noqa: E402
 from bitnn.nn import BinaryCNN  # noqa: E402
 
-try:
-    from tqdm import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
-
-
-def _int_list(text: str) -> list[int]:
-    text = text.strip()
-    if not text:
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--channels", type=_int_list, default=[16, 32, 32, 64, 128],
+    g.add_argument("--channels", type=int_list, default=[16, 32, 32, 64, 128],
                    help="conv widths, one block (two convs) each; 2x2 max-pool between blocks")
-    g.add_argument("--fc-units", type=_int_list, default=[128, 128],
+    g.add_argument("--fc-units", type=int_list, default=[128, 128],
                    help="hidden fully connected widths (may be empty: '')")
     g.add_argument("--kernel-size", type=int, default=3)
     g.add_argument("--norm", choices=["chw", "c"], default="c",
@@ -117,15 +104,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------
 
-def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
-    """Multiplier of the peak lr at optimiser step ``step`` (0-based)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    t = min(1.0, (step - warmup) / span)
-    return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def preprocess_arrays(x_train: np.ndarray, x_test: np.ndarray):
     """uint8 -> float32 (x/255 - mean) / std, NCHW; mean/std from the train set."""
     scaled = x_train.astype(np.float64) / 255.0
@@ -167,39 +145,6 @@ def export(model, path, preprocess, training=None, name="fashion"):
                  name=name, training=training)
     print(f"exported {path} ({os.path.getsize(path)} bytes)")
 
-
-def _atomic_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class _Progress:
-    """tqdm if installed, else a line every ~10%."""
-
-    def __init__(self, total, desc, enabled):
-        self.total, self.desc, self.n = total, desc, 0
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) \
-            if (enabled and tqdm is not None) else None
-        self.simple = enabled and tqdm is None
-        self.t0 = time.time()
-
-    def update(self, loss, acc):
-        self.n += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            if self.n % 20 == 0 or self.n == self.total:
-                self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
-        elif self.simple and (self.n % max(1, self.total // 10) == 0 or self.n == self.total):
-            print(f"  {self.desc} {self.n}/{self.total} loss {loss:.4f} acc {acc:.3f} "
-                  f"({time.time() - self.t0:.0f}s)", flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -267,7 +212,7 @@ def main(argv=None) -> int:
         # A per-epoch generator makes the shuffle independent of resuming.
         perm = torch.randperm(len(x_train),
                               generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-        bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
         run_loss, run_correct, seen = 0.0, 0, 0
         for i in range(0, len(x_train), args.batch_size):
             idx = perm[i:i + args.batch_size]
@@ -281,7 +226,7 @@ def main(argv=None) -> int:
             run_loss += loss.item() * len(idx)
             run_correct += (logits.argmax(-1) == yb).sum().item()
             seen += len(idx)
-            bar.update(run_loss / seen, run_correct / seen)
+            bar.update(loss=(run_loss / seen, ".4f"), acc=(run_correct / seen, ".3f"))
         bar.close()
         t_train = time.time() - t0
         tr_loss, tr_acc = evaluate(model, x_train_eval, y_train_eval, args.eval_batch_size)
@@ -295,7 +240,7 @@ def main(argv=None) -> int:
               f"test loss {te_loss:.4f} acc {te_acc:.4f} | {t_train:.0f}s train, "
               f"{rec['epoch_time_s']:.0f}s total", flush=True)
         if ckpt_path:
-            _atomic_save({"epoch": epoch + 1, "config": model.config, "model": model.state_dict(),
+            atomic_save({"epoch": epoch + 1, "config": model.config, "model": model.state_dict(),
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "history": history, "preprocess": preprocess, "args": vars(args),
                           "wall_time_s": elapsed_before + time.time() - t_start}, ckpt_path)
@@ -330,7 +275,7 @@ def main(argv=None) -> int:
     state_path = args.state_dict or (os.path.join(args.checkpoint_dir, "model.pt")
                                      if args.checkpoint_dir else None)
     if state_path:
-        _atomic_save({"config": model.config, "state_dict": model.state_dict(),
+        atomic_save({"config": model.config, "state_dict": model.state_dict(),
                       "preprocess": preprocess, "labels": list(fashion_mnist.CLASS_NAMES),
                       "training": training}, state_path)
         print(f"wrote {state_path}")
