@@ -12,19 +12,29 @@ import sys
 import time
 
 
-def _classify(args) -> int:
+def _open_model(args, kind, wrong_kind):
+    """bitnn.load(args.model) of the wanted kind, or None after an error message."""
     import bitnn
-    from bitnn.imageio import fit_image, read_image
 
     try:
         model = bitnn.load(args.model, threads=args.threads)
     except (FileNotFoundError, bitnn.FormatError, ValueError) as e:
         print(f"bitnn-run: {e}", file=sys.stderr)
+        return None
+    if getattr(model, "kind", None) != kind:
+        model.close()
+        print(f"bitnn-run: {args.model} {wrong_kind}", file=sys.stderr)
+        return None
+    return model
+
+
+def _classify(args) -> int:
+    from bitnn.imageio import fit_image, read_image
+
+    model = _open_model(args, "classifier", "is not an image classifier")
+    if model is None:
         return 2
     with model:
-        if getattr(model, "kind", None) != "classifier":
-            print(f"bitnn-run: {args.model} is not an image classifier", file=sys.stderr)
-            return 2
         C, H, W = model.input_shape
         status = 0
         results = []
@@ -65,8 +75,6 @@ DEFAULT_LM = "shakespeare"
 
 
 def _generate(args) -> int:
-    import bitnn
-
     if args.prompt is not None and args.file is not None:
         print("bitnn-run: give -p/--prompt or -f/--file, not both", file=sys.stderr)
         return 2
@@ -82,16 +90,10 @@ def _generate(args) -> int:
     if not prompt:
         print("bitnn-run: the prompt is empty: give -p TEXT or -f FILE", file=sys.stderr)
         return 2
-    try:
-        model = bitnn.load(args.model, threads=args.threads)
-    except (FileNotFoundError, bitnn.FormatError, ValueError) as e:
-        print(f"bitnn-run: {e}", file=sys.stderr)
+    model = _open_model(args, "lm", "is not a language model (for images use 'bitnn-run classify')")
+    if model is None:
         return 2
     with model:
-        if getattr(model, "kind", None) != "lm":
-            print(f"bitnn-run: {args.model} is not a language model (for images use "
-                  "'bitnn-run classify')", file=sys.stderr)
-            return 2
         if args.seed is None:
             seed = int.from_bytes(__import__("os").urandom(4), "little")
             print(f"bitnn-run: seed {seed}", file=sys.stderr)

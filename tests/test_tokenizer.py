@@ -23,15 +23,9 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 def byte_alphabet():
-    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, n = [], 0
-    for b in range(256):
-        if b in keep:
-            out.append(chr(b))
-        else:
-            out.append(chr(0x100 + n))
-            n += 1
-    return out
+    from bitnn.tokenizer import _byte_alphabet
+
+    return _byte_alphabet()
 
 
 ALPHA = byte_alphabet()
