@@ -180,8 +180,9 @@ class ClassifierModel(Model):
 
     def classify(self, x, top_k: int = 5, layout: str | None = None):
         """[[(label, probability), ...] top_k per image]."""
+        top_k = _check_int("top_k", top_k, 1)
         probs = self.predict(x, layout)
-        k = max(1, min(int(top_k), probs.shape[1]))
+        k = min(top_k, probs.shape[1])
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
