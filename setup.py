@@ -33,7 +33,9 @@ def simd_sources():
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
         return [("csrc/kernel_avx2.c", ["-mavx2"], "BITNN_HAVE_AVX2"),
-                ("csrc/kernel_avx512.c", ["-mavx512f", "-mavx512bw"], "BITNN_HAVE_AVX512")]
+                ("csrc/kernel_avx512.c", ["-mavx512f", "-mavx512bw"], "BITNN_HAVE_AVX512"),
+                ("csrc/kernel_avx512_vnni.c", ["-mavx512f", "-mavx512bw", "-mavx512vnni"],
+                 "BITNN_HAVE_AVX512VNNI")]
     if machine in ("aarch64", "arm64"):
         return [("csrc/kernel_neon.c", [], "BITNN_HAVE_NEON")]
     return []

@@ -18,7 +18,9 @@ def system_info() -> dict:
     support), ``kernels_compiled``, ``kernels_supported``, ``kernel`` (the one
     used by default; ``None`` and ``kernel_error`` set when BITNN_KERNEL
     asks for one that cannot run), ``threads`` (default thread count),
-    ``available_cpus``.
+    ``available_cpus``, ``precisions`` (numeric modes), ``precision`` (the
+    default of :func:`load`), ``int8_kernel`` (the kernel that precision
+    "int8" runs with the default kernel).
     """
     from bitnn import _core
 
@@ -29,8 +31,11 @@ def system_info() -> dict:
         "kernels_supported": _core.kernels_supported(),
         "available_cpus": _core.available_cpus(),
     }
+    info["precisions"] = list(_core.PRECISIONS)
+    info["precision"] = "fp32"  # the default of bitnn.load
     try:
         info["kernel"] = _core.default_kernel()
+        info["int8_kernel"] = _core.int8_kernel()
     except KernelError as e:
         info["kernel"] = None
         info["kernel_error"] = str(e)
@@ -42,11 +47,11 @@ def system_info() -> dict:
     return info
 
 
-def load(path, threads=None, *, mmap=True, kernel=None):
+def load(path, threads=None, *, mmap=True, kernel=None, precision="fp32"):
     """Open a .bnb model file or a bundled model by name; see :func:`bitnn.model.load`."""
     from bitnn.model import load as _load
 
-    return _load(path, threads, mmap=mmap, kernel=kernel)
+    return _load(path, threads, mmap=mmap, kernel=kernel, precision=precision)
 
 
 def export(model, path, **metadata):

@@ -36,15 +36,24 @@ cdef extern from "bitnn.h" nogil:
         BITNN_ACT_GELU
         BITNN_ACT_SOFTMAX
     size_t bitnn_words_per_row(size_t k)
+    ctypedef enum bitnn_precision:
+        BITNN_PRECISION_FP32
+        BITNN_PRECISION_INT8
+        BITNN_PRECISION_COUNT
     bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                    const uint64_t *w, size_t N, const uint64_t *bias,
-                                   float *z, size_t ldz, int isa, bitnn_pool *pool)
+                                   float *z, size_t ldz, bitnn_precision prec, int isa,
+                                   bitnn_pool *pool)
     bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,
                                      float eps, bitnn_act act, bitnn_pool *pool)
     bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K,
                               const uint64_t *w, size_t N, const uint64_t *bias,
                               float eps, bitnn_act act, float *y, size_t ldy,
-                              int isa, bitnn_pool *pool)
+                              bitnn_precision prec, int isa, bitnn_pool *pool)
+
+
+cdef extern from "kernels.h" nogil:
+    const char *bitnn_q8_kernel_name(int isa)
 
 
 cdef class ThreadPool:

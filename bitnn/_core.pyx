@@ -76,6 +76,33 @@ cdef int _resolve_kernel(kernel) except -1:
     return isa
 
 
+# ----------------------------------------------------------------- precision
+PRECISIONS = ("fp32", "int8")
+
+
+cdef bitnn_precision _precision(precision) except *:
+    """The numeric mode for a name: "fp32" (exact) or "int8" (quantized activations)."""
+    if precision == "fp32":
+        return BITNN_PRECISION_FP32
+    if precision == "int8":
+        return BITNN_PRECISION_INT8
+    raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                     f"got {precision!r}")
+
+
+def check_precision(precision):
+    """Validate a precision name (ValueError) and return it."""
+    _precision(precision)
+    return precision
+
+
+def int8_kernel(kernel=None):
+    """Name of the int8 kernel that `kernel` (default: the default kernel) runs:
+    "avx512-vnni", or the kernel's own name ("avx2", "neon", "ref"); AVX-512
+    without VNNI runs the AVX2 int8 kernel."""
+    return bitnn_q8_kernel_name(_resolve_kernel(kernel)).decode()
+
+
 # ------------------------------------------------------------------- threads
 def available_cpus():
     """CPUs this process may use (affinity mask and cgroup quota)."""
@@ -202,19 +229,22 @@ cdef _check(bitnn_status s):
 
 
 # ----------------------------------------------------------------- the ops
-def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None):
+def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None,
+                precision="fp32"):
     """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64))."""
-    return _linear_op(x, weight, out_features, bias, False, None, 1e-5, threads, kernel)
+    return _linear_op(x, weight, out_features, bias, False, None, 1e-5, threads, kernel,
+                      precision)
 
 
 def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
-           threads=None, kernel=None):
+           threads=None, kernel=None, precision="fp32"):
     """y = act(Normalize(x @ W_b.T + b_b)) (PAPER.md BNFCL), x (M, K) float32."""
-    return _linear_op(x, weight, out_features, bias, True, activation, eps, threads, kernel)
+    return _linear_op(x, weight, out_features, bias, True, activation, eps, threads, kernel,
+                      precision)
 
 
 cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, eps, threads,
-                       kernel):
+                       kernel, precision):
     """Checks every argument, then runs the raw GEMM or the fused layer without the GIL."""
     xa = _as_input(x)
     cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
@@ -226,6 +256,7 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     ba = None if bias is None else _as_bias(bias, N)
     cdef bitnn_act act = _act(activation)
     cdef float e = _eps(eps)
+    cdef bitnn_precision prec = _precision(precision)
     cdef int isa = _resolve_kernel(kernel)
     cdef ThreadPool pool = get_pool(threads)
     out = np.empty((M, N), dtype=np.float32)
@@ -242,11 +273,11 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     cdef bitnn_status s
     with nogil:
         if fused:
-            s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, isa,
-                             pool.pool)
+            s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, prec,
+                             isa, pool.pool)
         else:
-            s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, isa,
-                                  pool.pool)
+            s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, prec,
+                                  isa, pool.pool)
     _check(s)
     return out
 

@@ -4,6 +4,7 @@ from libc.stdint cimport int32_t
 cdef extern from "lm.h" nogil:
     ctypedef struct bitnn_lm:
         size_t vocab, max_len, dim, heads, head_dim, blocks, ff_dim
+        bitnn_precision precision
     ctypedef struct bitnn_lm_state:
         size_t ctx
         size_t pos
@@ -46,6 +47,14 @@ cdef class LMGraph:
         _check(s)
         self.file = file
         self.handle = file.handle
+
+    @property
+    def precision(self):
+        return PRECISIONS[self.model.precision]
+
+    @precision.setter
+    def precision(self, value):
+        self.model.precision = _precision(value)
 
     def __dealloc__(self):
         if self.model != NULL:

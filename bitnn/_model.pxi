@@ -4,6 +4,7 @@ cdef extern from "model.h" nogil:
     ctypedef struct bitnn_classifier:
         size_t C, H, W
         size_t classes
+        bitnn_precision precision
         size_t n_layers
     bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,
                                         size_t errlen)
@@ -33,6 +34,14 @@ cdef class Classifier:
         self.handle = file.handle
         self.input_shape = (self.model.H, self.model.W, self.model.C)
         self.classes = self.model.classes
+
+    @property
+    def precision(self):
+        return PRECISIONS[self.model.precision]
+
+    @precision.setter
+    def precision(self, value):
+        self.model.precision = _precision(value)
 
     def __dealloc__(self):
         if self.model != NULL:

@@ -34,26 +34,32 @@ def resolve(path_or_name) -> Path:
                             f"(bundled: {known})")
 
 
-def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | None = None):
+def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | None = None,
+         precision: str = "fp32"):
     """Open a .bnb model (a path or a bundled name such as ``"fashion"``).
 
     ``threads``: threads for compute (default: BITNN_NUM_THREADS, else the
     CPUs this process may use). ``mmap=False`` reads the file into memory
     instead of mapping it. ``kernel`` forces a kernel (``"ref"``,
     ``"avx2"``, ...); default: BITNN_KERNEL or the best one for this CPU.
+    ``precision``: ``"fp32"`` (exact, the default) or ``"int8"`` (the
+    activations entering each binary layer are quantized to int8 and the sums
+    are exact integers: faster, results differ slightly; docs/packing.md).
+    The thread count, kernel and precision are resolved here, once; use
+    :meth:`Model.set_threads` to change the thread count later.
     Raises :class:`bitnn.FormatError` for a malformed file.
     """
-    if threads is not None:
-        _core.get_pool(threads)  # validates the count now, not at the first predict
-    if kernel is not None:
-        _core._resolve_kernel_name(kernel)
+    threads = _core.default_threads() if threads is None else threads
+    _core.get_pool(threads)  # validates the count now, not at the first predict
+    kernel = _core._resolve_kernel_name(kernel)
+    _core.check_precision(precision)
     file = _core.BnbFile.open(str(resolve(path)), mmap=mmap)
     try:
         kind = (file.meta.get("model") or {}).get("kind")
         if kind == "classifier":
-            return ClassifierModel(file, threads, kernel)
+            return ClassifierModel(file, threads, kernel, precision)
         if kind == "lm":
-            return LanguageModel(file, threads, kernel)
+            return LanguageModel(file, threads, kernel, precision)
         raise FormatError(f"model kind {kind!r} is not supported by this version of bitnn")
     except BaseException:
         file.close()
@@ -63,14 +69,20 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
 class Model:
     """Common part of loaded models: metadata, threads, life cycle."""
 
-    def __init__(self, file, threads, kernel):
+    def __init__(self, file, threads, kernel, precision="fp32"):
         self._file = file
         self.threads = threads
         self.kernel = kernel
+        self.precision = precision
         meta = file.meta
         self.meta = meta
         self.name = (meta.get("model") or {}).get("name")
         self.kind = (meta.get("model") or {}).get("kind")
+
+    def set_threads(self, threads: int) -> None:
+        """Use `threads` threads for the calls that start after this one."""
+        _core.get_pool(threads)  # validates
+        self.threads = threads
 
     @property
     def path(self) -> str:
@@ -102,9 +114,10 @@ class Model:
 class ClassifierModel(Model):
     """A binary normalized CNN image classifier (PAPER.md Alg. 7)."""
 
-    def __init__(self, file, threads=None, kernel=None):
-        super().__init__(file, threads, kernel)
+    def __init__(self, file, threads=None, kernel=None, precision="fp32"):
+        super().__init__(file, threads, kernel, precision)
         self._graph = _core.Classifier(file)
+        self._graph.precision = precision
         inp = self.meta["input"]
         self.input_shape = (inp["channels"], inp["height"], inp["width"])  # (C, H, W)
         self.labels = list(self.meta.get("labels") or [str(i) for i in range(self._graph.classes)])
@@ -190,7 +203,8 @@ class ClassifierModel(Model):
         """A table of the layers, their output shapes and parameter counts."""
         C, H, W = self.input_shape
         lines = [f"{self.name or 'classifier'}: input {C}x{H}x{W}, {self.num_classes} classes, "
-                 f"eps {self.meta['eps']:g}, file {self.file_size:,} bytes",
+                 f"eps {self.meta['eps']:g}, file {self.file_size:,} bytes, "
+                 f"precision {self.precision}",
                  f"{'#':>3}  {'layer':<34}{'output':>16}{'params':>12}"]
         total = 0
         shape = (C, H, W)
@@ -264,9 +278,10 @@ class LanguageModel(Model):
     Positions past ``max_len`` are never used.
     """
 
-    def __init__(self, file, threads=None, kernel=None):
-        super().__init__(file, threads, kernel)
+    def __init__(self, file, threads=None, kernel=None, precision="fp32"):
+        super().__init__(file, threads, kernel, precision)
         self._graph = _core.LMGraph(file)
+        self._graph.precision = precision
         cfg = self._graph.config
         self.config = cfg
         self.vocab_size = cfg["vocab_size"]
@@ -469,7 +484,7 @@ class LanguageModel(Model):
                 f"{c['num_heads']} heads, ff_dim {c['ff_dim']}, "
                 f"mlp {self.meta['lm'].get('mlp_units')}, vocab {c['vocab_size']}, "
                 f"max_len {c['max_len']}, {params:,} binary parameters, "
-                f"file {self.file_size:,} bytes"
+                f"file {self.file_size:,} bytes, precision {self.precision}"
                 + (f", tokenizer {self.tokenizer.kind}" if self.tokenizer else ", no tokenizer"))
 
     def _param_count(self) -> int:

@@ -58,14 +58,17 @@ def unpack_bits(words, k: int) -> np.ndarray:
 
 
 def linear(x, weight, bias=None, *, out_features: int | None = None, activation=None,
-           eps: float = 1e-5, threads: int | None = None, kernel: str | None = None) -> np.ndarray:
+           eps: float = 1e-5, threads: int | None = None, kernel: str | None = None,
+           precision: str = "fp32") -> np.ndarray:
     """Binary normalized fully connected layer: ``act(Normalize(x @ W.T + b))``.
 
     ``x`` is ``(M, K)`` or ``(K,)`` (converted to float32); ``weight`` is the
     packed ``(N, ceil(K/64))`` uint64 output of :func:`pack_bits`, or a {0,1}
     array ``(N, K)`` that is packed here; ``bias`` likewise ``(N,)`` bits or
     ``ceil(N/64)`` packed words. ``activation`` is None/'linear', 'relu',
-    'gelu' or 'softmax'. Returns float32 ``(M, N)`` (or ``(N,)``).
+    'gelu' or 'softmax'. ``precision`` is ``"fp32"`` (exact) or ``"int8"``
+    (each row of x quantized to int8 with one scale; docs/packing.md).
+    Returns float32 ``(M, N)`` (or ``(N,)``).
     """
     xa = np.asarray(x)
     single = xa.ndim == 1
@@ -91,5 +94,5 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
                 raise ValueError(f"bias of shape {b.shape} does not match {n} output features")
             b = pack_bits(b)
     y = _core.linear(xa, w, n, bias=b, activation=activation, eps=eps, threads=threads,
-                     kernel=kernel)
+                     kernel=kernel, precision=precision)
     return y[0] if single else y

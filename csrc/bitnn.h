@@ -111,12 +111,26 @@ typedef enum {
 
 static inline size_t bitnn_words_per_row(size_t k) { return (k + 63) / 64; }
 
+/* The numeric mode of the binary GEMM (docs/packing.md):
+ *  FP32: fp32 activations, the fixed summation order; every kernel gives the
+ *        same bits as the reference.
+ *  INT8: each row of activations is quantized to int8 with one symmetric
+ *        scale (amax / 127), the sums over {0,1} weights are exact int32, then
+ *        z = (float)sum * scale + b. Every kernel gives the same bits as the
+ *        reference; the result differs from FP32 by the quantization. */
+typedef enum {
+    BITNN_PRECISION_FP32 = 0,
+    BITNN_PRECISION_INT8 = 1,
+    BITNN_PRECISION_COUNT = 2
+} bitnn_precision;
+
 /* z[m*ldz + n] = sum_{k: W[n,k]=1} x[m*ldx + k] + b[n]   (raw, no Normalize)
  * for m < M, n < N. bias may be NULL (b = 0). K >= 1, N >= 1, M >= 0.
  * The summation order is the one in docs/packing.md, for every isa. */
 bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                const uint64_t *w, size_t N, const uint64_t *bias,
-                               float *z, size_t ldz, int isa, bitnn_pool *pool);
+                               float *z, size_t ldz, bitnn_precision prec, int isa,
+                               bitnn_pool *pool);
 
 /* Normalize each row of z (M rows of N values, leading dimension ldz) in
  * place, then apply act: y = act((z - mean) / sqrt(var + eps)). eps > 0. */
@@ -128,7 +142,7 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,
 bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K,
                           const uint64_t *w, size_t N, const uint64_t *bias,
                           float eps, bitnn_act act, float *y, size_t ldy,
-                          int isa, bitnn_pool *pool);
+                          bitnn_precision prec, int isa, bitnn_pool *pool);
 
 #ifdef __cplusplus
 }

@@ -19,19 +19,23 @@
 
 typedef struct {
     const float *x;
-    size_t H, W, C, f, K, tile;
+    const int8_t *qx; /* int8: the quantized input map (one scale for the image) */
+    float scale;
+    size_t H, W, C, f, K, ld, tile; /* ld: elements per im2col row */
     const uint64_t *w;
     size_t Cout;
     const uint64_t *bias;
     float *z;
     bitnn_gemm_f32_fn gemm;
+    bitnn_gemm_q8_fn gemm_q8;
     int failed; /* set when a scratch allocation fails */
 } conv_job;
 
-/* im2col rows for positions [p0, p1) into buf (rows of K floats). The taps of
- * one kernel row that fall inside the image are contiguous in NHWC, so each
- * kernel row is one copy plus zero fill at the edges. */
-static void im2col(const conv_job *j, size_t p0, size_t p1, float *buf)
+/* im2col rows for positions [p0, p1) into buf (rows of ld elements of `es`
+ * bytes from src; elements K..ld are zero). The taps of one kernel row that
+ * fall inside the image are contiguous in NHWC, so each kernel row is one
+ * copy plus zero fill at the edges. */
+static void im2col(const conv_job *j, const void *src, size_t es, size_t p0, size_t p1, void *buf)
 {
     const size_t f = j->f, pad = f / 2, C = j->C, W = j->W;
     for (size_t p = p0; p < p1; p++) {
@@ -39,50 +43,75 @@ static void im2col(const conv_job *j, size_t p0, size_t p1, float *buf)
         /* kernel columns dx in [dx0, dx1) land inside the image */
         const size_t dx0 = jj < pad ? pad - jj : 0;
         const size_t dx1 = jj + f - pad > W ? W + pad - jj : f;
-        float *row = buf + (p - p0) * j->K;
-        for (size_t dy = 0; dy < f; dy++, row += f * C) {
+        unsigned char *row = (unsigned char *)buf + (p - p0) * j->ld * es;
+        for (size_t dy = 0; dy < f; dy++, row += f * C * es) {
             const size_t yy = i + dy; /* image row yy - pad */
             if (yy < pad || yy - pad >= j->H) {
-                memset(row, 0, f * C * sizeof(float));
+                memset(row, 0, f * C * es);
                 continue;
             }
-            if (dx0) memset(row, 0, dx0 * C * sizeof(float));
-            memcpy(row + dx0 * C, j->x + ((yy - pad) * W + (jj + dx0 - pad)) * C,
-                   (dx1 - dx0) * C * sizeof(float));
-            if (dx1 < f) memset(row + dx1 * C, 0, (f - dx1) * C * sizeof(float));
+            if (dx0) memset(row, 0, dx0 * C * es);
+            memcpy(row + dx0 * C * es,
+                   (const unsigned char *)src + ((yy - pad) * W + (jj + dx0 - pad)) * C * es,
+                   (dx1 - dx0) * C * es);
+            if (dx1 < f) memset(row + dx1 * C * es, 0, (f - dx1) * C * es);
         }
+        if (j->ld > j->K) memset(row, 0, (j->ld - j->K) * es);
     }
 }
 
 static void conv_tiles(void *ctx, size_t t0, size_t t1)
 {
     conv_job *j = ctx;
-    const size_t P = j->H * j->W;
-    float *buf = malloc(j->tile * j->K * sizeof(float));
-    if (!buf) {
+    const size_t P = j->H * j->W, wpr = bitnn_words_per_row(j->K);
+    const size_t es = j->qx ? 1 : sizeof(float);
+    void *buf = malloc(j->tile * j->ld * es);
+    float *scale = j->qx ? malloc(j->tile * sizeof(float)) : NULL;
+    if (!buf || (j->qx && !scale)) {
         j->failed = 1; /* benign race: every writer stores 1 */
+        free(buf), free(scale);
         return;
     }
+    for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
     for (size_t t = t0; t < t1; t++) {
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
-        im2col(j, p0, p1, buf);
-        j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, j->bias,
-                j->z + p0 * j->Cout, j->Cout);
+        if (j->qx) {
+            im2col(j, j->qx, 1, p0, p1, buf);
+            j->gemm_q8(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, scale, j->bias,
+                       j->z + p0 * j->Cout, j->Cout);
+        } else {
+            im2col(j, j->x, sizeof(float), p0, p1, buf);
+            j->gemm(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, j->bias,
+                    j->z + p0 * j->Cout, j->Cout);
+        }
     }
-    free(buf);
+    free(buf), free(scale);
 }
 
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
-                              size_t Cout, size_t f, const uint64_t *bias, float *z, int isa,
-                              bitnn_pool *pool)
+                              size_t Cout, size_t f, const uint64_t *bias, float *z,
+                              bitnn_precision prec, int isa, bitnn_pool *pool)
 {
-    if (!x || !w || !z || H == 0 || W == 0 || C == 0 || Cout == 0 || f == 0 || f % 2 == 0)
+    if (!x || !w || !z || H == 0 || W == 0 || C == 0 || Cout == 0 || f == 0 || f % 2 == 0 ||
+        (unsigned)prec >= BITNN_PRECISION_COUNT)
         return BITNN_EINVAL;
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
-    conv_job j = {x, H, W, C, f, f * f * C, 0, w, Cout, bias, z,
-                  bitnn_kernels_for(isa)->gemm_f32, 0};
+    const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
+    conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, bias, z,
+                  ks->gemm_f32, ks->gemm_q8, 0};
+    int8_t *qx = NULL;
+    if (prec == BITNN_PRECISION_INT8) {
+        /* One scale for the whole input map: quantize it once, then gather
+         * int8 im2col rows (a quarter of the fp32 traffic). */
+        const size_t n = H * W * C;
+        qx = malloc(n);
+        if (!qx) return BITNN_ENOMEM;
+        const float amax = bitnn_absmax(x, n);
+        bitnn_quantize_with(x, n, amax, qx, n);
+        j.qx = qx, j.scale = amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
+    }
     const size_t P = H * W;
-    size_t tile = TILE_BYTES / (j.K * sizeof(float));
+    size_t tile = TILE_BYTES / (j.ld * (qx ? 1 : sizeof(float)));
     if (tile < 16) tile = 16;
     /* Enough tiles for every thread to get some work on small images. */
     const size_t threads = (size_t)bitnn_pool_size(pool);
@@ -93,6 +122,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
     }
     j.tile = tile;
     bitnn_parallel_for(pool, (P + tile - 1) / tile, 1, conv_tiles, &j);
+    free(qx);
     return j.failed ? BITNN_ENOMEM : BITNN_OK;
 }
 

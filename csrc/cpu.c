@@ -84,22 +84,48 @@ const char *bitnn_cpu_feature_name(int bit)
 static const char *const isa_names[BITNN_ISA_COUNT] = {"ref", "avx2", "avx512", "neon"};
 
 static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
-    [BITNN_ISA_REF] = {bitnn_gemm_f32_ref},
+    [BITNN_ISA_REF] = {bitnn_gemm_f32_ref, bitnn_gemm_q8_ref},
 #if defined(BITNN_HAVE_AVX2)
-    [BITNN_ISA_AVX2] = {bitnn_gemm_f32_avx2},
+    [BITNN_ISA_AVX2] = {bitnn_gemm_f32_avx2, bitnn_gemm_q8_avx2},
 #endif
-#if defined(BITNN_HAVE_AVX512)
-    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512},
+#if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512VNNI)
+    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni},
+#elif defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
+    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2},
 #endif
 #if defined(BITNN_HAVE_NEON)
-    [BITNN_ISA_NEON] = {bitnn_gemm_f32_neon},
+    [BITNN_ISA_NEON] = {bitnn_gemm_f32_neon, bitnn_gemm_q8_neon},
 #endif
 };
+
+#if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
+/* AVX-512 without VNNI (Skylake-SP class): the fp32 kernel is AVX-512's, the
+ * int8 one AVX2's. */
+static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2};
+#endif
+
+static int avx512_has_vnni(void)
+{
+#if defined(BITNN_HAVE_AVX512VNNI)
+    return (bitnn_cpu_features() & BITNN_CPU_AVX512VNNI) != 0;
+#else
+    return 0;
+#endif
+}
 
 const bitnn_kernel_set *bitnn_kernels_for(int isa)
 {
     if (isa < 0 || isa >= BITNN_ISA_COUNT) return NULL;
+#if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
+    if (isa == BITNN_ISA_AVX512 && !avx512_has_vnni()) return &avx512_no_vnni;
+#endif
     return &kernel_table[isa];
+}
+
+const char *bitnn_q8_kernel_name(int isa)
+{
+    if (isa == BITNN_ISA_AVX512) return avx512_has_vnni() ? "avx512-vnni" : "avx2";
+    return bitnn_isa_name(isa);
 }
 
 const char *bitnn_isa_name(int isa)

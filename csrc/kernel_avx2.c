@@ -91,4 +91,74 @@ void bitnn_gemm_f32_avx2(const float *x, size_t ldx, size_t M, size_t K,
         }
     }
 }
+
+/* ------------------------------------------------------------------ int8 */
+/* 32 weight bits -> 32 bytes of 0 or 1: broadcast, replicate byte i of the
+ * bits into bytes 8i..8i+7 (vpshufb), keep bit (j % 8) of byte j, clamp to 1. */
+ALWAYS_INLINE __m256i expand32(uint32_t bits)
+{
+    const __m256i rep = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                         2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), rep), sel);
+    return _mm256_min_epu8(v, _mm256_set1_epi8(1));
+}
+
+ALWAYS_INLINE int32_t hsum8(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* R output rows from n, MB input rows: 32 weights a step, products summed
+ * with maddubs (u8 weights x s8 activations, pairs fit int16) + madd. */
+ALWAYS_INLINE void q8_block(const int8_t *q, size_t ldq, const uint64_t *w, size_t wpr, size_t n,
+                            const int R, const int MB, const float *scale, const uint64_t *bias,
+                            float *z, size_t ldz)
+{
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i acc[2][4];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++) acc[i][r] = _mm256_setzero_si256();
+    const size_t steps = 2 * wpr;
+    for (size_t c = 0; c < steps; c++) {
+        __m256i xv[2];
+        for (int i = 0; i < MB; i++) xv[i] = _mm256_loadu_si256((const __m256i *)(q + i * ldq + 32 * c));
+        for (int r = 0; r < R; r++) {
+            uint32_t bits;
+            memcpy(&bits, (const unsigned char *)(w + (n + r) * wpr) + 4 * c, sizeof bits);
+            const __m256i we = expand32(bits);
+            for (int i = 0; i < MB; i++)
+                acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(_mm256_maddubs_epi16(we, xv[i]), ones16));
+        }
+    }
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++)
+            z[i * ldz + n + r] = bitnn_q8_out(hsum8(acc[i][r]), scale[i], bias, n + r);
+}
+
+void bitnn_gemm_q8_avx2(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
+                        size_t wpr, size_t n0, size_t n1, const float *scale,
+                        const uint64_t *bias, float *z, size_t ldz)
+{
+    (void)K;
+    size_t slab = SLAB_BYTES / (wpr * 8);
+    if (slab < 4) slab = 4;
+    for (size_t s0 = n0; s0 < n1; s0 += slab) {
+        const size_t s1 = (n1 - s0 > slab) ? s0 + slab : n1;
+        size_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            size_t n = s0;
+            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 2, scale + m, bias, z + m * ldz, ldz);
+            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 2, scale + m, bias, z + m * ldz, ldz);
+        }
+        for (; m < M; m++) {
+            size_t n = s0;
+            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 1, scale + m, bias, z + m * ldz, ldz);
+            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 1, scale + m, bias, z + m * ldz, ldz);
+        }
+    }
+}
 #endif

@@ -23,4 +23,23 @@ ALWAYS_INLINE uint16_t chunk16(const uint64_t *row, size_t c)
     return v;
 }
 
+/* The int8 epilogue, the same in every kernel: exact integer sum to fp32,
+ * times the row's scale, plus the bias bit (two roundings, no FMA). */
+ALWAYS_INLINE float bitnn_q8_out(int32_t s, float scale, const uint64_t *bias, size_t n)
+{
+    return (float)s * scale + bitnn_bias_value(bias, n);
+}
+
+/* 16 bias bits starting at bit n (0 where bias is NULL). Only for a block
+ * of 16 rows that exist (n + 16 <= N): the word after bit n's word is then
+ * read only when bit n + 15 lies in it. */
+ALWAYS_INLINE uint32_t bias_bits16(const uint64_t *bias, size_t n)
+{
+    if (!bias) return 0;
+    const size_t wi = n >> 6, sh = n & 63;
+    uint64_t v = bias[wi] >> sh;
+    if (sh > 48) v |= bias[wi + 1] << (64 - sh);
+    return (uint32_t)(v & 0xffffu);
+}
+
 #endif

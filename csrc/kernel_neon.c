@@ -90,4 +90,67 @@ void bitnn_gemm_f32_neon(const float *x, size_t ldx, size_t M, size_t K,
         }
     }
 }
+
+/* ------------------------------------------------------------------ int8 */
+/* 16 weights a step: the two bytes of bits are duplicated over 8 lanes each,
+ * vtst against (1, 2, ..., 128) makes a byte mask, the masked activations are
+ * added pairwise into int16 lanes (vpadal), widened to int32 every 64 steps
+ * (64 x 2 x 127 fits int16). */
+ALWAYS_INLINE void q8_block(const int8_t *q, size_t ldq, const uint64_t *w, size_t wpr, size_t n,
+                            const int R, const int MB, const float *scale, const uint64_t *bias,
+                            float *z, size_t ldz)
+{
+    static const uint8_t sel_init[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t sel = vld1q_u8(sel_init);
+    int32x4_t acc[2][4];
+    int16x8_t a16[2][4];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++) acc[i][r] = vdupq_n_s32(0), a16[i][r] = vdupq_n_s16(0);
+    const size_t steps = 4 * wpr;
+    for (size_t c = 0; c < steps; c++) {
+        int8x16_t xv[2];
+        for (int i = 0; i < MB; i++) xv[i] = vld1q_s8(q + i * ldq + 16 * c);
+        for (int r = 0; r < R; r++) {
+            const uint16_t bits = chunk16(w + (n + r) * wpr, c);
+            const uint8x16_t m = vtstq_u8(vcombine_u8(vdup_n_u8((uint8_t)bits),
+                                                      vdup_n_u8((uint8_t)(bits >> 8))), sel);
+            for (int i = 0; i < MB; i++)
+                a16[i][r] = vpadalq_s8(a16[i][r], vandq_s8(xv[i], vreinterpretq_s8_u8(m)));
+        }
+        if ((c & 63) == 63)
+            for (int i = 0; i < MB; i++)
+                for (int r = 0; r < R; r++)
+                    acc[i][r] = vpadalq_s16(acc[i][r], a16[i][r]), a16[i][r] = vdupq_n_s16(0);
+    }
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++) {
+            const int32x4_t t = vpadalq_s16(acc[i][r], a16[i][r]);
+            const int32_t s = vgetq_lane_s32(t, 0) + vgetq_lane_s32(t, 1) +
+                              vgetq_lane_s32(t, 2) + vgetq_lane_s32(t, 3);
+            z[i * ldz + n + r] = bitnn_q8_out(s, scale[i], bias, n + r);
+        }
+}
+
+void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
+                        size_t wpr, size_t n0, size_t n1, const float *scale,
+                        const uint64_t *bias, float *z, size_t ldz)
+{
+    (void)K;
+    size_t slab = SLAB_BYTES / (wpr * 8);
+    if (slab < 4) slab = 4;
+    for (size_t s0 = n0; s0 < n1; s0 += slab) {
+        const size_t s1 = (n1 - s0 > slab) ? s0 + slab : n1;
+        size_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            size_t n = s0;
+            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 2, scale + m, bias, z + m * ldz, ldz);
+            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 2, scale + m, bias, z + m * ldz, ldz);
+        }
+        for (; m < M; m++) {
+            size_t n = s0;
+            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 1, scale + m, bias, z + m * ldz, ldz);
+            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 1, scale + m, bias, z + m * ldz, ldz);
+        }
+    }
+}
 #endif

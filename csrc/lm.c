@@ -264,10 +264,12 @@ static void attn_items(void *ctx, size_t i0, size_t i1)
 }
 
 /* ---------------------------------------------------------------- forward */
-static bitnn_status lin(const bitnn_lm_linear *L, const float *x, size_t M, float *y, float eps,
-                        bitnn_act act, int isa, bitnn_pool *pool)
+/* One binary normalized linear layer of the model, in its numeric mode. */
+static bitnn_status lin(const bitnn_lm *m, const bitnn_lm_linear *L, const float *x, size_t M,
+                        float *y, bitnn_act act, int isa, bitnn_pool *pool)
 {
-    return bitnn_linear(x, L->in, M, L->in, L->w, L->out, L->b, eps, act, y, L->out, isa, pool);
+    return bitnn_linear(x, L->in, M, L->in, L->w, L->out, L->b, m->eps, act, y, L->out,
+                        m->precision, isa, pool);
 }
 
 static void add_rows(float *a, const float *b, size_t n)
@@ -307,20 +309,20 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
     for (size_t b = 0; b < m->blocks; b++) {
         const bitnn_lm_block *B = &m->block[b];
         float *kc = s->k + b * s->ctx * D, *vc = s->v + b * s->ctx * D;
-        if ((st = lin(&B->q, s->x, n, s->q, eps, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(&B->k, s->x, n, kc + p0 * D, eps, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(&B->v, s->x, n, vc + p0 * D, eps, BITNN_ACT_LINEAR, isa, pool)))
+        if ((st = lin(m, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(m, &B->k, s->x, n, kc + p0 * D, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(m, &B->v, s->x, n, vc + p0 * D, BITNN_ACT_LINEAR, isa, pool)))
             return st;
         attn_job aj = {m, s->q, kc, vc, s->att, n, p0, 0};
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;
         /* h = Normalize(x + O(att)) */
-        if ((st = lin(&B->o, s->att, n, s->h, eps, BITNN_ACT_LINEAR, isa, pool))) return st;
+        if ((st = lin(m, &B->o, s->att, n, s->h, BITNN_ACT_LINEAR, isa, pool))) return st;
         add_rows(s->h, s->x, n * D);
         if ((st = bitnn_normalize_act(s->h, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
         /* x = Normalize(h + FF2(FF1(h))) */
-        if ((st = lin(&B->ff1, s->h, n, s->f, eps, BITNN_ACT_GELU, isa, pool)) ||
-            (st = lin(&B->ff2, s->f, n, s->x, eps, BITNN_ACT_LINEAR, isa, pool)))
+        if ((st = lin(m, &B->ff1, s->h, n, s->f, BITNN_ACT_GELU, isa, pool)) ||
+            (st = lin(m, &B->ff2, s->f, n, s->x, BITNN_ACT_LINEAR, isa, pool)))
             return st;
         add_rows(s->x, s->h, n * D);
         if ((st = bitnn_normalize_act(s->x, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
@@ -332,8 +334,8 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
     const float *cur = s->x + (n - 1) * D;
     float *bufs[2] = {s->hv0, s->hv1};
     for (size_t i = 0; i < m->n_head; i++) {
-        if ((st = lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_GELU, isa, pool))) return st;
+        if ((st = lin(m, &m->head[i], cur, 1, bufs[i & 1], BITNN_ACT_GELU, isa, pool))) return st;
         cur = bufs[i & 1];
     }
-    return lin(&m->output, cur, 1, scores, eps, BITNN_ACT_LINEAR, isa, pool);
+    return lin(m, &m->output, cur, 1, scores, BITNN_ACT_LINEAR, isa, pool);
 }

@@ -21,6 +21,7 @@ typedef struct {
 typedef struct {
     size_t vocab, max_len, dim, heads, head_dim, blocks, ff_dim;
     float eps;
+    bitnn_precision precision;     /* numeric mode of every binary layer (set after build) */
     const uint64_t *tok_w, *tok_b; /* [vocab][dim] (row t = token t's column), [dim] */
     const uint64_t *pos_w, *pos_b; /* [max_len][dim], [dim] */
     bitnn_lm_block *block;         /* [blocks] */

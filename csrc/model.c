@@ -291,7 +291,8 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
             float *tmp;
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
-                s = bitnn_conv2d_raw(a, L->H, L->W, L->in, L->w, L->out, L->size, L->b, b, isa, pool);
+                s = bitnn_conv2d_raw(a, L->H, L->W, L->in, L->w, L->out, L->size, L->b, b,
+                                     m->precision, isa, pool);
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
                         s = bitnn_normalize_act(b, L->out, L->H * L->W, L->out, m->eps, L->act, pool);
@@ -317,8 +318,8 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
     for (size_t i = m->first_linear; i < m->n_layers && s == BITNN_OK; i++) {
         const bitnn_layer *L = &m->layers[i];
         float *dst = (i + 1 == m->n_layers) ? probs : vb;
-        s = bitnn_linear(va, L->in, N, L->in, L->w, L->out, L->b, m->eps, L->act, dst, L->out, isa,
-                         pool);
+        s = bitnn_linear(va, L->in, N, L->in, L->w, L->out, L->b, m->eps, L->act, dst, L->out,
+                         m->precision, isa, pool);
         float *tmp = va;
         va = vb, vb = tmp;
     }

@@ -32,6 +32,7 @@ typedef struct {
     size_t C, H, W;         /* input image, NHWC */
     size_t classes;         /* outputs of the last layer */
     float eps;
+    bitnn_precision precision; /* numeric mode of every binary layer (set after build) */
     size_t n_layers;
     bitnn_layer *layers;
     size_t first_linear;    /* index of the first linear layer: layers from here

@@ -6,6 +6,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -17,39 +18,112 @@ typedef struct {
     const uint64_t *bias;
     float *z;
     size_t ldz;
-    bitnn_gemm_f32_fn fn;
+    bitnn_gemm_f32_fn f32; /* exactly one of f32 / q8 is set */
+    bitnn_gemm_q8_fn q8;
+    int8_t *q;             /* int8: quantized rows of x, ldq bytes each */
+    size_t ldq;
+    float *scale;          /* int8: one scale per row */
 } gemm_job;
+
+/* Rows [m0, m1) x outputs [n0, n1): the one place that calls a GEMM kernel. */
+static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_t n1)
+{
+    if (j->q8)
+        j->q8(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->scale + m0,
+              j->bias, j->z + m0 * j->ldz, j->ldz);
+    else
+        j->f32(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->bias,
+               j->z + m0 * j->ldz, j->ldz);
+}
 
 static void gemm_rows_n(void *ctx, size_t n0, size_t n1)
 {
     const gemm_job *j = ctx;
-    j->fn(j->x, j->ldx, j->M, j->K, j->w, j->wpr, n0, n1, j->bias, j->z, j->ldz);
+    gemm_block(j, 0, j->M, n0, n1);
 }
 
 static void gemm_rows_m(void *ctx, size_t m0, size_t m1)
 {
     const gemm_job *j = ctx;
-    j->fn(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, 0, j->N, j->bias,
-          j->z + m0 * j->ldz, j->ldz);
+    gemm_block(j, m0, m1, 0, j->N);
+}
+
+static void quantize_rows(void *ctx, size_t m0, size_t m1)
+{
+    const gemm_job *j = ctx;
+    for (size_t m = m0; m < m1; m++)
+        j->scale[m] = bitnn_quantize_row(j->x + m * j->ldx, j->K, j->q + m * j->ldq, j->ldq);
+}
+
+float bitnn_absmax(const float *x, size_t n)
+{
+    float a = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float v = fabsf(x[i]);
+        a = v > a ? v : a;
+    }
+    return a;
+}
+
+void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq)
+{
+    if (!(amax > 0.0f)) {
+        memset(q, 0, ldq);
+        return;
+    }
+    const float inv = 127.0f / amax;
+    /* Adding and subtracting 1.5 * 2^23 rounds |v| <= 2^22 to an integer,
+     * half to even, in any fp32 unit (no dependence on a rounding intrinsic). */
+    const float magic = 12582912.0f;
+    for (size_t k = 0; k < K; k++) {
+        float v = (x[k] * inv + magic) - magic;
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[k] = (int8_t)(int)v;
+    }
+    memset(q + K, 0, ldq - K);
+}
+
+float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq)
+{
+    const float amax = bitnn_absmax(x, K);
+    bitnn_quantize_with(x, K, amax, q, ldq);
+    return amax / 127.0f;
 }
 
 bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                const uint64_t *w, size_t N, const uint64_t *bias,
-                               float *z, size_t ldz, int isa, bitnn_pool *pool)
+                               float *z, size_t ldz, bitnn_precision prec, int isa,
+                               bitnn_pool *pool)
 {
-    if (K == 0 || N == 0 || ldx < K || ldz < N) return BITNN_EINVAL;
+    if (K == 0 || N == 0 || ldx < K || ldz < N || (unsigned)prec >= BITNN_PRECISION_COUNT)
+        return BITNN_EINVAL;
     if (M == 0) return BITNN_OK;
     if (!x || !w || !z) return BITNN_EINVAL;
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
-    gemm_job j = {x, ldx, M, K, w, bitnn_words_per_row(K), N, bias, z, ldz,
-                  bitnn_kernels_for(isa)->gemm_f32};
+    const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
+    gemm_job j = {x, ldx, M, K, w, bitnn_words_per_row(K), N, bias, z, ldz, NULL, NULL, NULL, 0,
+                  NULL};
+    if (prec == BITNN_PRECISION_INT8) {
+        j.q8 = ks->gemm_q8;
+        j.ldq = 64 * j.wpr;
+        j.q = malloc(M * j.ldq);
+        j.scale = malloc(M * sizeof(float));
+        if (!j.q || !j.scale) {
+            free(j.q), free(j.scale);
+            return BITNN_ENOMEM;
+        }
+        bitnn_parallel_for(pool, M, 16, quantize_rows, &j);
+    } else {
+        j.f32 = ks->gemm_f32;
+    }
     const size_t threads = (size_t)bitnn_pool_size(pool);
     /* Split over whichever axis gives every thread a fair share; each z[m,n]
      * is always computed whole by one thread, so the split never changes it. */
     if (M >= 4 * threads && N < 64 * threads)
         bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
     else
-        bitnn_parallel_for(pool, N, 8, gemm_rows_n, &j);
+        bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
+    free(j.q), free(j.scale);
     return BITNN_OK;
 }
 
@@ -237,10 +311,10 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
 
 bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K, const uint64_t *w,
                           size_t N, const uint64_t *bias, float eps, bitnn_act act, float *y,
-                          size_t ldy, int isa, bitnn_pool *pool)
+                          size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool)
 {
     if (!(eps > 0.0f) || isinf(eps) || (unsigned)act >= BITNN_ACT_COUNT) return BITNN_EINVAL;
-    bitnn_status s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, y, ldy, isa, pool);
+    bitnn_status s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, y, ldy, prec, isa, pool);
     if (s != BITNN_OK) return s;
     return bitnn_normalize_act(y, ldy, M, N, eps, act, pool);
 }

@@ -140,10 +140,21 @@ static void run_case(const case_t *c)
 
     float *zref = xmalloc((M * ldz + 1) * sizeof *zref);
     float *z = xmalloc((M * ldz + 1) * sizeof *z);
-    bitnn_status s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, zref, ldz, BITNN_ISA_REF, NULL);
-    CHECK(s == BITNN_OK, "ref gemm M=%zu N=%zu K=%zu: status %d", M, N, K, (int)s);
+    bitnn_status s;
+    static const char *const prec_names[] = {"fp32", "int8"};
+    for (int prec = 0; prec < BITNN_PRECISION_COUNT; prec++) {
+    s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, zref, ldz, (bitnn_precision)prec,
+                          BITNN_ISA_REF, NULL);
+    CHECK(s == BITNN_OK, "ref gemm %s M=%zu N=%zu K=%zu: status %d", prec_names[prec], M, N, K,
+          (int)s);
 
-    if (c->integers) { /* exact: every partial sum is a small integer */
+    /* int8 rows of x as every kernel sees them (the shared quantizer) */
+    const size_t ldq = 64 * bitnn_words_per_row(K);
+    int8_t *q = xmalloc(M * ldq + 1);
+    float *scale = xmalloc((M + 1) * sizeof *scale);
+    for (size_t m = 0; m < M; m++) scale[m] = bitnn_quantize_row(x + m * ldx, K, q + m * ldq, ldq);
+
+    if (prec == BITNN_PRECISION_FP32 && c->integers) { /* exact: partial sums are small integers */
         int ok = 1;
         for (size_t m = 0; m < M && ok; m++)
             for (size_t n = 0; n < N && ok; n++) {
@@ -154,42 +165,69 @@ static void run_case(const case_t *c)
             }
         CHECK(ok, "ref gemm vs exact integer sum M=%zu N=%zu K=%zu", M, N, K);
     }
+    if (prec == BITNN_PRECISION_INT8) { /* the definition, from the unpacked bits */
+        int ok = 1;
+        for (size_t m = 0; m < M && ok; m++) {
+            float amax = 0.0f;
+            for (size_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[m * ldx + k]));
+            ok = scale[m] == amax / 127.0f;
+            for (size_t k = 0; k < K && ok; k++) {
+                const float v = amax > 0 ? nearbyintf(x[m * ldx + k] * (127.0f / amax)) : 0.0f;
+                ok = q[m * ldq + k] == (int8_t)v;
+            }
+            for (size_t n = 0; n < N && ok; n++) {
+                long acc = 0;
+                for (size_t k = 0; k < K; k++)
+                    if (wu[n * K + k]) acc += q[m * ldq + k];
+                ok = zref[m * ldz + n] == (float)acc * scale[m] + (float)(bu ? bu[n] : 0);
+            }
+        }
+        CHECK(ok, "ref int8 gemm vs its definition M=%zu N=%zu K=%zu", M, N, K);
+    }
 
     for (int ii = 0; ii < n_isas; ii++) {
         const int isa = isas[ii];
         for (int t = 1; t <= max_t; t++) {
             if (isa == BITNN_ISA_REF && t == 1) continue;
             for (size_t i = 0; i < M * ldz + 1; i++) z[i] = CANARY;
-            s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, z, ldz, isa, pools[t]);
+            s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, z, ldz, (bitnn_precision)prec, isa,
+                                  pools[t]);
             size_t where = 0;
             int ok = s == BITNN_OK && same(z, zref, M, N, ldz, ldz, &where);
-            CHECK(ok, "gemm %s threads=%d M=%zu N=%zu K=%zu density=%.2f bias=%d: "
-                  "status %d, first difference at %zu (%.9g vs %.9g)",
+            CHECK(ok, "gemm %s %s threads=%d M=%zu N=%zu K=%zu density=%.2f bias=%d: "
+                  "status %d, first difference at %zu (%.9g vs %.9g)", prec_names[prec],
                   bitnn_isa_name(isa), t, M, N, K, c->density, c->bias, (int)s, where,
                   M ? z[(where / N) * ldz + where % N] : 0.0, M ? zref[(where / N) * ldz + where % N] : 0.0);
             int canary_ok = 1;
             for (size_t m = 0; m < M; m++)
                 for (size_t n = N; n < ldz; n++) canary_ok &= z[m * ldz + n] == CANARY;
             canary_ok &= z[M * ldz] == CANARY;
-            CHECK(canary_ok, "gemm %s wrote outside z (M=%zu N=%zu K=%zu)", bitnn_isa_name(isa),
-                  M, N, K);
+            CHECK(canary_ok, "gemm %s %s wrote outside z (M=%zu N=%zu K=%zu)", prec_names[prec],
+                  bitnn_isa_name(isa), M, N, K);
         }
         /* the kernel function itself over a sub-range of output rows, as a
          * thread's share of the work */
         if (N >= 3) {
             const size_t n0 = 1 + (size_t)(rnd() % (N / 2)), n1 = N - (size_t)(rnd() % (N - n0));
             for (size_t i = 0; i < M * ldz + 1; i++) z[i] = CANARY;
-            bitnn_kernels_for(isa)->gemm_f32(x, ldx, M, K, w, bitnn_words_per_row(K), n0, n1,
-                                             bias, z, ldz);
+            if (prec == BITNN_PRECISION_INT8)
+                bitnn_kernels_for(isa)->gemm_q8(q, ldq, M, K, w, bitnn_words_per_row(K), n0, n1,
+                                                scale, bias, z, ldz);
+            else
+                bitnn_kernels_for(isa)->gemm_f32(x, ldx, M, K, w, bitnn_words_per_row(K), n0, n1,
+                                                 bias, z, ldz);
             int ok = 1;
             for (size_t m = 0; m < M; m++)
                 for (size_t n = 0; n < ldz; n++) {
                     const float got = z[m * ldz + n];
                     ok &= (n >= n0 && n < n1) ? got == zref[m * ldz + n] : got == CANARY;
                 }
-            CHECK(ok, "kernel %s rows [%zu,%zu) of N=%zu M=%zu K=%zu", bitnn_isa_name(isa), n0,
-                  n1, N, M, K);
+            CHECK(ok, "kernel %s %s rows [%zu,%zu) of N=%zu M=%zu K=%zu", prec_names[prec],
+                  bitnn_isa_name(isa), n0, n1, N, M, K);
         }
+    }
+    free(q);
+    free(scale);
     }
 
     if (c->linear) {
@@ -198,14 +236,14 @@ static void run_case(const case_t *c)
         for (int a = 0; a < BITNN_ACT_COUNT; a++) {
             const float eps = a == 1 ? 1e-3f : 1e-5f;
             s = bitnn_linear(x, ldx, M, K, w, N, bias, eps, (bitnn_act)a, yref, ldz,
-                             BITNN_ISA_REF, NULL);
+                             BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL);
             CHECK(s == BITNN_OK, "ref linear status %d", (int)s);
             for (int ii = 0; ii < n_isas; ii++)
                 for (int t = 1; t <= max_t; t += 1 + (t == 1)) { /* 1, 2, 4 */
                     const int isa = isas[ii];
                     if (isa == BITNN_ISA_REF && t == 1) continue;
-                    s = bitnn_linear(x, ldx, M, K, w, N, bias, eps, (bitnn_act)a, z, ldz, isa,
-                                     pools[t]);
+                    s = bitnn_linear(x, ldx, M, K, w, N, bias, eps, (bitnn_act)a, z, ldz,
+                                     BITNN_PRECISION_FP32, isa, pools[t]);
                     size_t where = 0;
                     CHECK(s == BITNN_OK && same(z, yref, M, N, ldz, ldz, &where),
                           "linear %s %s threads=%d M=%zu N=%zu K=%zu: status %d, first "
@@ -235,34 +273,35 @@ static void check_errors(void)
 {
     float x[4] = {1, 2, 3, 4}, z[4];
     uint64_t w[2] = {5, 0};
-    CHECK(bitnn_binary_gemm(x, 4, 1, 0, w, 1, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
+    CHECK(bitnn_binary_gemm(x, 4, 1, 0, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
           "K=0 must be EINVAL");
-    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 0, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
+    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 0, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
           "N=0 must be EINVAL");
-    CHECK(bitnn_binary_gemm(x, 3, 1, 4, w, 1, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
+    CHECK(bitnn_binary_gemm(x, 3, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
           "ldx<K must be EINVAL");
-    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 2, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
+    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 2, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
           "ldz<N must be EINVAL");
-    CHECK(bitnn_binary_gemm(NULL, 4, 1, 4, w, 1, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
+    CHECK(bitnn_binary_gemm(NULL, 4, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL,
           "x=NULL must be EINVAL");
-    CHECK(bitnn_binary_gemm(NULL, 4, 0, 4, w, 1, NULL, NULL, 1, BITNN_ISA_REF, NULL) == BITNN_OK,
+    CHECK(bitnn_binary_gemm(NULL, 4, 0, 4, w, 1, NULL, NULL, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_OK,
           "M=0 is a no-op");
-    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, 99, NULL) == BITNN_EUNSUPPORTED,
+    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, 99, NULL) == BITNN_EUNSUPPORTED,
           "isa 99 must be EUNSUPPORTED");
-    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, -1, NULL) == BITNN_EUNSUPPORTED,
+    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, -1, NULL) == BITNN_EUNSUPPORTED,
           "isa -1 must be EUNSUPPORTED");
     for (int isa = 0; isa < BITNN_ISA_COUNT; isa++)
         if (!bitnn_isa_supported(isa))
-            CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, isa, NULL) == BITNN_EUNSUPPORTED,
+            CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, isa, NULL) == BITNN_EUNSUPPORTED,
                   "unsupported isa %s must be refused", bitnn_isa_name(isa));
-    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, BITNN_ISA_REF, NULL) == BITNN_OK &&
+    CHECK(bitnn_binary_gemm(x, 4, 1, 4, w, 1, NULL, z, 1, BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_OK &&
               z[0] == 1.0f + 3.0f, "w=0b101 picks x[0] + x[2]");
     const float bad_eps[] = {0.0f, -1.0f, NAN, INFINITY};
     for (int i = 0; i < 4; i++)
         CHECK(bitnn_linear(x, 4, 1, 4, w, 1, NULL, bad_eps[i], BITNN_ACT_LINEAR, z, 1,
-                           BITNN_ISA_REF, NULL) == BITNN_EINVAL, "eps %g must be EINVAL",
+                           BITNN_PRECISION_FP32, BITNN_ISA_REF, NULL) == BITNN_EINVAL, "eps %g must be EINVAL",
               (double)bad_eps[i]);
-    CHECK(bitnn_linear(x, 4, 1, 4, w, 1, NULL, 1e-5f, (bitnn_act)7, z, 1, BITNN_ISA_REF, NULL) ==
+    CHECK(bitnn_linear(x, 4, 1, 4, w, 1, NULL, 1e-5f, (bitnn_act)7, z, 1, BITNN_PRECISION_FP32,
+                       BITNN_ISA_REF, NULL) ==
               BITNN_EINVAL, "activation 7 must be EINVAL");
     bitnn_pool *p = NULL;
     CHECK(bitnn_pool_create(0, &p) == BITNN_EINVAL && p == NULL, "pool of 0 threads");
