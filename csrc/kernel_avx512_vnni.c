@@ -77,8 +77,23 @@ ALWAYS_INLINE void block4(const int8_t *q, size_t ldq, size_t C, const uint64_t 
             for (int i = 0; i < MB; i++) acc[4 * i + r] = _mm512_dpbusd_epi32(acc[4 * i + r], we, xv[i]);
         }
     }
+    const __m512i sums = reduce16x16(acc); /* element 4i + r: input row i, output row n + r */
+    if (R == 4 && MB == 4) {               /* the epilogue of bitnn_q8_out, 16 at a time */
+        unsigned b4 = 0;
+        for (int r = 0; r < 4; r++) b4 |= (unsigned)bitnn_bias_value(bias, n + r) << r;
+        const __m512 b = _mm512_maskz_mov_ps((__mmask16)(b4 * 0x1111u), _mm512_set1_ps(1.0f));
+        const __m512 sc = _mm512_setr_ps(scale[0], scale[0], scale[0], scale[0], scale[1], scale[1],
+                                         scale[1], scale[1], scale[2], scale[2], scale[2], scale[2],
+                                         scale[3], scale[3], scale[3], scale[3]);
+        const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), sc), b);
+        _mm_storeu_ps(z + n, _mm512_castps512_ps128(y));
+        _mm_storeu_ps(z + ldz + n, _mm512_extractf32x4_ps(y, 1));
+        _mm_storeu_ps(z + 2 * ldz + n, _mm512_extractf32x4_ps(y, 2));
+        _mm_storeu_ps(z + 3 * ldz + n, _mm512_extractf32x4_ps(y, 3));
+        return;
+    }
     int32_t s[16];
-    _mm512_storeu_si512(s, reduce16x16(acc));
+    _mm512_storeu_si512(s, sums);
     for (int i = 0; i < MB; i++)
         for (int r = 0; r < R; r++)
             z[i * ldz + n + r] = bitnn_q8_out(s[4 * i + r], scale[i], bias, n + r);
