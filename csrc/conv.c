@@ -126,7 +126,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
     return j.failed ? BITNN_ENOMEM : BITNN_OK;
 }
 
-void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y)
+BITNN_MULTIVERSION void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y)
 {
     const size_t Ho = H / k, Wo = W / k;
     for (size_t i = 0; i < Ho; i++)
@@ -142,7 +142,7 @@ void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, flo
         }
 }
 
-void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc)
+BITNN_MULTIVERSION void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc)
 {
     for (size_t c = 0; c < C; c++) acc[c] = 0.0;
     for (size_t p = 0; p < H * W; p++)

@@ -51,6 +51,18 @@ float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq);
 void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq);
 float bitnn_absmax(const float *x, size_t n);
 
+/* Shared code that is not a table kernel (Normalize, quantization, pooling)
+ * gets one clone per x86 vector width, chosen by the loader (ifunc) from the
+ * CPU. Its arithmetic is elementwise IEEE operations in a fixed order (no
+ * -ffast-math, no FMA contraction), so every clone gives the same bits; the
+ * wider clones only vectorize the same loops. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(BITNN_NO_CLONES)
+#define BITNN_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BITNN_MULTIVERSION
+#endif
+#define BITNN_INLINE static inline __attribute__((always_inline))
+
 static inline float bitnn_bias_value(const uint64_t *bias, size_t n)
 {
     return bias ? (float)((bias[n >> 6] >> (n & 63)) & 1u) : 0.0f;

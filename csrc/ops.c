@@ -55,17 +55,27 @@ static void quantize_rows(void *ctx, size_t m0, size_t m1)
         j->scale[m] = bitnn_quantize_row(j->x + m * j->ldx, j->K, j->q + m * j->ldq, j->ldq);
 }
 
-float bitnn_absmax(const float *x, size_t n)
+BITNN_MULTIVERSION float bitnn_absmax(const float *x, size_t n)
 {
-    float a = 0.0f;
-    for (size_t i = 0; i < n; i++) {
+    /* 16 running maxima (a lane per i % 16, vectorizable); max is exact and
+     * |x| has no -0 or NaN here, so the grouping cannot change the result. */
+    float a[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) {
+            const float v = fabsf(x[i + l]);
+            a[l] = v > a[l] ? v : a[l];
+        }
+    for (int l = 0; i < n; i++, l++) {
         const float v = fabsf(x[i]);
-        a = v > a ? v : a;
+        a[l] = v > a[l] ? v : a[l];
     }
-    return a;
+    float m = 0.0f;
+    for (int l = 0; l < 16; l++) m = a[l] > m ? a[l] : m;
+    return m;
 }
 
-void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq)
+BITNN_MULTIVERSION void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq)
 {
     if (!(amax > 0.0f)) {
         memset(q, 0, ldq);
@@ -137,12 +147,12 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
 /* Within a chunk, 8 partial sums (value n goes to sum (n - n0) % 8), added
  * pairwise at the end: independent adds that the compiler can vectorize,
  * instead of one chain that waits on every add. The order is still fixed. */
-static double combine8(const double a[8])
+BITNN_INLINE double combine8(const double a[8])
 {
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
-static double sum_range(const float *z, size_t n0, size_t n1)
+BITNN_INLINE double sum_range(const float *z, size_t n0, size_t n1)
 {
     double a[8] = {0};
     size_t n = n0;
@@ -152,7 +162,7 @@ static double sum_range(const float *z, size_t n0, size_t n1)
     return combine8(a);
 }
 
-static double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
+BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
 {
     double a[8] = {0};
     size_t n = n0;
@@ -170,7 +180,7 @@ static double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
 
 /* Normalize + act of z[n0, n1) given the row's statistics. Softmax is split:
  * act_range writes exp(v - max) and returns their sum; scale_range divides. */
-static double act_range(float *z, size_t n0, size_t n1, double mean, double inv, bitnn_act act,
+BITNN_INLINE double act_range(float *z, size_t n0, size_t n1, double mean, double inv, bitnn_act act,
                         float mx)
 {
     double total = 0.0;
@@ -215,7 +225,7 @@ typedef struct {
     int phase;
 } norm_job;
 
-static float norm_value_max(const float *z, size_t N, double mean, double inv)
+BITNN_INLINE float norm_value_max(const float *z, size_t N, double mean, double inv)
 {
     /* max of the normalized values, computed as (float) of each, like act_range */
     float mx = -INFINITY;
@@ -226,7 +236,7 @@ static float norm_value_max(const float *z, size_t N, double mean, double inv)
     return mx;
 }
 
-static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
+BITNN_MULTIVERSION static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
 {
     double sum = 0.0;
     for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
@@ -253,7 +263,7 @@ static void normalize_rows(void *ctx, size_t m0, size_t m1)
 }
 
 /* One long row, chunks shared out between threads; phases run in order. */
-static void normalize_chunks(void *ctx, size_t c0, size_t c1)
+BITNN_MULTIVERSION static void normalize_chunks(void *ctx, size_t c0, size_t c1)
 {
     norm_job *j = ctx;
     for (size_t c = c0; c < c1; c++) {
