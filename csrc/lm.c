@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "lm.h"
 #include "model.h"
 
@@ -180,50 +181,29 @@ typedef struct {
     int failed; /* a scratch allocation failed */
 } attn_job;
 
-/* Portable 4-float vectors (GCC/Clang vector extensions): SSE on x86-64,
- * NEON on AArch64, with no per-ISA build. */
-typedef float v4f __attribute__((vector_size(16)));
-
-static inline v4f load4(const float *p)
-{
-    v4f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 /* q . k over n values: 8 partial sums (value e goes to (e % 8)), combined
- * pairwise, so the adds are independent and vectorized. */
-static float dot(const float *q, const float *k, size_t n)
+ * pairwise, so the adds are independent and vectorize. */
+BITNN_INLINE float dot(const float *q, const float *k, size_t n)
 {
-    v4f a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+    float p[8] = {0};
     size_t e = 0;
-    for (; e + 8 <= n; e += 8) {
-        a += load4(q + e) * load4(k + e);
-        b += load4(q + e + 4) * load4(k + e + 4);
-    }
-    float p[8] = {a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]};
+    for (; e + 8 <= n; e += 8)
+        for (int l = 0; l < 8; l++) p[l] += q[e + l] * k[e + l];
     for (int l = 0; e < n; e++, l++) p[l] += q[e] * k[e];
     return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
-/* out[0..n) = sum_t w[t] * v[t*ld + 0..n), in increasing t, 16 outputs at a
- * time kept in registers. */
-static void weighted_sum(const float *w, size_t T, const float *v, size_t ld, size_t n,
-                         float *out)
+/* out[0..n) = sum_t w[t] * v[t*ld + 0..n), each output summed in increasing
+ * t, 16 outputs at a time kept in registers. */
+BITNN_INLINE void weighted_sum(const float *w, size_t T, const float *v, size_t ld, size_t n,
+                               float *out)
 {
     size_t e0 = 0;
     for (; e0 + 16 <= n; e0 += 16) {
-        v4f a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
-        for (size_t t = 0; t < T; t++) {
-            const float *vv = v + t * ld + e0;
-            const v4f wt = {w[t], w[t], w[t], w[t]};
-            a0 += wt * load4(vv);
-            a1 += wt * load4(vv + 4);
-            a2 += wt * load4(vv + 8);
-            a3 += wt * load4(vv + 12);
-        }
-        memcpy(out + e0, &a0, 16), memcpy(out + e0 + 4, &a1, 16);
-        memcpy(out + e0 + 8, &a2, 16), memcpy(out + e0 + 12, &a3, 16);
+        float acc[16] = {0};
+        for (size_t t = 0; t < T; t++)
+            for (int l = 0; l < 16; l++) acc[l] += w[t] * v[t * ld + e0 + l];
+        memcpy(out + e0, acc, sizeof acc);
     }
     for (; e0 < n; e0++) {
         float acc = 0.0f;
@@ -233,7 +213,7 @@ static void weighted_sum(const float *w, size_t T, const float *v, size_t ld, si
 }
 
 /* One (row, head) pair per item: each output value is computed by one thread. */
-static void attn_items(void *ctx, size_t i0, size_t i1)
+BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 {
     attn_job *j = ctx;
     const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
