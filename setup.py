@@ -35,7 +35,9 @@ def simd_sources():
         return [("csrc/kernel_avx2.c", ["-mavx2"], "BITNN_HAVE_AVX2"),
                 ("csrc/kernel_avx512.c", ["-mavx512f", "-mavx512bw"], "BITNN_HAVE_AVX512"),
                 ("csrc/kernel_avx512_vnni.c", ["-mavx512f", "-mavx512bw", "-mavx512vnni"],
-                 "BITNN_HAVE_AVX512VNNI")]
+                 "BITNN_HAVE_AVX512VNNI"),
+                ("csrc/kernel_avx512_gfni.c", ["-mavx512f", "-mavx512bw", "-mavx512vnni",
+                                               "-mavx512vbmi", "-mgfni"], "BITNN_HAVE_AVX512GFNI")]
     if machine in ("aarch64", "arm64"):
         return [("csrc/kernel_neon.c", [], "BITNN_HAVE_NEON")]
     return []

@@ -51,7 +51,9 @@ enum {
     BITNN_CPU_AVX512VNNI = 1u << 8,
     BITNN_CPU_AVX512VPOPCNTDQ = 1u << 9,
     BITNN_CPU_NEON = 1u << 10,
-    BITNN_CPU_DOTPROD = 1u << 11
+    BITNN_CPU_DOTPROD = 1u << 11,
+    BITNN_CPU_AVX512VBMI = 1u << 12,
+    BITNN_CPU_GFNI = 1u << 13      /* with AVX-512 (zmm) state */
 };
 
 /* Features usable by this process: cpuid AND the OS's saved register state

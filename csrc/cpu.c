@@ -47,6 +47,8 @@ static uint32_t detect(void)
             if ((b >> 31) & 1) f |= BITNN_CPU_AVX512VL;
             if ((c >> 11) & 1) f |= BITNN_CPU_AVX512VNNI;
             if ((c >> 14) & 1) f |= BITNN_CPU_AVX512VPOPCNTDQ;
+            if ((c >> 1) & 1) f |= BITNN_CPU_AVX512VBMI;
+            if ((c >> 8) & 1) f |= BITNN_CPU_GFNI;
         }
     }
 #elif defined(__aarch64__) || defined(_M_ARM64)
@@ -72,7 +74,7 @@ uint32_t bitnn_cpu_features(void)
 
 static const char *const feature_names[] = {
     "sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
-    "avx512dq", "avx512vnni", "avx512vpopcntdq", "neon", "dotprod"};
+    "avx512dq", "avx512vnni", "avx512vpopcntdq", "neon", "dotprod", "avx512vbmi", "gfni"};
 
 const char *bitnn_cpu_feature_name(int bit)
 {
@@ -98,33 +100,51 @@ static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
 #endif
 };
 
+/* The int8 entry of the AVX-512 isa depends on extensions beyond F and BW:
+ * VNNI + VBMI + GFNI (Ice Lake, Sapphire Rapids, Zen 4+): the gfni kernel;
+ * VNNI only (Cascade Lake): the vnni kernel; neither: the AVX2 one. */
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
-/* AVX-512 without VNNI (Skylake-SP class): the fp32 kernel is AVX-512's, the
- * int8 one AVX2's. */
 static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2};
 #endif
-
-static int avx512_has_vnni(void)
-{
-#if defined(BITNN_HAVE_AVX512VNNI)
-    return (bitnn_cpu_features() & BITNN_CPU_AVX512VNNI) != 0;
-#else
-    return 0;
+#if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512GFNI)
+static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni};
 #endif
+
+static int avx512_q8_variant(void) /* 2: gfni, 1: vnni, 0: neither */
+{
+#if defined(BITNN_HAVE_AVX512GFNI)
+    const uint32_t gfni = BITNN_CPU_AVX512VNNI | BITNN_CPU_AVX512VBMI | BITNN_CPU_GFNI;
+    if ((bitnn_cpu_features() & gfni) == gfni) return 2;
+#endif
+#if defined(BITNN_HAVE_AVX512VNNI)
+    if (bitnn_cpu_features() & BITNN_CPU_AVX512VNNI) return 1;
+#endif
+    return 0;
 }
 
 const bitnn_kernel_set *bitnn_kernels_for(int isa)
 {
     if (isa < 0 || isa >= BITNN_ISA_COUNT) return NULL;
-#if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
-    if (isa == BITNN_ISA_AVX512 && !avx512_has_vnni()) return &avx512_no_vnni;
+#if defined(BITNN_HAVE_AVX512)
+    if (isa == BITNN_ISA_AVX512) {
+        const int v = avx512_q8_variant();
+#if defined(BITNN_HAVE_AVX512GFNI)
+        if (v == 2) return &avx512_gfni;
+#endif
+#if defined(BITNN_HAVE_AVX2)
+        if (v == 0) return &avx512_no_vnni;
+#endif
+    }
 #endif
     return &kernel_table[isa];
 }
 
 const char *bitnn_q8_kernel_name(int isa)
 {
-    if (isa == BITNN_ISA_AVX512) return avx512_has_vnni() ? "avx512-vnni" : "avx2";
+    if (isa == BITNN_ISA_AVX512) {
+        static const char *const names[] = {"avx2", "avx512-vnni", "avx512-gfni"};
+        return names[avx512_q8_variant()];
+    }
     return bitnn_isa_name(isa);
 }
 

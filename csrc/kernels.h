@@ -39,7 +39,8 @@ typedef struct {
  * (AVX-512 without VNNI uses the AVX2 int8 kernel). */
 const bitnn_kernel_set *bitnn_kernels_for(int isa);
 
-/* Name of the int8 kernel that bitnn_kernels_for(isa) uses ("avx512-vnni"...). */
+/* Name of the int8 kernel that bitnn_kernels_for(isa) uses ("avx512-gfni",
+ * "avx512-vnni", or the isa's name). */
 const char *bitnn_q8_kernel_name(int isa);
 
 /* Quantize x[0..K) to int8 with one symmetric scale: amax = max |x|,
@@ -88,6 +89,9 @@ void bitnn_gemm_q8_avx2(const int8_t *q, size_t ldq, size_t M, size_t K, const u
                         size_t wpr, size_t n0, size_t n1, const float *scale,
                         const uint64_t *bias, float *z, size_t ldz);
 void bitnn_gemm_q8_avx512vnni(const int8_t *q, size_t ldq, size_t M, size_t K,
+                              const uint64_t *w, size_t wpr, size_t n0, size_t n1,
+                              const float *scale, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_q8_avx512gfni(const int8_t *q, size_t ldq, size_t M, size_t K,
                               const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,

@@ -72,7 +72,7 @@ build() {
 # The SIMD kernel files for a machine, as setup.py's simd_sources() lists them.
 kernels_for() {
     case "$1" in
-        x86_64|amd64) echo "kernel_avx2.c:-mavx2:BITNN_HAVE_AVX2 kernel_avx512.c:-mavx512f,-mavx512bw:BITNN_HAVE_AVX512 kernel_avx512_vnni.c:-mavx512f,-mavx512bw,-mavx512vnni:BITNN_HAVE_AVX512VNNI" ;;
+        x86_64|amd64) echo "kernel_avx2.c:-mavx2:BITNN_HAVE_AVX2 kernel_avx512.c:-mavx512f,-mavx512bw:BITNN_HAVE_AVX512 kernel_avx512_vnni.c:-mavx512f,-mavx512bw,-mavx512vnni:BITNN_HAVE_AVX512VNNI kernel_avx512_gfni.c:-mavx512f,-mavx512bw,-mavx512vnni,-mavx512vbmi,-mgfni:BITNN_HAVE_AVX512GFNI" ;;
         aarch64|arm64) echo "kernel_neon.c::BITNN_HAVE_NEON" ;;
         *) echo "" ;;
     esac

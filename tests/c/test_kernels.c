@@ -124,6 +124,25 @@ static int same(const float *a, const float *b, size_t M, size_t N, size_t lda, 
  * so pools only live during that section.) */
 static int max_t = 1;
 
+/* The AVX-512 int8 variants (cpu.c picks one per CPU): each is checked
+ * directly wherever the CPU can run it. */
+static const struct {
+    const char *name;
+    uint32_t need;
+    bitnn_gemm_q8_fn fn;
+} q8_variants[] = {
+#if defined(BITNN_HAVE_AVX512VNNI)
+    {"avx512-vnni", BITNN_CPU_AVX512F | BITNN_CPU_AVX512BW | BITNN_CPU_AVX512VNNI,
+     bitnn_gemm_q8_avx512vnni},
+#endif
+#if defined(BITNN_HAVE_AVX512GFNI)
+    {"avx512-gfni", BITNN_CPU_AVX512F | BITNN_CPU_AVX512BW | BITNN_CPU_AVX512VNNI |
+                        BITNN_CPU_AVX512VBMI | BITNN_CPU_GFNI, bitnn_gemm_q8_avx512gfni},
+#endif
+    {"ref", 0, bitnn_gemm_q8_ref},
+};
+static const int n_q8_variants = (int)(sizeof q8_variants / sizeof q8_variants[0]);
+
 static void run_case(const case_t *c)
 {
     const size_t M = c->M, N = c->N, K = c->K;
@@ -226,6 +245,16 @@ static void run_case(const case_t *c)
                   bitnn_isa_name(isa), n0, n1, N, M, K);
         }
     }
+    if (prec == BITNN_PRECISION_INT8) /* every int8 variant this CPU runs, not only the chosen one */
+        for (int v = 0; v < n_q8_variants; v++) {
+            if ((bitnn_cpu_features() & q8_variants[v].need) != q8_variants[v].need) continue;
+            for (size_t i = 0; i < M * ldz + 1; i++) z[i] = CANARY;
+            q8_variants[v].fn(q, ldq, M, K, w, bitnn_words_per_row(K), 0, N, scale, bias, z, ldz);
+            size_t where = 0;
+            CHECK(same(z, zref, M, N, ldz, ldz, &where) && z[M * ldz] == CANARY,
+                  "int8 kernel %s M=%zu N=%zu K=%zu: first difference at %zu", q8_variants[v].name,
+                  M, N, K, where);
+        }
     free(q);
     free(scale);
     }
