@@ -88,6 +88,31 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     free(buf), free(scale);
 }
 
+/* Quantizing an input map: the maxima of fixed chunks (max is exact, so the
+ * split never changes amax), then each chunk quantized with the map's amax. */
+#define QUANT_CHUNK 16384
+
+typedef struct {
+    const float *x;
+    size_t n, chunks;
+    float *part;
+    int8_t *q;
+    float amax;
+    int phase;
+} quant_job;
+
+static void quantize_chunks(void *ctx, size_t c0, size_t c1)
+{
+    quant_job *j = ctx;
+    for (size_t c = c0; c < c1; c++) {
+        const size_t i0 = c * QUANT_CHUNK, len = i0 + QUANT_CHUNK < j->n ? QUANT_CHUNK : j->n - i0;
+        if (j->phase == 0)
+            j->part[c] = bitnn_absmax(j->x + i0, len);
+        else
+            bitnn_quantize_with(j->x + i0, len, j->amax, j->q + i0, len);
+    }
+}
+
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
                               size_t Cout, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool)
@@ -105,10 +130,18 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
          * int8 im2col rows (a quarter of the fp32 traffic). */
         const size_t n = H * W * C;
         qx = malloc(n);
-        if (!qx) return BITNN_ENOMEM;
-        const float amax = bitnn_absmax(x, n);
-        bitnn_quantize_with(x, n, amax, qx, n);
-        j.qx = qx, j.scale = amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
+        quant_job q = {x, n, (n + QUANT_CHUNK - 1) / QUANT_CHUNK, NULL, qx, 0.0f, 0};
+        q.part = malloc(q.chunks * sizeof(float));
+        if (!qx || !q.part) {
+            free(qx), free(q.part);
+            return BITNN_ENOMEM;
+        }
+        bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
+        for (size_t c = 0; c < q.chunks; c++) q.amax = q.part[c] > q.amax ? q.part[c] : q.amax;
+        q.phase = 1;
+        bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q);
+        free(q.part);
+        j.qx = qx, j.scale = q.amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
     }
     const size_t P = H * W;
     size_t tile = TILE_BYTES / (j.ld * (qx ? 1 : sizeof(float)));
@@ -126,20 +159,35 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
     return j.failed ? BITNN_ENOMEM : BITNN_OK;
 }
 
-BITNN_MULTIVERSION void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y)
+typedef struct {
+    const float *x;
+    size_t H, W, C, k;
+    float *y;
+} pool_job;
+
+/* Output rows [i0, i1) of the max-pool. */
+BITNN_MULTIVERSION static void maxpool_rows(void *ctx, size_t i0, size_t i1)
 {
-    const size_t Ho = H / k, Wo = W / k;
-    for (size_t i = 0; i < Ho; i++)
+    const pool_job *j = ctx;
+    const size_t k = j->k, W = j->W, C = j->C, Wo = W / k;
+    for (size_t i = i0; i < i1; i++)
         for (size_t jj = 0; jj < Wo; jj++) {
-            float *out = y + (i * Wo + jj) * C;
-            memcpy(out, x + ((i * k) * W + jj * k) * C, C * sizeof(float));
+            float *out = j->y + (i * Wo + jj) * C;
+            memcpy(out, j->x + ((i * k) * W + jj * k) * C, C * sizeof(float));
             for (size_t dy = 0; dy < k; dy++)
                 for (size_t dx = 0; dx < k; dx++) {
-                    const float *in = x + ((i * k + dy) * W + jj * k + dx) * C;
+                    const float *in = j->x + ((i * k + dy) * W + jj * k + dx) * C;
                     for (size_t c = 0; c < C; c++) /* this form vectorizes to maxps */
                         out[c] = in[c] > out[c] ? in[c] : out[c];
                 }
         }
+}
+
+void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y,
+                     bitnn_pool *pool)
+{
+    pool_job j = {x, H, W, C, k, y};
+    bitnn_parallel_for(pool, H / k, 1, maxpool_rows, &j);
 }
 
 BITNN_MULTIVERSION void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc)

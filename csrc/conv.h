@@ -13,8 +13,10 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
                               size_t Cout, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool);
 
-/* k x k max-pool with stride k, floor: y is (H/k, W/k, C). */
-void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y);
+/* k x k max-pool with stride k, floor: y is (H/k, W/k, C). Output rows are
+ * shared out over the pool (may be NULL). */
+void bitnn_maxpool2d(const float *x, size_t H, size_t W, size_t C, size_t k, float *y,
+                     bitnn_pool *pool);
 
 /* y[c] = mean over positions of x (H, W, C); acc is scratch of C doubles. */
 void bitnn_global_avgpool(const float *x, size_t H, size_t W, size_t C, float *y, double *acc);

@@ -303,7 +303,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
                 tmp = a, a = b, b = tmp;
                 break;
             case BITNN_LAYER_MAXPOOL2D:
-                bitnn_maxpool2d(a, L->H, L->W, L->in, L->size, b);
+                bitnn_maxpool2d(a, L->H, L->W, L->in, L->size, b, pool);
                 tmp = a, a = b, b = tmp;
                 break;
             case BITNN_LAYER_GLOBAL_AVG_POOL:
