@@ -112,6 +112,11 @@ ALWAYS_INLINE void block(const float *x, size_t ldx, size_t K, const uint64_t *w
     const size_t full = K / 16;
     for (size_t c = 0; c < full; c++) {
         __m512 xv[4];
+        /* One input row streams many weight rows: fetch the next R rows a
+         * cache line (32 chunks of 16 bits) ahead of time. */
+        if (MB == 1 && (c & 31) == 0)
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)(rows[r] + R * wpr) + 2 * c, _MM_HINT_T0);
         for (int i = 0; i < MB; i++) xv[i] = _mm512_loadu_ps(x + i * ldx + 16 * c);
         for (int r = 0; r < R; r++) {
             __mmask16 k = mask16(rows[r], c, lane_bits);

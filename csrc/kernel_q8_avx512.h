@@ -52,6 +52,12 @@ static void Q8_NAME(rows16)(const int8_t *q, size_t C, const uint64_t *w, size_t
     const uint64_t *row = w + n * wpr;
     for (size_t c = 0; c < C; c++) {
         const __m512i xv = Q8_LOADX(q + 64 * c);
+        /* The next 16 rows, a cache line per row every 8 words: the hardware
+         * prefetchers do not follow 16 streams far enough ahead (measured:
+         * 2048 x 30528 from L3 at 150 G weights/s without, 220 with). */
+        if ((c & 7) == 0)
+            for (int r = 0; r < 16; r++)
+                _mm_prefetch((const char *)(row + (16 + r) * wpr + c), _MM_HINT_T0);
         for (int r = 0; r < 16; r++)
             acc[r] = _mm512_dpbusd_epi32(acc[r], Q8_EXPAND(row + r * wpr + c), xv);
     }
