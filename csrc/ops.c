@@ -236,7 +236,9 @@ BITNN_INLINE float norm_value_max(const float *z, size_t N, double mean, double 
     return mx;
 }
 
-BITNN_MULTIVERSION static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
+/* mean and 1 / sqrt(var + eps) of one row, chunk by chunk in order. */
+BITNN_INLINE void row_stats(const float *z, size_t N, double eps, double *mean_out,
+                            double *inv_out)
 {
     double sum = 0.0;
     for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
@@ -245,7 +247,28 @@ BITNN_MULTIVERSION static void normalize_row(float *z, size_t N, double eps, bit
     double ss = 0.0;
     for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
         ss += sq_dev_range(z, c0, c0 + NORM_CHUNK < N ? c0 + NORM_CHUNK : N, mean);
-    const double inv = 1.0 / sqrt(ss / (double)N + eps);
+    *mean_out = mean;
+    *inv_out = 1.0 / sqrt(ss / (double)N + eps);
+}
+
+BITNN_MULTIVERSION static void row_stats_v(const float *z, size_t N, double eps, double *mean,
+                                           double *inv)
+{
+    row_stats(z, N, eps, mean, inv);
+}
+
+/* Elements [n0, n1) of one row through act (not softmax, whose total is a
+ * sum in a fixed order): elementwise, so any split gives the same bits. */
+BITNN_MULTIVERSION static void act_elems(void *ctx, size_t n0, size_t n1)
+{
+    const norm_job *j = ctx;
+    act_range(j->z, n0, n1, j->mean, j->inv, j->act, 0.0f);
+}
+
+BITNN_MULTIVERSION static void normalize_row(float *z, size_t N, double eps, bitnn_act act)
+{
+    double mean, inv;
+    row_stats(z, N, eps, &mean, &inv);
     const float mx = act == BITNN_ACT_SOFTMAX ? norm_value_max(z, N, mean, inv) : 0.0f;
     double total = 0.0;
     for (size_t c0 = 0; c0 < N; c0 += NORM_CHUNK)
@@ -313,6 +336,13 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
             bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
         }
         free(j.partial);
+        return BITNN_OK;
+    }
+    if (M == 1 && N >= 2048 && act != BITNN_ACT_SOFTMAX && bitnn_pool_size(pool) > 1) {
+        /* One shorter row (a token's gelu layer): statistics on the caller,
+         * the activation (erf) shared out. */
+        row_stats_v(z, N, j.eps, &j.mean, &j.inv);
+        bitnn_parallel_for(pool, N, 256, act_elems, &j);
         return BITNN_OK;
     }
     bitnn_parallel_for(pool, M, 1, normalize_rows, &j);

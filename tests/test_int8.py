@@ -176,3 +176,17 @@ def test_lm_int8_generate_is_deterministic():
         a = lm.generate("ROMEO:", 20, seed=3)
         b = lm.generate("ROMEO:", 20, seed=3)
     assert a == b and len(a) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("N", [2048, 3001, 20000])
+def test_single_row_normalize_paths_are_thread_invariant(precision, N):
+    """One row of 2048+ values: the activation is shared out between threads
+    (and from 16384 values the statistics too); bits must not change."""
+    rng = np.random.default_rng(N)
+    x = rng.standard_normal((1, 300)).astype(np.float32)
+    W = (rng.random((N, 300)) < 0.5).astype(np.uint8)
+    for act in ["gelu", "relu", "linear", "softmax"]:
+        ys = [bitnn.linear(x, W, activation=act, threads=t, precision=precision)
+              for t in (1, 2, 3)]
+        assert all(np.array_equal(y, ys[0]) for y in ys), act
