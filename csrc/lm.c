@@ -193,18 +193,27 @@ BITNN_INLINE float dot(const float *q, const float *k, size_t n)
     return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
+/* SZ outputs from e0 kept in registers over the loop on t (a compile-time
+ * size, so the accumulators are SZ / 16 independent vectors). */
+BITNN_INLINE void ws_block(const float *w, size_t T, const float *v, size_t ld, float *out,
+                           const int SZ)
+{
+    float acc[64] = {0};
+    for (size_t t = 0; t < T; t++)
+        for (int l = 0; l < SZ; l++) acc[l] += w[t] * v[t * ld + l];
+    memcpy(out, acc, (size_t)SZ * sizeof(float));
+}
+
 /* out[0..n) = sum_t w[t] * v[t*ld + 0..n), each output summed in increasing
- * t, 16 outputs at a time kept in registers. */
+ * t from 0.0f, up to 64 outputs (independent add chains) per pass over t. */
 BITNN_INLINE void weighted_sum(const float *w, size_t T, const float *v, size_t ld, size_t n,
                                float *out)
 {
     size_t e0 = 0;
-    for (; e0 + 16 <= n; e0 += 16) {
-        float acc[16] = {0};
-        for (size_t t = 0; t < T; t++)
-            for (int l = 0; l < 16; l++) acc[l] += w[t] * v[t * ld + e0 + l];
-        memcpy(out + e0, acc, sizeof acc);
-    }
+    for (; e0 + 64 <= n; e0 += 64) ws_block(w, T, v + e0, ld, out + e0, 64);
+    if (n - e0 >= 48) ws_block(w, T, v + e0, ld, out + e0, 48), e0 += 48;
+    if (n - e0 >= 32) ws_block(w, T, v + e0, ld, out + e0, 32), e0 += 32;
+    if (n - e0 >= 16) ws_block(w, T, v + e0, ld, out + e0, 16), e0 += 16;
     for (; e0 < n; e0++) {
         float acc = 0.0f;
         for (size_t t = 0; t < T; t++) acc += w[t] * v[t * ld + e0];
