@@ -101,7 +101,8 @@ def machine_info() -> dict:
     import numpy as np
 
     info = {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "numpy": np.__version__}
+            "platform": platform.platform(), "numpy": np.__version__,
+            "cpu_identity": cpu_identity()}
     try:
         import bitnn
 
@@ -115,3 +116,98 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+# x86 (vendor, family) -> [(first model, last model, microarchitecture)], from
+# the vendors' family/model numbers; a CPU not listed is reported as unknown.
+_X86_MICROARCH = {
+    ("AuthenticAMD", 23): [(0x00, 0x2F, "Zen / Zen+"), (0x30, 0xFF, "Zen 2")],
+    ("AuthenticAMD", 25): [(0x00, 0x0F, "Zen 3"), (0x10, 0x1F, "Zen 4"), (0x20, 0x5F, "Zen 3"),
+                           (0x60, 0x7F, "Zen 4"), (0xA0, 0xAF, "Zen 4")],
+    ("AuthenticAMD", 26): [(0x00, 0xFF, "Zen 5")],
+    ("GenuineIntel", 6): [(0x55, 0x55, "Skylake-SP / Cascade Lake / Cooper Lake"),
+                          (0x6A, 0x6A, "Ice Lake-SP"), (0x6C, 0x6C, "Ice Lake-D"),
+                          (0x7D, 0x7E, "Ice Lake (client)"), (0x8C, 0x8D, "Tiger Lake"),
+                          (0x8F, 0x8F, "Sapphire Rapids"), (0x97, 0x9A, "Alder Lake"),
+                          (0xAA, 0xAC, "Meteor Lake"), (0xAD, 0xAE, "Granite Rapids"),
+                          (0xAF, 0xAF, "Sierra Forest"), (0xB7, 0xB7, "Raptor Lake"),
+                          (0xBA, 0xBA, "Raptor Lake"), (0xBD, 0xBD, "Lunar Lake"),
+                          (0xBF, 0xBF, "Raptor Lake"), (0xC5, 0xC6, "Arrow Lake"),
+                          (0xCF, 0xCF, "Emerald Rapids")],
+}
+
+
+def _lscpu_fields() -> dict:
+    """``lscpu``'s "Key: value" lines (C locale), or {} when lscpu is missing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C"}, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    fields = {}
+    for line in out.splitlines():
+        key, sep, val = line.partition(":")
+        if sep:
+            fields[key.strip()] = val.strip()
+    return fields
+
+
+def _proc_cpuinfo_fields() -> dict:
+    """The first processor's /proc/cpuinfo fields under lscpu's key names."""
+    names = {"vendor_id": "Vendor ID", "model name": "Model name", "cpu family": "CPU family",
+             "model": "Model", "stepping": "Stepping"}
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                if not key.strip():
+                    break
+                if key.strip() in names:
+                    fields[names[key.strip()]] = val.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def microarchitecture(vendor: str, family, model) -> str:
+    """The x86 microarchitecture of a vendor/family/model, or "unknown"."""
+    try:
+        family, model = int(family), int(model)
+    except (TypeError, ValueError):
+        return "unknown"
+    for lo, hi, name in _X86_MICROARCH.get((vendor, family), []):
+        if lo <= model <= hi:
+            return name
+    return "unknown"
+
+
+def cpu_identity() -> dict:
+    """Model name, vendor, family/model/stepping, microarchitecture and cache
+    sizes of this machine's CPU (lscpu, else /proc/cpuinfo), plus ``summary``,
+    the one line every benchmark prints at its top."""
+    fields = _lscpu_fields() or _proc_cpuinfo_fields()
+    ident = {"model_name": fields.get("Model name") or platform.processor() or platform.machine(),
+             "vendor": fields.get("Vendor ID", "unknown"), "family": fields.get("CPU family"),
+             "model": fields.get("Model"), "stepping": fields.get("Stepping"),
+             "arch": platform.machine()}
+    ident["microarchitecture"] = microarchitecture(ident["vendor"], ident["family"],
+                                                   ident["model"])
+    for key in ("L1d cache", "L2 cache", "L3 cache"):
+        if key in fields:
+            ident[key.split()[0] + "_cache"] = fields[key]
+    where = ident["vendor"] + "".join(f" {k} {ident[k]}" for k in ("family", "model", "stepping")
+                                      if ident[k] is not None)
+    caches = ", ".join(f"{k.split('_')[0]} {ident[k]}" for k in ("L1d_cache", "L2_cache",
+                                                                "L3_cache") if k in ident)
+    ident["summary"] = (f"{ident['model_name']} [{ident['arch']}; {where}; microarchitecture "
+                        f"{ident['microarchitecture']} (from family/model)]"
+                        + (f"; caches: {caches}" if caches else ""))
+    return ident
+
+
+def verdict(ok: bool) -> str:
+    """How the benchmarks print a target check."""
+    return "met" if ok else "NOT met"
