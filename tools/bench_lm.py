@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Speed, size and memory of the BLM language decoder (PAPER.md section 4):
-bitnn's C runtime against a PyTorch fp32 eager implementation of the same
-model with a KV cache, side by side in one run.
+bitnn's C runtime in both numeric modes against PyTorch fp32 eager and
+PyTorch dynamic int8 implementations of the same model with a KV cache, side
+by side in one run.
 
 Models: the paper's ``small`` (max_len 256, 12 blocks, emb_dim 768, 16 heads,
 MLP head 4096-2048, vocab 30522: 154.4 M parameters) and ``large`` (16 blocks,
@@ -9,41 +10,54 @@ emb_dim 1024, MLP head 8192-4096: 332.8 M) configs as ``bitnn.nn.BinaryLM``
 with seeded random weights (Glorot uniform, as built) and normal random
 biases, so that every tensor's bits are about half ones. No training.
 
-- bitnn: the model exported with ``bitnn.export`` (no tokenizer) and run
-  through the low-level API: ``LMGraph(BnbFile(path))``,
-  ``state = graph.new_state(max_len)``, ``state.forward(ids, threads=t)``.
-  ``bitnn.load(path).generate`` is checked once (greedy, against the torch
-  twin) but not timed.
-- torch: :class:`TorchLM`, an fp32 eager module holding the BinaryLM's
-  quantized 0/1 weights as float32 tensors (computed once), doing the same
-  maths: Normalize as ``F.layer_norm`` without affine, causal
-  ``F.scaled_dot_product_attention`` over a preallocated KV cache, exact gelu,
-  and the MLP head / output layer for the last position only.
-  ``torch.set_num_threads(t)``, ``torch.inference_mode()``.
+Engines (all fed the same ids):
 
-Measured for each config and thread count (both engines fed the same ids):
+- bitnn fp32 / bitnn int8: the model exported with ``bitnn.export`` (no
+  tokenizer) and run through the low-level API: ``LMGraph(BnbFile(path))``
+  with ``graph.precision = "fp32"`` or ``"int8"`` (one graph each, over one
+  open file), ``state = graph.new_state(max_len)``,
+  ``state.forward(ids, threads=t)``. ``bitnn.load(path).generate`` is checked
+  once (fp32, greedy, against the torch twin) but not timed.
+- torch fp32: :func:`torch_twin`, an eager ``nn.Module`` whose linear layers
+  are ``nn.Linear`` modules holding the BinaryLM's quantized 0/1 weights and
+  biases as float32 (computed once), doing the same maths: Normalize as
+  ``F.layer_norm`` without affine, causal ``F.scaled_dot_product_attention``
+  over a preallocated KV cache, exact gelu, and the MLP head / output layer
+  for the last position only. ``torch.set_num_threads(t)``,
+  ``torch.inference_mode()``.
+- torch int8: the same module after
+  ``torch.ao.quantization.quantize_dynamic(twin, {nn.Linear}, dtype=torch.qint8)``
+  (int8 weights, activations quantized on the fly per call; the embedding
+  lookups, attention and Normalize stay fp32). torch.ao.quantization is
+  deprecated in recent PyTorch releases; its warnings are silenced here.
+
+Measured for each config and thread count:
 
 - decode at context C (16 and 200): prefill C tokens (not timed), then time
   the next ``steps`` single-token forward calls (KV cache holding C .. C+steps-1
   positions); tokens/s = steps / time;
 - prefill: one batched forward call of a 128-token prompt into an empty cache.
 
-Each cell is warmed up once, then timed in ``repeats`` rounds, the two
-engines alternating inside each round (so both see the same background
-load); the tables give medians over rounds. Besides the wall clock, the
-process CPU time (``time.process_time``) of the same calls is recorded: with
-one thread it is what a call costs when it has a core of its own, the fairer
-figure on a busy machine.
+Each cell is warmed up once, then timed in ``rounds`` rounds, the four
+engines' order rotating from round to round (so all see the same background
+load); the tables give medians over rounds and the ratios of
+``RATIOS`` (bitnn int8 / torch fp32, bitnn int8 / torch int8, bitnn fp32 /
+torch fp32, bitnn fp32 / torch int8: tokens/s over tokens/s). Besides the
+wall clock, the process CPU time (``time.process_time``) of the same calls is
+recorded: with one thread it is what a call costs when it has a core of its
+own, the fairer figure on a busy machine. The issue-7 targets
+(``SPEED_TARGETS``, ``THREAD_TARGET``) are printed with met / NOT met.
 
-Also: next-token score parity (bitnn vs torch twin vs ``BinaryLM.forward``)
-on a prefill and on cached single-token steps; the .bnb file size next to the
-fp32 state_dict (``torch.save``) size; and the peak RSS (VmHWM) of a separate
-process that imports only bitnn (no torch), loads the model and generates
-64 tokens.
+Also: next-token score parity on a prefill and on cached single-token steps
+(fp32 engines vs ``BinaryLM.forward`` to float rounding; the int8 engines'
+max |diff| and argmax agreement with it); the .bnb file size next to the
+fp32 state_dict (``torch.save``) size; and, for each precision, the peak RSS
+(VmHWM) of a separate process that imports only bitnn (no torch), loads the
+model and generates 64 tokens.
 
-    python3 tools/bench_lm.py --json bench_lm.json    # small and large (~10 min on 2 busy cores)
+    python3 tools/bench_lm.py --json bench_lm.json    # small and large
     python3 tools/bench_lm.py --configs small
-    python3 tools/bench_lm.py --quick                 # small shrunk to 2 blocks, < 1 min
+    python3 tools/bench_lm.py --quick                 # small shrunk to 2 blocks, ~1 min
 """
 from __future__ import annotations
 
@@ -57,6 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +82,13 @@ for _p in (ROOT, ROOT / "tools"):
         sys.path.insert(0, str(_p))
 
 from common import machine_info as _base_machine_info  # noqa: E402
+from common import verdict  # noqa: E402
 
-ENGINES = ("bitnn", "torch")
+PRECISIONS = ("fp32", "int8")
+ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "torch_int8")
+# Ratios reported, each the first engine's tokens/s over the second's.
+RATIOS = (("bitnn_int8", "torch_fp32"), ("bitnn_int8", "torch_int8"),
+          ("bitnn_fp32", "torch_fp32"), ("bitnn_fp32", "torch_int8"))
 
 # PAPER.md section 4, Table: the two BLM configs.
 CONFIGS = {
@@ -82,6 +102,10 @@ PAPER_PARAMS = {"small": 154.4e6, "large": 332.8e6}
 # Per config: (decode steps timed per round, rounds); --quick and the flags override.
 SCHEDULE = {"small": (16, 7), "large": (8, 5)}
 MB = 1e6
+
+
+class UsageError(ValueError):
+    """A bad command-line choice (reported as one line, exit status 2)."""
 
 
 # ----------------------------------------------------------------- models
@@ -104,21 +128,28 @@ def build_binary_lm(cfg: dict, seed: int):
     return model.eval()
 
 
-class TorchLM:
-    """The BinaryLM's inference as plain fp32 PyTorch eager code with a KV cache.
+def _torch_lm_class():
+    """TorchLM, defined on first use so that the peak-RSS child never imports torch."""
+    global _TorchLM
+    if _TorchLM is not None:
+        return _TorchLM
+    import torch
+    from torch import nn
 
-    Holds the quantized 0/1 weights as float32 tensors (computed once from
-    ``binary_weight()`` / ``binary_bias()``); ``forward(ids, cache)`` mirrors
-    ``LMState.forward``: the ids go through every layer as one batch of rows
-    at positions ``cache.pos ..``, keys/values are appended to the cache, and
-    the head runs for the last position only; returns its scores ``(vocab,)``.
-    """
+    F = nn.functional
+
+    def linear_of(m):
+        """An nn.Linear holding a BinaryLinear's 0/1 weights and bias as float32."""
+        lin = nn.Linear(m.in_features, m.out_features, device="meta")  # no random init
+        lin.weight = nn.Parameter(m.binary_weight().float().contiguous(), requires_grad=False)
+        lin.bias = nn.Parameter(m.binary_bias().float().contiguous(), requires_grad=False)
+        return lin
 
     class Cache:
-        def __init__(self, lm: TorchLM, ctx: int):
-            import torch
+        """Keys and values (blocks, heads, ctx, head_dim) and the next position."""
 
-            shape = (lm.blocks, lm.heads, ctx, lm.head_dim)
+        def __init__(self, lm, ctx: int):
+            shape = (lm.num_blocks, lm.heads, ctx, lm.head_dim)
             self.k = torch.zeros(shape)
             self.v = torch.zeros(shape)
             self.ctx, self.pos = ctx, 0
@@ -126,72 +157,101 @@ class TorchLM:
         def reset(self):
             self.pos = 0
 
-    def __init__(self, model):
-        import torch
+    class TorchLM(nn.Module):
+        """The BinaryLM's inference as plain PyTorch eager code with a KV cache.
 
-        def lin(m):
-            return (m.binary_weight().float().contiguous(), m.binary_bias().float().contiguous())
+        Every binary linear layer is an ``nn.Linear`` holding the quantized 0/1
+        weights and bias as float32 (computed once from ``binary_weight()`` /
+        ``binary_bias()``), so that ``quantize_dynamic`` can convert the whole
+        module; the token and position embeddings are lookups of the same bits.
+        ``forward(ids, cache)`` mirrors ``LMState.forward``: the ids go through
+        every layer as one batch of rows at positions ``cache.pos ..``,
+        keys/values are appended to the cache, and the head runs for the last
+        position only; returns its scores ``(vocab,)``.
+        """
 
-        with torch.no_grad():
-            emb = model.embedding
-            self.tok_w = emb.token.binary_weight().t().contiguous()  # (vocab, D): row = token
-            self.tok_b = emb.token.binary_bias()
-            self.pos_w = emb.position.binary_weight().t().contiguous()  # (max_len, D)
-            self.pos_b = emb.position.binary_bias()
-            self.layers = [{"q": lin(b.attn.q), "k": lin(b.attn.k), "v": lin(b.attn.v),
-                            "o": lin(b.attn.out), "ff1": lin(b.ff1), "ff2": lin(b.ff2)}
-                           for b in model.blocks]
-            self.head = [lin(h) for h in model.head]
-            self.out = lin(model.output)
-        self.eps = float(model.eps)
-        self.dim, self.heads = model.emb_dim, model.num_heads
-        self.head_dim = self.dim // self.heads
-        self.blocks, self.vocab, self.max_len = len(self.layers), model.vocab_size, model.max_len
-        self._torch = torch
+        def __init__(self, model):
+            super().__init__()
+            with torch.no_grad():
+                emb = model.embedding
+                # (vocab, D) and (max_len, D): row = token / position
+                self.register_buffer("tok_w", emb.token.binary_weight().t().float().contiguous())
+                self.register_buffer("tok_b", emb.token.binary_bias().float())
+                self.register_buffer("pos_w", emb.position.binary_weight().t().float().contiguous())
+                self.register_buffer("pos_b", emb.position.binary_bias().float())
+                self.blocks = nn.ModuleList(
+                    nn.ModuleDict({"q": linear_of(b.attn.q), "k": linear_of(b.attn.k),
+                                   "v": linear_of(b.attn.v), "o": linear_of(b.attn.out),
+                                   "ff1": linear_of(b.ff1), "ff2": linear_of(b.ff2)})
+                    for b in model.blocks)
+                self.head = nn.ModuleList(linear_of(h) for h in model.head)
+                self.out = linear_of(model.output)
+            self.eps = float(model.eps)
+            self.dim, self.heads = model.emb_dim, model.num_heads
+            self.head_dim = self.dim // self.heads
+            self.num_blocks, self.vocab, self.max_len = (len(self.blocks), model.vocab_size,
+                                                         model.max_len)
 
-    def new_cache(self, ctx: int | None = None) -> TorchLM.Cache:
-        return TorchLM.Cache(self, self.max_len if ctx is None else ctx)
+        def new_cache(self, ctx: int | None = None) -> Cache:
+            return Cache(self, self.max_len if ctx is None else ctx)
 
-    def forward(self, ids, cache: TorchLM.Cache):
-        torch = self._torch
-        F = torch.nn.functional
-        D, H, hd, eps = self.dim, self.heads, self.head_dim, self.eps
+        def _norm(self, z):
+            return F.layer_norm(z, (z.shape[-1],), eps=self.eps)
 
-        def norm(z):
-            return F.layer_norm(z, (D,), eps=eps)
-
-        def lin(x, wb, act=None):
-            w, b = wb
-            y = F.layer_norm(F.linear(x, w, b), (w.shape[0],), eps=eps)
+        def _layer(self, lin, x, act=None):
+            y = self._norm(lin(x))
             return F.gelu(y) if act == "gelu" else y
 
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-        n, p0 = ids.numel(), cache.pos
-        if p0 + n > cache.ctx:
-            raise ValueError("context full")
-        x = norm(norm(self.tok_w[ids] + self.tok_b)
-                 + norm(self.pos_w[p0:p0 + n] + self.pos_b))
-        L = p0 + n
-        if n == 1:
-            mask, causal = None, False  # one query sees the whole cache
-        elif p0 == 0:
-            mask, causal = None, True
-        else:  # query i (position p0 + i) sees keys 0 .. p0 + i
-            mask = torch.arange(L)[None, :] <= (p0 + torch.arange(n))[:, None]
-            causal = False
-        for b, ly in enumerate(self.layers):
-            q = lin(x, ly["q"]).view(n, H, hd).transpose(0, 1)
-            cache.k[b, :, p0:L] = lin(x, ly["k"]).view(n, H, hd).transpose(0, 1)
-            cache.v[b, :, p0:L] = lin(x, ly["v"]).view(n, H, hd).transpose(0, 1)
-            a = F.scaled_dot_product_attention(q, cache.k[b, :, :L], cache.v[b, :, :L],
-                                               attn_mask=mask, is_causal=causal)
-            h = norm(x + lin(a.transpose(0, 1).reshape(n, D), ly["o"]))
-            x = norm(h + lin(lin(h, ly["ff1"], "gelu"), ly["ff2"]))
-        cache.pos = L
-        y = x[-1:]
-        for wb in self.head:
-            y = lin(y, wb, "gelu")
-        return lin(y, self.out)[0]
+        def forward(self, ids, cache: Cache):
+            D, H, hd, norm, layer = self.dim, self.heads, self.head_dim, self._norm, self._layer
+            ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+            n, p0 = ids.numel(), cache.pos
+            if p0 + n > cache.ctx:
+                raise ValueError("context full")
+            x = norm(norm(self.tok_w[ids] + self.tok_b) + norm(self.pos_w[p0:p0 + n] + self.pos_b))
+            L = p0 + n
+            if n == 1:
+                mask, causal = None, False  # one query sees the whole cache
+            elif p0 == 0:
+                mask, causal = None, True
+            else:  # query i (position p0 + i) sees keys 0 .. p0 + i
+                mask = torch.arange(L)[None, :] <= (p0 + torch.arange(n))[:, None]
+                causal = False
+            for b, ly in enumerate(self.blocks):
+                q = layer(ly["q"], x).view(n, H, hd).transpose(0, 1)
+                cache.k[b, :, p0:L] = layer(ly["k"], x).view(n, H, hd).transpose(0, 1)
+                cache.v[b, :, p0:L] = layer(ly["v"], x).view(n, H, hd).transpose(0, 1)
+                a = F.scaled_dot_product_attention(q, cache.k[b, :, :L], cache.v[b, :, :L],
+                                                   attn_mask=mask, is_causal=causal)
+                h = norm(x + layer(ly["o"], a.transpose(0, 1).reshape(n, D)))
+                x = norm(h + layer(ly["ff2"], layer(ly["ff1"], h, "gelu")))
+            cache.pos = L
+            y = x[-1:]
+            for lin in self.head:
+                y = layer(lin, y, "gelu")
+            return layer(self.out, y)[0]
+
+    _TorchLM = TorchLM
+    return TorchLM
+
+
+_TorchLM = None
+
+
+def torch_twin(model, int8: bool = False):
+    """The TorchLM twin of a BinaryLM (eval mode); ``int8=True``: its
+    ``torch.ao.quantization.quantize_dynamic`` copy (every nn.Linear becomes a
+    dynamically quantized int8 Linear: int8 weights, activations quantized per
+    call; 0 and 1 are exact in its per-tensor weight scale)."""
+    import torch
+
+    twin = _torch_lm_class()(model).eval()
+    if not int8:
+        return twin
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated; it still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(twin, {torch.nn.Linear},
+                                                      dtype=torch.qint8, inplace=True)
 
 
 class _ByteCounter:
@@ -227,7 +287,9 @@ def state_dict_bytes(model) -> int:
 # ----------------------------------------------------------------- engines
 
 class Engines:
-    """Both engines for one config: bitnn (LMGraph/LMState) and the torch twin."""
+    """The four engines for one config: bitnn fp32 and int8 (two LMGraphs of one
+    open BnbFile, each with its own LMState) and the torch twin in fp32 and
+    dynamic int8 (each with its own KV cache)."""
 
     def __init__(self, name: str, cfg: dict, seed: int, workdir: str):
         import torch
@@ -244,11 +306,16 @@ class Engines:
                      training={"note": "random weights (tools/bench_lm.py)", "seed": seed})
         self.bnb_bytes = os.path.getsize(self.bnb_path)
         self.fp32_bytes = state_dict_bytes(self.binary)
-        self.twin = TorchLM(self.binary)
         self.file = _core.BnbFile(self.bnb_path)
-        self.graph = _core.LMGraph(self.file)
-        self.state = self.graph.new_state(cfg["max_len"])
-        self.cache = self.twin.new_cache(cfg["max_len"])
+        self.graphs, self.states, self.twins, self.caches = {}, {}, {}, {}
+        for precision in PRECISIONS:
+            graph = _core.LMGraph(self.file)
+            graph.precision = precision
+            self.graphs["bitnn_" + precision] = graph
+            self.states["bitnn_" + precision] = graph.new_state(cfg["max_len"])
+            twin = torch_twin(self.binary, int8=precision == "int8")
+            self.twins["torch_" + precision] = twin
+            self.caches["torch_" + precision] = twin.new_cache(cfg["max_len"])
         self.ones_fraction = self._ones_fraction()
         self.setup_s = time.perf_counter() - t0
         self._torch = torch
@@ -263,16 +330,17 @@ class Engines:
 
     def forward(self, engine: str, ids, threads: int):
         """Feed ids to the engine's state; returns the last position's scores (numpy)."""
-        if engine == "bitnn":
-            return self.state.forward(np.asarray(ids, dtype=np.int32), threads=threads)
+        if engine in self.states:
+            return self.states[engine].forward(np.asarray(ids, dtype=np.int32), threads=threads)
         with self._torch.inference_mode():
-            return self.twin.forward(ids, self.cache).numpy()
+            return self.twins[engine](ids, self.caches[engine]).numpy()
 
     def reset(self, engine: str):
-        (self.state if engine == "bitnn" else self.cache).reset()
+        (self.states.get(engine) or self.caches[engine]).reset()
 
     def close(self):
-        self.state = self.graph = None
+        self.states.clear()
+        self.graphs.clear()
         self.file.close()
 
 
@@ -291,14 +359,6 @@ def time_decode(eng: Engines, engine: str, threads: int, prompt, steps) -> tuple
     return w1 - w0, c1 - c0
 
 
-def _decode_fn(eng, threads, prompt, steps, engine):
-    return time_decode(eng, engine, threads, prompt, steps)
-
-
-def _prefill_fn(eng, threads, prompt, engine):
-    return time_prefill(eng, engine, threads, prompt)
-
-
 def time_prefill(eng: Engines, engine: str, threads: int, prompt) -> tuple:
     eng.reset(engine)
     w0, c0 = _clock()
@@ -307,9 +367,22 @@ def time_prefill(eng: Engines, engine: str, threads: int, prompt) -> tuple:
     return w1 - w0, c1 - c0
 
 
+def _decode_fn(eng, threads, prompt, steps, engine):
+    return time_decode(eng, engine, threads, prompt, steps)
+
+
+def _prefill_fn(eng, threads, prompt, engine):
+    return time_prefill(eng, engine, threads, prompt)
+
+
+def ratio_key(a: str, b: str) -> str:
+    return f"{a} / {b}"
+
+
 def measure_cell(eng: Engines, threads: int, fn, n_tokens: int, rounds: int) -> dict:
-    """One warm-up call per engine, then `rounds` rounds alternating the engines'
-    order; tokens/s per round, medians over rounds (wall and process CPU time)."""
+    """One warm-up call per engine, then `rounds` rounds, the engines' order
+    rotating; tokens/s per round, medians over rounds (wall and process CPU
+    time), and RATIOS: the first engine's tokens/s over the second's."""
     torch = eng._torch
     torch.set_num_threads(threads)
     for e in ENGINES:
@@ -317,7 +390,8 @@ def measure_cell(eng: Engines, threads: int, fn, n_tokens: int, rounds: int) -> 
     walls = {e: [] for e in ENGINES}
     cpus = {e: [] for e in ENGINES}
     for r in range(rounds):
-        for e in (ENGINES if r % 2 == 0 else ENGINES[::-1]):
+        k = r % len(ENGINES)
+        for e in ENGINES[k:] + ENGINES[:k]:
             w, c = fn(e)
             walls[e].append(w)
             cpus[e].append(c)
@@ -328,65 +402,81 @@ def measure_cell(eng: Engines, threads: int, fn, n_tokens: int, rounds: int) -> 
                   "cpu_tok_s": n_tokens / mc if mc > 0 else float("nan"),
                   "min_ms_per_tok": 1000 * min(walls[e]) / n_tokens,
                   "rounds": rounds, "tokens_per_round": n_tokens}
-    out["speedup"] = out["bitnn"]["tok_s"] / out["torch"]["tok_s"]
-    out["cpu_speedup"] = out["bitnn"]["cpu_tok_s"] / out["torch"]["cpu_tok_s"]
+    out["ratios"] = {ratio_key(a, b): out[a]["tok_s"] / out[b]["tok_s"] for a, b in RATIOS}
+    out["cpu_ratios"] = {ratio_key(a, b): out[a]["cpu_tok_s"] / out[b]["cpu_tok_s"]
+                         for a, b in RATIOS}
     return out
 
 
 # ----------------------------------------------------------------- parity
 
-def parity(eng: Engines, seed: int, prompt_len: int = 16, steps: int = 8,
-           gen_tokens: int = 8) -> dict:
-    """Next-token scores of bitnn, the torch twin and BinaryLM.forward (the
-    reference, one full-sequence pass) after a prefill of prompt_len tokens and
-    after each of `steps` cached single-token calls; then greedy generation
-    through ``bitnn.load(...).generate`` against a greedy loop of the twin."""
+def _scores_after_steps(eng: Engines, engine: str, ids, prompt_len: int, steps: int):
+    """Scores after a prefill of prompt_len ids, then after each of steps-1 single ids."""
+    eng.reset(engine)
+    got = [eng.forward(engine, ids[:prompt_len], 1)]
+    for tok in ids[prompt_len:prompt_len + steps - 1]:
+        got.append(eng.forward(engine, [tok], 1))
+    return np.stack(got)
+
+
+def _greedy_check(eng: Engines, prompt, gen_tokens: int) -> dict:
+    """``bitnn.load(...).generate`` (fp32, greedy) against a greedy loop of the fp32 twin."""
     import torch
 
     import bitnn
+
+    model = bitnn.load(eng.bnb_path, threads=1)
+    try:
+        gen = model.generate(prompt, gen_tokens, temperature=0.0, seed=0)
+        stats = dict(model.last_stats or {})
+    finally:
+        model.close()
+    twin = eng.twins["torch_fp32"]
+    cache = twin.new_cache()
+    with torch.inference_mode():
+        s = twin(prompt, cache)
+        ref_gen = []
+        for _ in range(gen_tokens):
+            ref_gen.append(int(s.argmax()))
+            s = twin([ref_gen[-1]], cache)
+    return {"tokens": gen, "torch_greedy": ref_gen, "equal": gen == ref_gen, "stats": stats}
+
+
+def parity(eng: Engines, seed: int, prompt_len: int = 16, steps: int = 8,
+           gen_tokens: int = 8) -> dict:
+    """Next-token scores of every engine against BinaryLM.forward (the reference,
+    one full-sequence pass) after a prefill of prompt_len tokens and after each
+    of `steps` cached single-token calls. The exact engines (fp32) must agree
+    to float rounding; the int8 engines get their max |diff| and the fraction
+    of positions whose argmax matches. Then greedy generation through
+    ``bitnn.load(...).generate`` against a greedy loop of the fp32 twin."""
+    import torch
 
     torch.set_num_threads(1)
     V, max_len = eng.cfg["vocab_size"], eng.cfg["max_len"]
     prompt_len = min(prompt_len, max_len - steps - gen_tokens)
     rng = np.random.default_rng(seed + 7)
     ids = rng.integers(0, V, prompt_len + steps).tolist()
-    got = {"bitnn": [], "torch": []}
-    for e in ENGINES:
-        eng.reset(e)
-        got[e].append(eng.forward(e, ids[:prompt_len], 1))
-        for tok in ids[prompt_len:prompt_len + steps - 1]:
-            got[e].append(eng.forward(e, [tok], 1))
+    got = {e: _scores_after_steps(eng, e, ids, prompt_len, steps) for e in ENGINES}
     with torch.inference_mode():
         full = eng.binary(torch.tensor([ids[:prompt_len + steps - 1]]))[0].numpy()
     ref = full[prompt_len - 1:]
-    b, t = np.stack(got["bitnn"]), np.stack(got["torch"])
-    am = {"bitnn": b.argmax(1).tolist(), "torch": t.argmax(1).tolist(),
+    b, t = got["bitnn_fp32"], got["torch_fp32"]
+    am = {"bitnn_fp32": b.argmax(1).tolist(), "torch_fp32": t.argmax(1).tolist(),
           "BinaryLM.forward": ref.argmax(1).tolist()}
     srt = np.sort(ref, axis=1)
     out = {"positions": steps, "prompt_len": prompt_len,
-           "max_abs_diff": {"bitnn vs torch": float(np.abs(b - t).max()),
-                            "bitnn vs BinaryLM.forward": float(np.abs(b - ref).max()),
-                            "torch vs BinaryLM.forward": float(np.abs(t - ref).max())},
-           "argmax_equal": am["bitnn"] == am["torch"] == am["BinaryLM.forward"],
-           "argmax": am["bitnn"],
+           "max_abs_diff": {"bitnn_fp32 vs torch_fp32": float(np.abs(b - t).max()),
+                            "bitnn_fp32 vs BinaryLM.forward": float(np.abs(b - ref).max()),
+                            "torch_fp32 vs BinaryLM.forward": float(np.abs(t - ref).max())},
+           "argmax_equal": am["bitnn_fp32"] == am["torch_fp32"] == am["BinaryLM.forward"],
+           "argmax": am["bitnn_fp32"],
            "score_std": float(ref.std()),
            "min_top2_gap": float((srt[:, -1] - srt[:, -2]).min())}
-    # bitnn.load(...).generate, greedy, vs a greedy loop of the twin.
-    model = bitnn.load(eng.bnb_path, threads=1)
-    try:
-        gen = model.generate(ids[:prompt_len], gen_tokens, temperature=0.0, seed=0)
-        stats = dict(model.last_stats or {})
-    finally:
-        model.close()
-    cache = eng.twin.new_cache()
-    with torch.inference_mode():
-        s = eng.twin.forward(ids[:prompt_len], cache)
-        ref_gen = []
-        for _ in range(gen_tokens):
-            ref_gen.append(int(s.argmax()))
-            s = eng.twin.forward([ref_gen[-1]], cache)
-    out["generate"] = {"tokens": gen, "torch_greedy": ref_gen, "equal": gen == ref_gen,
-                       "stats": stats}
+    out["int8"] = {e: {"max_abs_diff_vs_BinaryLM.forward": float(np.abs(got[e] - ref).max()),
+                       "argmax_agreement": float(np.mean(got[e].argmax(1) == ref.argmax(1)))}
+                   for e in ("bitnn_int8", "torch_int8")}
+    out["generate"] = _greedy_check(eng, ids[:prompt_len], gen_tokens)
     return out
 
 
@@ -400,15 +490,15 @@ def _status_kb(key: str) -> int:
     return -1
 
 
-def rss_child(path: str, threads: int, tokens: int) -> None:
+def rss_child(path: str, threads: int, tokens: int, precision: str) -> None:
     """Run in a fresh process (no torch): load, generate, print a JSON line."""
-    r = {"rss_start_kb": _status_kb("VmRSS")}
+    r = {"rss_start_kb": _status_kb("VmRSS"), "precision": precision}
     import bitnn
 
     r["rss_before_load_kb"] = _status_kb("VmRSS")
     r["hwm_before_load_kb"] = _status_kb("VmHWM")
     t0 = time.perf_counter()
-    m = bitnn.load(path, threads=threads)
+    m = bitnn.load(path, threads=threads, precision=precision)
     r["load_s"] = time.perf_counter() - t0
     r["rss_after_load_kb"] = _status_kb("VmRSS")
     prompt = [(7 * i + 3) % m.vocab_size for i in range(16)]
@@ -423,9 +513,9 @@ def rss_child(path: str, threads: int, tokens: int) -> None:
     print("RSS_JSON " + json.dumps(r))
 
 
-def measure_rss(path: str, threads: int = 1, tokens: int = 64) -> dict:
+def measure_rss(path: str, threads: int = 1, tokens: int = 64, precision: str = "fp32") -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", path,
-           "--threads", str(threads), "--rss-tokens", str(tokens)]
+           "--threads", str(threads), "--rss-tokens", str(tokens), "--rss-precision", precision]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     for line in p.stdout.splitlines():
         if line.startswith("RSS_JSON "):
@@ -433,56 +523,168 @@ def measure_rss(path: str, threads: int = 1, tokens: int = 64) -> dict:
     raise RuntimeError(f"RSS child failed (rc {p.returncode}): {p.stderr[-2000:]}")
 
 
+# ----------------------------------------------------------------- targets
+
+# Issue 7, stated for the small config on one thread: (engine, versus, kind,
+# minimum of engine tok/s / versus tok/s).
+SPEED_TARGETS = (("bitnn_int8", "torch_fp32", "decode", 30.0),
+                 ("bitnn_int8", "torch_int8", "decode", 10.0),
+                 ("bitnn_int8", "torch_fp32", "prefill", 4.0),
+                 ("bitnn_fp32", "torch_fp32", "decode", 20.0))
+THREAD_TARGET = 1.8  # bitnn decode tok/s with 2 threads over 1 thread, each precision
+BNB_TARGET = 20 * MB  # small .bnb without tokenizer
+RSS_MARGIN = 64 * MB  # peak RSS <= file + this
+
+
+def thread_scaling(results) -> list:
+    """bitnn tok/s with 2 threads over 1 thread, per config, measure and precision."""
+    one = {(r["config"], r["measure"]): r for r in results if r["threads"] == 1}
+    rows = []
+    for r in results:
+        base = one.get((r["config"], r["measure"]))
+        if r["threads"] != 2 or base is None:
+            continue
+        for e in ENGINES:
+            rows.append({"config": r["config"], "measure": r["measure"], "kind": r["kind"],
+                         "engine": e, "scaling": r[e]["tok_s"] / base[e]["tok_s"],
+                         "cpu_1thread_tok_s": base[e]["cpu_tok_s"]})
+    return rows
+
+
+def evaluate_targets(report) -> list:
+    """Every issue-7 target that this run measured, with its value and met/not."""
+    out = []
+    for r in report["results"]:
+        if r["threads"] != 1:
+            continue
+        for a, b, kind, goal in SPEED_TARGETS:
+            if r["kind"] == kind:
+                k = ratio_key(a, b)
+                out.append({"target": f"{r['config']} {r['measure']}, 1 thread: "
+                                      f"{_label(a)} >= {goal:g}x {_label(b)}",
+                            "value": r["ratios"][k], "cpu_value": r["cpu_ratios"][k],
+                            "goal": goal, "met": r["ratios"][k] >= goal})
+    for s in report["thread_scaling"]:
+        if s["kind"] == "decode" and s["engine"].startswith("bitnn"):
+            out.append({"target": f"{s['config']} {s['measure']}: {_label(s['engine'])} 2 threads >= "
+                                  f"{THREAD_TARGET:g}x 1 thread",
+                        "value": s["scaling"], "goal": THREAD_TARGET,
+                        "met": s["scaling"] >= THREAD_TARGET})
+    for s in report["sizes"]:
+        if s["config"] == "small":
+            out.append({"target": "small .bnb <= 20 MB (no tokenizer)", "value": s["bnb_bytes"],
+                        "goal": BNB_TARGET, "met": s["bnb_bytes"] <= BNB_TARGET})
+    for r in report["rss"]:
+        limit = r["file_bytes"] + RSS_MARGIN
+        out.append({"target": f"{r['config']} {r['precision']}: peak RSS <= file + 64 MB",
+                    "value": r["hwm_kb"] * 1024, "goal": limit,
+                    "met": r["hwm_kb"] * 1024 <= limit})
+    return out
+
+
+def fmt_target(t) -> str:
+    v, g = t["value"], t["goal"]
+    if "RSS" in t["target"] or ".bnb" in t["target"]:
+        shown = f"{v / MB:.1f} MB (limit {g / MB:.1f} MB)"
+    else:
+        shown = f"{v:.2f}x" + (f" ({t['cpu_value']:.2f}x from CPU time)" if "cpu_value" in t
+                               else "")
+    return f"- {t['target']}: {shown} -> {verdict(t['met'])}"
+
+
 # ----------------------------------------------------------------- report
 
+def _label(engine: str) -> str:
+    return engine.replace("_", " ")
+
+
 def fmt_speed_table(results) -> str:
-    head = ["config", "threads", "measure", "bitnn tok/s", "torch fp32 tok/s", "bitnn / torch",
-            "bitnn ms/tok", "torch ms/tok", "CPU-time bitnn / torch"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    head = ["config", "threads", "measure"] + [f"{_label(e)} tok/s" for e in ENGINES]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * len(ENGINES)]
     for r in results:
-        b, t = r["bitnn"], r["torch"]
-        lines.append(f"| {r['config']} | {r['threads']} | {r['measure']} | {b['tok_s']:.1f} | "
-                     f"{t['tok_s']:.1f} | **{r['speedup']:.1f}x** | {b['ms_per_tok']:.2f} | "
-                     f"{t['ms_per_tok']:.2f} | {r['cpu_speedup']:.1f}x |")
+        cells = [r["config"], str(r["threads"]), r["measure"]]
+        cells += [f"{r[e]['tok_s']:.1f}" for e in ENGINES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fmt_ratio_table(results) -> str:
+    head = ["config", "threads", "measure"] + [_label(ratio_key(a, b)) for a, b in RATIOS]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * len(RATIOS)]
+    for r in results:
+        cells = [r["config"], str(r["threads"]), r["measure"]]
+        for a, b in RATIOS:
+            k = ratio_key(a, b)
+            cells.append(f"**{r['ratios'][k]:.1f}x** ({r['cpu_ratios'][k]:.1f}x)")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def fmt_cpu_table(results) -> str:
-    lines = [("| config | measure | bitnn tok/s (CPU time) | torch fp32 tok/s (CPU time) | "
-              "bitnn / torch |"), "|---|---|---:|---:|---:|"]
+    head = ["config", "measure"] + [f"{_label(e)} tok/s" for e in ENGINES]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(ENGINES)]
     for r in results:
-        if r["threads"] != 1:
-            continue
-        lines.append(f"| {r['config']} | {r['measure']} | {r['bitnn']['cpu_tok_s']:.1f} | "
-                     f"{r['torch']['cpu_tok_s']:.1f} | {r['cpu_speedup']:.1f}x |")
+        if r["threads"] == 1:
+            lines.append(f"| {r['config']} | {r['measure']} | "
+                         + " | ".join(f"{r[e]['cpu_tok_s']:.1f}" for e in ENGINES) + " |")
+    return "\n".join(lines)
+
+
+def fmt_scaling_table(rows) -> str:
+    lines = ["| config | measure | " + " | ".join(_label(e) for e in ENGINES) + " |",
+             "|---|---|" + "---:|" * len(ENGINES)]
+    cells = {}
+    for s in rows:
+        cells.setdefault((s["config"], s["measure"]), {})[s["engine"]] = s["scaling"]
+    for (config, measure), by in cells.items():
+        lines.append(f"| {config} | {measure} | "
+                     + " | ".join(f"{by[e]:.2f}x" for e in ENGINES) + " |")
     return "\n".join(lines)
 
 
 def fmt_size_table(sizes) -> str:
     lines = [("| config | parameters | bits set | .bnb bytes | fp32 state_dict bytes | "
-              "fp32 / .bnb | .bnb <= 20 MB |"), "|---|---:|---:|---:|---:|---:|---|"]
+              "fp32 / .bnb |"), "|---|---:|---:|---:|---:|---:|"]
     for s in sizes:
-        ok = "yes" if s["bnb_bytes"] <= 20 * MB else "no"
         lines.append(f"| {s['config']} | {s['params']:,} | {100 * s['ones_fraction']:.1f}% | "
                      f"{s['bnb_bytes']:,} | {s['fp32_bytes']:,} | "
-                     f"{s['fp32_bytes'] / s['bnb_bytes']:.1f}x | "
-                     f"{ok if s['config'] == 'small' else '-'} |")
+                     f"{s['fp32_bytes'] / s['bnb_bytes']:.1f}x |")
     return "\n".join(lines)
 
 
 def fmt_rss_table(rss) -> str:
-    lines = [("| config | file MB | RSS before import MB | RSS before load MB | "
+    lines = [("| config | precision | file MB | RSS before import MB | RSS before load MB | "
               "RSS after load MB | peak RSS (VmHWM) MB | peak - before load MB | "
-              "target file + 64 MB | met |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "limit file + 64 MB |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    kb = 1024 / MB
     for r in rss:
-        kb = 1024 / MB
-        hwm = r["hwm_kb"] * kb
-        target = r["file_bytes"] / MB + 64
-        lines.append(f"| {r['config']} | {r['file_bytes'] / MB:.1f} | {r['rss_start_kb'] * kb:.1f} | "
-                     f"{r['rss_before_load_kb'] * kb:.1f} | {r['rss_after_load_kb'] * kb:.1f} | "
-                     f"{hwm:.1f} | {(r['hwm_kb'] - r['rss_before_load_kb']) * kb:.1f} | "
-                     f"{target:.1f} | {'yes' if hwm <= target else 'no'} |")
+        lines.append(f"| {r['config']} | {r['precision']} | {r['file_bytes'] / MB:.1f} | "
+                     f"{r['rss_start_kb'] * kb:.1f} | {r['rss_before_load_kb'] * kb:.1f} | "
+                     f"{r['rss_after_load_kb'] * kb:.1f} | {r['hwm_kb'] * kb:.1f} | "
+                     f"{(r['hwm_kb'] - r['rss_before_load_kb']) * kb:.1f} | "
+                     f"{(r['file_bytes'] + RSS_MARGIN) / MB:.1f} |")
     return "\n".join(lines)
+
+
+def print_tables(report, rss_tokens: int) -> None:
+    results = report["results"]
+    print("\n## Tokens/s (median over rounds; wall clock)\n")
+    print(fmt_speed_table(results))
+    print("\n## Ratios: the first engine's tokens/s over the second's (wall clock; "
+          "from process CPU time in parentheses)\n")
+    print(fmt_ratio_table(results))
+    print("\nAbove 1: the first engine is faster.")
+    print("\n## One thread, tokens/s from process CPU time\n")
+    print(fmt_cpu_table(results))
+    if report["thread_scaling"]:
+        print("\n## 2 threads over 1 thread (tokens/s, wall clock)\n")
+        print(fmt_scaling_table(report["thread_scaling"]))
+    print("\n## Model size\n")
+    print(fmt_size_table(report["sizes"]))
+    if report["rss"]:
+        print("\n## Peak RSS while generating (separate process: bitnn only, 1 thread, "
+              f"{rss_tokens} tokens after a 16-token prompt; MB = 10^6 bytes)\n")
+        print(fmt_rss_table(report["rss"]))
 
 
 # ----------------------------------------------------------------- main
@@ -491,7 +693,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="the small config shrunk to 2 blocks, few steps and rounds (< 1 min)")
+                    help="the small config shrunk to 2 blocks, few steps and rounds (~1 min)")
     ap.add_argument("--configs", default=None,
                     help="comma-separated config names (default small,large; --quick: small)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
@@ -500,12 +702,136 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="decode steps timed per round")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per cell")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     # internal: the peak-RSS child process
     ap.add_argument("--rss-child", metavar="BNB", help=argparse.SUPPRESS)
     ap.add_argument("--rss-tokens", type=int, default=64, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    ap.add_argument("--rss-precision", default="fp32", choices=PRECISIONS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    for flag in ("threads", "contexts"):
+        try:
+            vals = [int(v) for v in getattr(args, flag).split(",")]
+        except ValueError:
+            ap.error(f"--{flag} must be comma-separated integers, got {getattr(args, flag)!r}")
+        if not vals or min(vals) < 1:
+            ap.error(f"--{flag} values must be at least 1")
+    for flag in ("prefill", "steps", "rounds"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            ap.error(f"--{flag} must be at least 1")
+    return args
+
+
+def start_report(args) -> dict:
+    """The report skeleton; prints the header (date, CPU, versions, load)."""
+    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": _base_machine_info(), "loadavg_start": list(os.getloadavg()),
+              "args": {k: v for k, v in vars(args).items() if not k.startswith("rss")},
+              "engines": list(ENGINES), "configs": {}, "sizes": [], "parity": [],
+              "results": [], "rss": []}
+    m = report["machine"]
+    print(f"# BLM decoder benchmark  {report['date']}")
+    print(f"cpu: {m['cpu_identity']['summary']} ({m['cpus']} logical CPUs)")
+    print(f"torch {m.get('torch')}  python {m['python']}  numpy {m['numpy']}")
+    print(f"bitnn.system_info(): {m['bitnn']}")
+    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
+    sys.stdout.flush()
+    return report
+
+
+def record_size(eng: Engines, label: str, name: str, quick: bool, report) -> None:
+    report["sizes"].append({"config": label, "params": eng.params, "bnb_bytes": eng.bnb_bytes,
+                            "fp32_bytes": eng.fp32_bytes, "ones_fraction": eng.ones_fraction,
+                            "paper_params": PAPER_PARAMS.get(name) if not quick else None})
+    print(f"built, exported and twinned in {eng.setup_s:.1f} s: {eng.params:,} parameters, "
+          f".bnb {eng.bnb_bytes:,} bytes ({100 * eng.ones_fraction:.1f}% ones), "
+          f"fp32 state_dict {eng.fp32_bytes:,} bytes")
+
+
+def record_parity(eng: Engines, label: str, seed: int, report) -> None:
+    p = parity(eng, seed)
+    p["config"] = label
+    report["parity"].append(p)
+    d = p["max_abs_diff"]
+    print(f"parity ({p['positions']} positions after a {p['prompt_len']}-token prefill, "
+          f"cached steps): max|bitnn fp32 - torch fp32| {d['bitnn_fp32 vs torch_fp32']:.2e}, "
+          f"max|bitnn fp32 - BinaryLM.forward| {d['bitnn_fp32 vs BinaryLM.forward']:.2e}, "
+          f"max|torch fp32 - BinaryLM.forward| {d['torch_fp32 vs BinaryLM.forward']:.2e}; "
+          f"argmax equal: {p['argmax_equal']}; scores std {p['score_std']:.3f}, "
+          f"smallest top-2 gap {p['min_top2_gap']:.3f}")
+    for e, q in p["int8"].items():
+        print(f"int8 parity, {_label(e)} vs BinaryLM.forward: max|diff| "
+              f"{q['max_abs_diff_vs_BinaryLM.forward']:.3f}, argmax agrees at "
+              f"{100 * q['argmax_agreement']:.0f}% of the {p['positions']} positions")
+    g = p["generate"]
+    print(f"bitnn.load(...).generate (fp32, greedy, {len(g['tokens'])} tokens) equals the torch "
+          f"greedy loop: {g['equal']}  {g['tokens']}")
+    sys.stdout.flush()
+
+
+def _print_cell(row) -> None:
+    speeds = ", ".join(f"{_label(e)} {row[e]['tok_s']:.1f}" for e in ENGINES)
+    ratios = ", ".join(f"{_label(ratio_key(a, b))} {row['ratios'][ratio_key(a, b)]:.1f}x"
+                       for a, b in RATIOS[:3])
+    print(f"  threads {row['threads']} {row['measure']}: tok/s {speeds}; {ratios} "
+          f"(load {os.getloadavg()[0]:.2f})")
+    sys.stdout.flush()
+
+
+def record_speed(eng: Engines, label: str, args, threads, contexts, steps, rounds,
+                 report) -> None:
+    """Decode at each context and the prefill, for each thread count."""
+    V, max_len = eng.cfg["vocab_size"], eng.cfg["max_len"]
+    ids = np.random.default_rng(args.seed + 1).integers(0, V, max_len).tolist()
+    for t in threads:
+        cells = []
+        for c in contexts:
+            c_eff = max(1, min(c, max_len - steps))
+            fn = functools.partial(_decode_fn, eng, t, ids[:c_eff], ids[c_eff:c_eff + steps])
+            cells.append(({"measure": f"decode @ ctx {c_eff}", "kind": "decode",
+                           "context": c_eff}, fn, steps))
+        n = min(args.prefill, max_len)
+        cells.append(({"measure": f"prefill {n}", "kind": "prefill", "context": n},
+                      functools.partial(_prefill_fn, eng, t, ids[:n]), n))
+        for what, fn, n_tokens in cells:
+            row = {"config": label, "threads": t, **what}
+            row.update(measure_cell(eng, t, fn, n_tokens, rounds))
+            report["results"].append(row)
+            _print_cell(row)
+
+
+def record_rss(eng: Engines, label: str, tokens: int, report) -> None:
+    for precision in PRECISIONS:
+        r = measure_rss(eng.bnb_path, 1, tokens, precision)
+        r["config"] = label
+        report["rss"].append(r)
+        print(f"peak RSS ({precision}; separate process, bitnn only, 1 thread, "
+              f"{r['generated']} tokens): VmHWM {r['hwm_kb'] * 1024 / MB:.1f} MB, before load "
+              f"{r['rss_before_load_kb'] * 1024 / MB:.1f} MB, file {r['file_bytes'] / MB:.1f} MB")
+        sys.stdout.flush()
+
+
+def bench_config(args, name: str, cfg: dict, threads, contexts, workdir: str, report) -> None:
+    """Everything measured for one config: size, parity, speed, peak RSS."""
+    quick = args.quick
+    if quick and name in CONFIGS:
+        cfg["num_blocks"] = 2
+    steps, rounds = (4, 2) if quick else SCHEDULE.get(name, (8, 3))
+    steps, rounds = args.steps or steps, args.rounds or rounds
+    label = name + (" (2 blocks)" if quick and name in CONFIGS else "")
+    report["configs"][label] = cfg
+    print(f"\n## {label}: {cfg}")
+    sys.stdout.flush()
+    eng = Engines(name, cfg, args.seed, workdir)
+    try:
+        record_size(eng, label, name, quick, report)
+        record_parity(eng, label, args.seed, report)
+        record_speed(eng, label, args, threads, contexts, steps, rounds, report)
+        if not args.no_rss:
+            record_rss(eng, label, args.rss_tokens, report)
+    finally:
+        eng.close()
 
 
 def run(args, configs: dict | None = None) -> dict:
@@ -514,138 +840,28 @@ def run(args, configs: dict | None = None) -> dict:
 
     all_cfgs = dict(CONFIGS)
     all_cfgs.update(configs or {})
-    quick = args.quick
-    names = (args.configs.split(",") if args.configs else (["small"] if quick else
-                                                           ["small", "large"]))
+    names = (args.configs.split(",") if args.configs
+             else (["small"] if args.quick else ["small", "large"]))
+    unknown = [n for n in names if n not in all_cfgs]
+    if unknown:
+        raise UsageError(f"unknown config {', '.join(unknown)}; known: {', '.join(all_cfgs)}")
     threads = [int(v) for v in args.threads.split(",")]
     contexts = [int(v) for v in args.contexts.split(",")]
     t_start = time.time()
-    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": _base_machine_info(), "loadavg_start": list(os.getloadavg()),
-              "args": {k: v for k, v in vars(args).items() if not k.startswith("rss")},
-              "configs": {}, "sizes": [], "parity": [], "results": [], "rss": []}
-    m = report["machine"]
-    print(f"# BLM decoder benchmark  {report['date']}")
-    print(f"cpu: {m['cpu']} ({m['cpus']} logical CPUs)  torch {m.get('torch')}  "
-          f"python {m['python']}")
-    print(f"bitnn.system_info(): {m['bitnn']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
-    sys.stdout.flush()
-
+    report = start_report(args)
     with tempfile.TemporaryDirectory(prefix="bench_lm_") as workdir:
         for name in names:
-            cfg = dict(all_cfgs[name])
-            if quick and name in CONFIGS:
-                cfg["num_blocks"] = 2
-            steps, rounds = SCHEDULE.get(name, (8, 3))
-            if quick:
-                steps, rounds = 4, 2
-            steps = args.steps or steps
-            rounds = args.rounds or rounds
-            label = name + (" (2 blocks)" if quick and name in CONFIGS else "")
-            report["configs"][label] = cfg
-            print(f"\n## {label}: {cfg}")
-            sys.stdout.flush()
-            eng = Engines(name, cfg, args.seed, workdir)
-            size = {"config": label, "params": eng.params, "bnb_bytes": eng.bnb_bytes,
-                    "fp32_bytes": eng.fp32_bytes, "ones_fraction": eng.ones_fraction,
-                    "paper_params": PAPER_PARAMS.get(name) if not quick else None}
-            report["sizes"].append(size)
-            print(f"built, exported and twinned in {eng.setup_s:.1f} s: {eng.params:,} parameters, "
-                  f".bnb {eng.bnb_bytes:,} bytes ({100 * eng.ones_fraction:.1f}% ones), "
-                  f"fp32 state_dict {eng.fp32_bytes:,} bytes")
-            p = parity(eng, args.seed)
-            p["config"] = label
-            report["parity"].append(p)
-            d = p["max_abs_diff"]
-            print(f"parity ({p['positions']} positions after a {p['prompt_len']}-token prefill, "
-                  f"cached steps): max|bitnn-torch| {d['bitnn vs torch']:.2e}, "
-                  f"max|bitnn-BinaryLM.forward| {d['bitnn vs BinaryLM.forward']:.2e}, "
-                  f"max|torch-BinaryLM.forward| {d['torch vs BinaryLM.forward']:.2e}; "
-                  f"argmax equal: {p['argmax_equal']}; scores std {p['score_std']:.3f}, "
-                  f"smallest top-2 gap {p['min_top2_gap']:.3f}")
-            g = p["generate"]
-            print(f"bitnn.load(...).generate (greedy, {len(g['tokens'])} tokens) equals the torch "
-                  f"greedy loop: {g['equal']}  {g['tokens']}")
-            sys.stdout.flush()
-
-            V, max_len = cfg["vocab_size"], cfg["max_len"]
-            rng = np.random.default_rng(args.seed + 1)
-            ids = rng.integers(0, V, max_len).tolist()
-            for t in threads:
-                for c in contexts:
-                    c_eff = max(1, min(c, max_len - steps))
-                    prompt, nxt = ids[:c_eff], ids[c_eff:c_eff + steps]
-                    fn = functools.partial(_decode_fn, eng, t, prompt, nxt)
-                    row = {"config": label, "threads": t, "measure": f"decode @ ctx {c_eff}",
-                           "kind": "decode", "context": c_eff}
-                    row.update(measure_cell(eng, t, fn, steps, rounds))
-                    report["results"].append(row)
-                    print(f"  threads {t} decode @ {c_eff:3d}: bitnn {row['bitnn']['tok_s']:8.1f} "
-                          f"tok/s, torch {row['torch']['tok_s']:7.1f} tok/s -> "
-                          f"{row['speedup']:.1f}x (CPU time {row['cpu_speedup']:.1f}x) "
-                          f"(load {os.getloadavg()[0]:.2f})")
-                    sys.stdout.flush()
-                n = min(args.prefill, max_len)
-                fn = functools.partial(_prefill_fn, eng, t, ids[:n])
-                row = {"config": label, "threads": t, "measure": f"prefill {n}",
-                       "kind": "prefill", "context": n}
-                row.update(measure_cell(eng, t, fn, n, rounds))
-                report["results"].append(row)
-                print(f"  threads {t} prefill {n}: bitnn {row['bitnn']['tok_s']:8.1f} tok/s, "
-                      f"torch {row['torch']['tok_s']:7.1f} tok/s -> {row['speedup']:.1f}x "
-                      f"(CPU time {row['cpu_speedup']:.1f}x) (load {os.getloadavg()[0]:.2f})")
-                sys.stdout.flush()
-            if not args.no_rss:
-                r = measure_rss(eng.bnb_path, 1, args.rss_tokens)
-                r["config"] = label
-                report["rss"].append(r)
-                print(f"peak RSS (separate process, bitnn only, 1 thread, {r['generated']} tokens): "
-                      f"VmHWM {r['hwm_kb'] * 1024 / MB:.1f} MB, before load "
-                      f"{r['rss_before_load_kb'] * 1024 / MB:.1f} MB, file "
-                      f"{r['file_bytes'] / MB:.1f} MB")
-                sys.stdout.flush()
-            eng.close()
-            del eng
+            bench_config(args, name, dict(all_cfgs[name]), threads, contexts, workdir, report)
     torch.set_num_threads(max(threads))
     report["loadavg_end"] = list(os.getloadavg())
     report["wall_s"] = time.time() - t_start
-
-    print("\n## Tokens/s (median over rounds; wall clock)\n")
-    print(fmt_speed_table(report["results"]))
-    print("\n`bitnn / torch`: torch's time over bitnn's (above 1: bitnn is faster). "
-          "`CPU-time bitnn / torch`: the same from process CPU time.")
-    print("\n## One thread, from process CPU time\n")
-    print(fmt_cpu_table(report["results"]))
-    print("\n## Model size\n")
-    print(fmt_size_table(report["sizes"]))
-    if report["rss"]:
-        print("\n## Peak RSS while generating (separate process: bitnn only, 1 thread, "
-              f"{args.rss_tokens} tokens after a 16-token prompt; MB = 10^6 bytes)\n")
-        print(fmt_rss_table(report["rss"]))
-    print("\n## Targets\n")
-    report["targets"] = targets = []
-    for r in report["results"]:
-        if r["config"] == "small" and r["threads"] == 1 and r["kind"] == "decode":
-            ok = r["speedup"] >= 15
-            targets.append({"target": f"small decode @ ctx {r['context']}, 1 thread >= 15x torch",
-                            "value": r["speedup"], "cpu_value": r["cpu_speedup"], "met": ok})
-            print(f"- small-config decode @ ctx {r['context']}, 1 thread, >= 15x PyTorch fp32: "
-                  f"{r['speedup']:.1f}x wall ({r['cpu_speedup']:.1f}x CPU time) -> "
-                  f"{'met' if ok else 'NOT met'}")
-    for s in report["sizes"]:
-        if s["config"] == "small":
-            ok = s["bnb_bytes"] <= 20 * MB
-            targets.append({"target": "small .bnb <= 20 MB (no tokenizer)",
-                            "value": s["bnb_bytes"], "met": ok})
-            print(f"- small .bnb <= 20 MB (+ tokenizer; none stored here): "
-                  f"{s['bnb_bytes'] / MB:.2f} MB -> {'met' if ok else 'NOT met'}")
-    for r in report["rss"]:
-        ok = r["hwm_kb"] * 1024 <= r["file_bytes"] + 64 * MB
-        targets.append({"target": f"{r['config']} peak RSS <= file + 64 MB",
-                        "value": r["hwm_kb"] * 1024, "met": ok})
-        print(f"- {r['config']} peak RSS <= file + 64 MB: {r['hwm_kb'] * 1024 / MB:.1f} MB vs "
-              f"{r['file_bytes'] / MB + 64:.1f} MB -> {'met' if ok else 'NOT met'}")
+    report["thread_scaling"] = thread_scaling(report["results"])
+    print_tables(report, args.rss_tokens)
+    report["targets"] = evaluate_targets(report)
+    print("\n## Targets (issue 7: stated for the small config on one thread; "
+          "other configs for reference)\n")
+    for t in report["targets"]:
+        print(fmt_target(t))
     print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"])
           + f"; wall time {report['wall_s']:.0f} s")
     if args.json:
@@ -658,9 +874,14 @@ def run(args, configs: dict | None = None) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.rss_child:
-        rss_child(args.rss_child, int(args.threads.split(",")[0]), args.rss_tokens)
+        rss_child(args.rss_child, int(args.threads.split(",")[0]), args.rss_tokens,
+                  args.rss_precision)
         return 0
-    run(args)
+    try:
+        run(args)
+    except UsageError as e:
+        print(f"bench_lm: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
