@@ -1,33 +1,53 @@
 #!/usr/bin/env python3
-"""Speed and size of the BCVNN image classifier (PAPER.md section 4): bitnn
-against PyTorch fp32 eager and ONNX Runtime fp32, side by side in one run.
+"""Speed and size of the BCVNN image classifier (PAPER.md section 4): bitnn in
+both numeric modes against PyTorch fp32 eager, ONNX Runtime fp32 and ONNX
+Runtime static int8, side by side in one run.
 
 The model is ``bitnn.nn.BinaryCNN(3, 101, (32, 64, 64, 128, 256), f, (256, 256))``
 with seeded random weights and biases, for f = 3 and 5, on 256x256x3 input.
 
-- bitnn: the model exported with ``bitnn.export`` to a temporary .bnb, opened
-  with ``bitnn.load(path, threads=t)``, timed as
-  ``model.predict(x, layout="NCHW")`` on float32 NCHW input (so the
-  NCHW -> NHWC copy and the input checks of ``predict`` are included).
-- torch: a plain ``nn.Sequential`` twin whose Conv2d/Linear weights and biases
-  are the 0/1 floats of the binary model, with parameter-free LayerNorm as
-  Normalize (over C,H,W for convolutions, over features for linear layers),
-  so that the per-call quantization (``p > mean(p)``) of BinaryCNN.forward is
-  not timed. It is checked against BinaryCNN.forward. ``torch.set_num_threads(t)``,
-  ``torch.inference_mode()``, NCHW (PyTorch's default layout).
-- ort: that twin exported with ``torch.onnx.export(dynamo=False)`` (opset 17,
-  dynamic batch), ``intra_op_num_threads=t``, ``inter_op_num_threads=1``,
-  ``ORT_ENABLE_ALL`` graph optimizations, CPU execution provider.
+Engines, and what each timed call includes (``TIMED_CALL``, printed with the
+results):
 
-Every configuration (f, batch, threads) warms the three engines up, then
-times them in interleaved rounds (one call each per round, rotating order) so
-that background load hits them alike; the tables give the median per engine
-of the wall time and, for one thread, of the calling thread's CPU time.
-Sizes: the .bnb file next to ``torch.save`` of the fp32 state_dict of the
-same model. ``--profile`` times each layer alone instead.
+- bitnn fp32 / bitnn int8: the model exported with ``bitnn.export`` to a
+  temporary .bnb, opened with ``bitnn.load(path, threads=t, precision=p)``,
+  timed as ``model.predict(x, layout="NCHW")`` on float32 NCHW input: the
+  input checks of ``predict`` (dtype, shape, NaN), the NCHW -> NHWC copy, the
+  network and the softmax; int8 also quantizes the activations entering each
+  binary layer (inside the C graph).
+- torch fp32: a plain ``nn.Sequential`` twin whose Conv2d/Linear weights and
+  biases are the 0/1 floats of the binary model, with parameter-free
+  LayerNorm as Normalize (over C,H,W for convolutions, over features for
+  linear layers), so that the per-call quantization (``p > mean(p)``) of
+  BinaryCNN.forward is not timed. It is checked against BinaryCNN.forward.
+  ``torch.set_num_threads(t)``, ``torch.inference_mode()``, NCHW (PyTorch's
+  default layout), input wrapped without a copy.
+- ORT fp32: that twin exported with ``torch.onnx.export(dynamo=False)`` (opset
+  17, dynamic batch), ``intra_op_num_threads=t``, ``inter_op_num_threads=1``,
+  ``ORT_ENABLE_ALL`` graph optimizations, CPU execution provider, NCHW numpy
+  input.
+- ORT int8: the same ONNX model after ``quant_pre_process`` and
+  ``quantize_static`` (QDQ format, uint8 activations and int8 weights, MinMax
+  calibration over ``calibration_inputs``: 8 images from the same
+  distributions as the parity and timing inputs; per-channel weights on Conv
+  and Gemm, falling back to per-tensor if ORT refuses), same session options.
+  The graph quantizes its input and dequantizes its output itself.
 
-    python3 tools/bench_classifier.py                 # full run (~5 min on 2 cores)
-    python3 tools/bench_classifier.py --quick         # f=3, batch 1: under half a minute
+Every configuration (f, batch, threads) warms the engines up, then times them
+in interleaved rounds (one call each per round, rotating order) so that
+background load hits them alike; the tables give the median per engine of the
+wall time and, for one thread, of the calling thread's CPU time, and the
+ratios of ``RATIOS`` (another engine's time over a bitnn precision's time:
+above 1, bitnn is faster). The issue-7 targets (``TARGETS``, ``THREAD_TARGET``)
+are printed with met / NOT met. Parity comes first: the exact engines against
+BinaryCNN.forward (PyTorch), and the int8 engines' max |prob diff| and top-1
+agreement with it on the same images. Sizes: the .bnb file next to
+``torch.save`` of the fp32 state_dict of the same model. ``--profile`` times
+each layer alone instead. Without onnxruntime (or onnx) the ORT engines are
+left out with a note.
+
+    python3 tools/bench_classifier.py                 # full run
+    python3 tools/bench_classifier.py --quick         # f=3, batch 1: about a minute
     python3 tools/bench_classifier.py --quick --sizes 32 --json out.json
 """
 from __future__ import annotations
@@ -51,8 +71,28 @@ for _p in (ROOT, ROOT / "tools"):
         sys.path.insert(0, str(_p))
 
 from common import machine_info as _base_machine_info  # noqa: E402
+from common import verdict  # noqa: E402
 
-ENGINES = ("bitnn", "torch", "ort")
+ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "ort_fp32", "ort_int8")
+ORT_ENGINES = ("ort_fp32", "ort_int8")
+EXACT = ("bitnn_fp32", "torch_fp32", "ort_fp32")  # agree with BinaryCNN.forward to rounding
+TIMED_CALL = {
+    "bitnn_fp32": "model.predict(x, layout='NCHW'): input checks (dtype, shape, NaN), "
+                  "NCHW -> NHWC copy, the C graph, softmax",
+    "bitnn_int8": "the same with precision='int8' (activations quantized inside the C graph)",
+    "torch_fp32": "twin(torch.from_numpy(x)) under inference_mode (no input copy, no checks), "
+                  ".numpy() of the result",
+    "ort_fp32": "session.run(None, {'x': x}) on the fp32 ONNX export",
+    "ort_int8": "session.run(None, {'x': x}) on the static QDQ int8 model (quantizes its "
+                "input, dequantizes its output)",
+}
+# (other engine, bitnn engine): other's time / bitnn's time, above 1: bitnn is faster.
+RATIOS = (("ort_fp32", "bitnn_fp32"), ("ort_int8", "bitnn_fp32"), ("torch_fp32", "bitnn_fp32"),
+          ("ort_fp32", "bitnn_int8"), ("ort_int8", "bitnn_int8"), ("torch_fp32", "bitnn_int8"))
+# Issue 7, stated for f=3, 256x256, batch 1, one thread: (other, bitnn, minimum ratio).
+TARGETS = (("ort_fp32", "bitnn_int8", 3.0), ("ort_int8", "bitnn_int8", 2.0),
+           ("ort_fp32", "bitnn_fp32", 2.0))
+THREAD_TARGET = 1.8  # bitnn batch-1 speed with 2 threads over 1 thread, each precision
 CHANNELS = (32, 64, 64, 128, 256)
 FC_UNITS = (256, 256)
 NUM_CLASSES = 101
@@ -167,6 +207,74 @@ def ort_session(path: str, threads: int):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def ort_available() -> str | None:
+    """None when onnxruntime and onnx import, else why not (the ORT engines are skipped)."""
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export and the quantizer need it
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def calibration_inputs(c: int, size: int, seed: int) -> np.ndarray:
+    """8 images for ORT's static calibration: the four kinds of parity_inputs
+    (other noise draws) and four standard-normal images like the timed input."""
+    rng = np.random.default_rng(seed + 100)
+    return np.concatenate([parity_inputs(c, size, seed + 100),
+                           rng.standard_normal((4, c, size, size)).astype(np.float32)])
+
+
+def quantize_onnx_int8(src: str, dst: str, images: np.ndarray, workdir: str) -> dict:
+    """ONNX Runtime static int8 (QDQ) of the fp32 model at ``src``, written to ``dst``.
+
+    ``quant_pre_process`` (shape inference and graph clean-up, as ORT
+    recommends; skipped if it fails), then ``quantize_static`` with uint8
+    activations, int8 weights and MinMax calibration over ``images``. Weights
+    per channel on Conv and Gemm (the only ops with weights; quantizing the
+    LayerNormalization constants per channel breaks the model, and ORT's
+    int32-bias scale adjustment fails on per-channel Gemm, so it is turned
+    off); per tensor if ORT still refuses. Returns the settings used."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                          QuantFormat, QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": img[None]} for img in images])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    settings = {"format": "QDQ", "activations": "uint8", "weights": "int8",
+                "calibration": f"MinMax over {len(images)} images", "op_types": ["Conv", "Gemm"]}
+    model_in = os.path.join(workdir, os.path.basename(src) + ".pre.onnx")
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(src, model_in)
+        settings["pre_process"] = True
+    except Exception as e:  # noqa: BLE001 - optional step; say so in the report
+        model_in, settings["pre_process"] = src, f"skipped: {type(e).__name__}: {e}"
+    last = None
+    for per_channel in (True, False):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(model_in, dst, Reader(), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax,
+                                op_types_to_quantize=settings["op_types"],
+                                extra_options={"QDQDisableWeightAdjustForInt32Bias": True})
+            settings["per_channel"] = per_channel
+            return settings
+        except Exception as e:  # noqa: BLE001 - try per tensor, then give up
+            last = e
+    raise RuntimeError(f"onnxruntime static quantization failed: {last}")
+
+
 def state_dict_bytes(model) -> int:
     """Bytes of torch.save(state_dict) of the float parameters of the model."""
     import torch
@@ -180,9 +288,10 @@ def state_dict_bytes(model) -> int:
 # ----------------------------------------------------------------- timing
 
 class Engines:
-    """The three engines for one model (one f), with per-thread-count handles."""
+    """The engines for one model (one f), with per-thread-count handles."""
 
-    def __init__(self, binary, size: int, name: str, workdir: str, engines, in_channels: int = 3):
+    def __init__(self, binary, size: int, name: str, workdir: str, engines, in_channels: int = 3,
+                 seed: int = 0):
         import torch
 
         self.size, self.engines, self.in_channels = size, engines, in_channels
@@ -190,32 +299,39 @@ class Engines:
         self.twin = plain_twin(self.binary, size)
         self.params = sum(p.numel() for p in self.binary.parameters())
         self.bnb_path = os.path.join(workdir, f"{name}.bnb")
-        self.onnx_path = os.path.join(workdir, f"{name}.onnx")
+        self.onnx = {"ort_fp32": os.path.join(workdir, f"{name}.onnx"),
+                     "ort_int8": os.path.join(workdir, f"{name}.int8.onnx")}
         self.fp32_bytes = state_dict_bytes(self.binary)
         self.bnb_bytes = None
+        self.ort_int8_settings = None
         self._bitnn, self._ort = {}, {}
-        if "bitnn" in engines:
+        if any(e.startswith("bitnn") for e in engines):
             import bitnn
 
             classes = graph_of(self.binary)[-1][1].out_features
             bitnn.export(self.binary, self.bnb_path, input_shape=(in_channels, size, size),
                          labels=[f"class_{i}" for i in range(classes)], name=name)
             self.bnb_bytes = os.path.getsize(self.bnb_path)
-        if "ort" in engines:
-            export_onnx(self.twin, size, self.onnx_path, in_channels)
+        if any(e in ORT_ENGINES for e in engines):
+            export_onnx(self.twin, size, self.onnx["ort_fp32"], in_channels)
+        if "ort_int8" in engines:
+            self.ort_int8_settings = quantize_onnx_int8(
+                self.onnx["ort_fp32"], self.onnx["ort_int8"],
+                calibration_inputs(in_channels, size, seed), workdir)
         self._torch = torch
 
-    def bitnn_model(self, threads: int):
-        if threads not in self._bitnn:
+    def bitnn_model(self, engine: str, threads: int):
+        if (engine, threads) not in self._bitnn:
             import bitnn
 
-            self._bitnn[threads] = bitnn.load(self.bnb_path, threads=threads)
-        return self._bitnn[threads]
+            self._bitnn[engine, threads] = bitnn.load(self.bnb_path, threads=threads,
+                                                      precision=engine.split("_")[1])
+        return self._bitnn[engine, threads]
 
-    def ort(self, threads: int):
-        if threads not in self._ort:
-            self._ort[threads] = ort_session(self.onnx_path, threads)
-        return self._ort[threads]
+    def ort(self, engine: str, threads: int):
+        if (engine, threads) not in self._ort:
+            self._ort[engine, threads] = ort_session(self.onnx[engine], threads)
+        return self._ort[engine, threads]
 
     def runner(self, engine: str, threads: int, x: np.ndarray, raw: bool = False):
         """A no-argument callable returning probabilities (numpy) for x (NCHW).
@@ -224,13 +340,13 @@ class Engines:
         its graph directly, without predict's layout conversion and checks,
         which would dominate the time of a single layer on a wide input."""
         torch = self._torch
-        if engine == "bitnn":
-            m = self.bitnn_model(threads)
+        if engine.startswith("bitnn"):
+            m = self.bitnn_model(engine, threads)
             if raw and hasattr(m, "_graph"):
                 xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
                 return lambda: m._graph.forward(xh, threads=threads)
             return lambda: m.predict(x, layout="NCHW")
-        if engine == "torch":
+        if engine == "torch_fp32":
             xt = torch.from_numpy(x)
             torch.set_num_threads(threads)  # torch is the only user of its thread setting
 
@@ -238,8 +354,8 @@ class Engines:
                 with torch.inference_mode():
                     return self.twin(xt).numpy()
             return run
-        if engine == "ort":
-            s = self.ort(threads)
+        if engine in ORT_ENGINES:
+            s = self.ort(engine, threads)
             return lambda: s.run(None, {"x": x})[0]
         raise ValueError(engine)
 
@@ -252,7 +368,11 @@ class Engines:
 
 def parity_inputs(c: int, size: int, seed: int = 0) -> np.ndarray:
     """Four differently distributed images: normal noise, uniform [0, 1), a smooth
-    gradient pattern, and normal noise of scale 5 shifted by 2."""
+    gradient pattern, and normal noise of scale 5 shifted by 2.
+
+    Their value ranges differ by 5-40x: a statically calibrated int8 model
+    (ORT int8) fixes one input scale for all of them, so the narrow ones get
+    few levels; bitnn's int8 mode scales each row of activations on the fly."""
     rng = np.random.default_rng(seed)
     yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
     smooth = np.stack([np.sin(3 * (k + 1) * xx + 2 * yy * k) for k in range(c)])
@@ -261,7 +381,9 @@ def parity_inputs(c: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def parity(eng: Engines, seed: int = 0) -> dict:
-    """Probabilities of the engines (and BinaryCNN.forward itself) on parity_inputs."""
+    """Probabilities of the engines and BinaryCNN.forward (PyTorch, the
+    reference) on parity_inputs: the exact engines must give the same top-1
+    and top-5; the int8 engines get their max |prob diff| and top-1 agreement."""
     torch = eng._torch
     x = parity_inputs(eng.in_channels, eng.size, seed)
     torch.set_num_threads(1)
@@ -270,16 +392,20 @@ def parity(eng: Engines, seed: int = 0) -> dict:
     probs = {"BinaryCNN.forward": ref}
     for e in eng.engines:
         probs[e] = eng.runner(e, 1, x)()
+    exact = ["BinaryCNN.forward"] + [e for e in EXACT if e in probs]
     am = {k: v.argmax(1).tolist() for k, v in probs.items()}
     top5 = {k: np.argsort(-v, axis=1, kind="stable")[:, :5].tolist() for k, v in probs.items()}
-    out = {"reference": "BinaryCNN.forward", "argmax": am,
-           "argmax_equal": all(v == am["BinaryCNN.forward"] for v in am.values()),
-           "top5_equal": all(v == top5["BinaryCNN.forward"] for v in top5.values()),
+    out = {"reference": "BinaryCNN.forward", "images": len(x), "argmax": am,
+           "argmax_equal": all(am[k] == am["BinaryCNN.forward"] for k in exact),
+           "top5_equal": all(top5[k] == top5["BinaryCNN.forward"] for k in exact),
            "max_prob": float(ref.max()),
            # how much the probabilities differ between the images (for scale)
            "spread_between_images": float(np.abs(ref - ref[:1]).max()),
-           "max_abs_diff": {k: float(np.abs(v - ref).max()) for k, v in probs.items()
-                            if k != "BinaryCNN.forward"}}
+           "max_abs_diff": {k: float(np.abs(probs[k] - ref).max()) for k in exact[1:]},
+           "int8": {e: {"max_abs_diff": float(np.abs(probs[e] - ref).max()),
+                        "max_abs_diff_per_image": np.abs(probs[e] - ref).max(1).tolist(),
+                        "top1_agreement": float(np.mean(probs[e].argmax(1) == ref.argmax(1)))}
+                    for e in probs if e.endswith("int8")}}
     names = list(probs)
     out["max_abs_diff_pairs"] = {f"{a} vs {b}": float(np.abs(probs[a] - probs[b]).max())
                                  for i, a in enumerate(names) for b in names[i + 1:]}
@@ -361,14 +487,15 @@ def profile(args, fs, sizes, threads, engines) -> list:
                           f"median ms ({what}) of the layer alone (+ GAP + 2-unit linear)\n")
                     print("bitnn: the graph run directly on NHWC float32 input (no layout "
                           "conversion; one finiteness check of the input remains)\n")
-                    head = "| layer | " + " | ".join(engines) + " |"
-                    if "bitnn" in engines and "ort" in engines:
-                        head += " bitnn/ORT |"
+                    head = "| layer | " + " | ".join(_label(e) for e in engines) + " |"
+                    if "bitnn_fp32" in engines and "ort_fp32" in engines:
+                        head += " bitnn fp32 / ORT fp32 |"
                     print(head)
                     print("|" + "---|" * (head.count("|") - 1))
                     totals = dict.fromkeys(engines, 0.0)
                     for i, (name, seq, cin, h) in enumerate(layer_models(f, size, args.seed)):
-                        eng = Engines(seq, h, f"layer{i}_f{f}", workdir, engines, in_channels=cin)
+                        eng = Engines(seq, h, f"layer{i}_f{f}", workdir, engines, in_channels=cin,
+                                      seed=args.seed)
                         x = np.random.default_rng(i).standard_normal((1, cin, h, h))
                         x = x.astype(np.float32)
                         row = {"f": f, "size": size, "threads": t, "layer": name}
@@ -382,8 +509,8 @@ def profile(args, fs, sizes, threads, engines) -> list:
                         eng.close()
                         rows.append(row)
                         line = f"| {name} | " + " | ".join(f"{row[e]:.2f}" for e in engines) + " |"
-                        if "bitnn" in engines and "ort" in engines:
-                            line += f" {row['bitnn'] / row['ort']:.2f} |"
+                        if "bitnn_fp32" in engines and "ort_fp32" in engines:
+                            line += f" {row['bitnn_fp32'] / row['ort_fp32']:.2f} |"
                         print(line)
                         sys.stdout.flush()
                     print("| sum | " + " | ".join(f"{totals[e]:.1f}" for e in engines) + " |")
@@ -391,6 +518,19 @@ def profile(args, fs, sizes, threads, engines) -> list:
 
 
 # ----------------------------------------------------------------- report
+
+LABELS = {"bitnn_fp32": "bitnn fp32", "bitnn_int8": "bitnn int8", "torch_fp32": "torch fp32",
+          "ort_fp32": "ORT fp32", "ort_int8": "ORT int8"}
+
+
+def _label(name: str) -> str:
+    """"ort_int8 / bitnn_int8" -> "ORT int8 / bitnn int8"."""
+    return " / ".join(LABELS.get(p, p) for p in name.split(" / "))
+
+
+def ratio_key(other: str, bitnn: str) -> str:
+    return f"{other} / {bitnn}"
+
 
 def machine_info() -> dict:
     info = _base_machine_info()
@@ -410,25 +550,46 @@ def machine_info() -> dict:
     return info
 
 
+def present_ratios(engines) -> list:
+    return [(a, b) for a, b in RATIOS if a in engines and b in engines]
+
+
 def fmt_table(results, engines, key: str = "median_ms") -> str:
-    head = ["f", "batch", "threads"]
-    for e in engines:
-        head += [f"{e} ms/batch", f"{e} img/s"]
-    if "bitnn" in engines and "ort" in engines:
-        head.append("bitnn vs ORT")
-    if "bitnn" in engines and "torch" in engines:
-        head.append("bitnn vs torch")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """ms per batch (images/s) of each engine."""
+    head = ["f", "batch", "threads"] + [f"{_label(e)} ms (img/s)" for e in engines]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(engines)]
     for r in results:
         row = [str(r["f"]), str(r["batch"]), str(r["threads"])]
         for e in engines:
             ms = r[e][key]
-            row += [f"{ms:.1f}", f"{r['batch'] * 1000.0 / ms:.1f}"]
-        if "bitnn" in engines and "ort" in engines:
-            row.append(f"{r['ort'][key] / r['bitnn'][key]:.2f}x")
-        if "bitnn" in engines and "torch" in engines:
-            row.append(f"{r['torch'][key] / r['bitnn'][key]:.2f}x")
+            row.append(f"{ms:.1f} ({r['batch'] * 1000.0 / ms:.1f})")
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def fmt_ratio_table(results, engines) -> str:
+    """Other engines' time over each bitnn precision's time (wall; CPU time for 1 thread)."""
+    pairs = present_ratios(engines)
+    head = ["f", "batch", "threads"] + [_label(ratio_key(a, b)) for a, b in pairs]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(pairs)]
+    for r in results:
+        row = [str(r["f"]), str(r["batch"]), str(r["threads"])]
+        for a, b in pairs:
+            k = ratio_key(a, b)
+            cell = f"**{r['ratios'][k]:.2f}x**"
+            if r["threads"] == 1:
+                cell += f" ({r['cpu_ratios'][k]:.2f}x)"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def fmt_scaling_table(rows, engines) -> str:
+    lines = ["| f | batch | " + " | ".join(_label(e) for e in engines) + " |",
+             "|---|---:|" + "---:|" * len(engines)]
+    for s in rows:
+        lines.append(f"| {s['f']} | {s['batch']} | "
+                     + " | ".join(f"{s[e]:.2f}x" for e in engines) + " |")
     return "\n".join(lines)
 
 
@@ -442,20 +603,98 @@ def fmt_sizes(sizes) -> str:
     return "\n".join(lines)
 
 
+def thread_scaling(results, engines) -> list:
+    """Each engine's speed with 2 threads over 1 thread, per (size, f, batch)."""
+    one = {(r["size"], r["f"], r["batch"]): r for r in results if r["threads"] == 1}
+    rows = []
+    for r in results:
+        base = one.get((r["size"], r["f"], r["batch"]))
+        if r["threads"] == 2 and base is not None:
+            rows.append({"size": r["size"], "f": r["f"], "batch": r["batch"],
+                         **{e: base[e]["median_ms"] / r[e]["median_ms"] for e in engines}})
+    return rows
+
+
+def evaluate_targets(report, engines) -> list:
+    """Every issue-7 target this run measured (batch 1), with its value and met/not."""
+    out = []
+    for r in report["results"]:
+        if r["batch"] != 1 or r["threads"] != 1:
+            continue
+        for a, b, goal in TARGETS:
+            k = ratio_key(a, b)
+            if k in r["ratios"]:
+                out.append({"target": f"f={r['f']} {r['size']}x{r['size']} batch 1, 1 thread: "
+                                      f"{_label(b)} >= {goal:g}x faster than {_label(a)}",
+                            "value": r["ratios"][k], "cpu_value": r["cpu_ratios"][k],
+                            "goal": goal, "met": r["ratios"][k] >= goal})
+    for s in report["thread_scaling"]:
+        if s["batch"] != 1:
+            continue
+        for e in engines:
+            if e.startswith("bitnn"):
+                out.append({"target": f"f={s['f']} {s['size']}x{s['size']} batch 1: {_label(e)} "
+                                      f"2 threads >= {THREAD_TARGET:g}x 1 thread",
+                            "value": s[e], "goal": THREAD_TARGET, "met": s[e] >= THREAD_TARGET})
+    for s in report["sizes"]:
+        if s["f"] == 3 and s["bnb_bytes"]:
+            ratio = s["fp32_bytes"] / s["bnb_bytes"]
+            out.append({"target": f"f=3 {s['size']}x{s['size']}: .bnb <= fp32 state_dict / 30",
+                        "value": ratio, "goal": 30.0, "met": ratio >= 30.0})
+    return out
+
+
+def fmt_target(t) -> str:
+    cpu = f" ({t['cpu_value']:.2f}x from CPU time)" if "cpu_value" in t else ""
+    return f"- {t['target']}: {t['value']:.2f}x{cpu} -> {verdict(t['met'])}"
+
+
+def print_tables(report, sizes, engines) -> None:
+    results = report["results"]
+    print("\n## ms per batch (images/s), median\n")
+    for size in sizes:
+        if len(sizes) > 1:
+            print(f"input {size}x{size}x3\n")
+        print(fmt_table([r for r in results if r["size"] == size], engines))
+        print()
+    if present_ratios(engines):
+        print("## Ratios: the other engine's time over bitnn's (above 1: bitnn is faster; "
+              "wall clock, CPU time of the calling thread in parentheses for 1 thread)\n")
+        print(fmt_ratio_table(results, engines))
+        print()
+    one = [r for r in results if r["threads"] == 1]
+    if one:
+        print("## One thread: CPU time of the calling thread per batch, median ms (img/s)\n")
+        print("With one thread each engine computes on the calling thread, so this is "
+              "what a batch costs when it has a core (less sensitive to other load).\n")
+        print(fmt_table(one, engines, key="cpu_median_ms"))
+        print()
+    if report["thread_scaling"]:
+        print("## 2 threads over 1 thread (speed, wall clock)\n")
+        print(fmt_scaling_table(report["thread_scaling"], engines))
+        print()
+    print("## What each engine's timed call includes\n")
+    for e in engines:
+        print(f"- {_label(e)}: {TIMED_CALL[e]}")
+    print("\n## Model size\n")
+    print(fmt_sizes([s for s in report["sizes"] if s["size"] == sizes[0]]))
+
+
 # ----------------------------------------------------------------- main
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="f=3, batch 1, threads 1 and 2, few repeats (under half a minute)")
+                    help="f=3, batch 1, threads 1 and 2, few repeats (about a minute)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, metavar="S",
                     help="input height = width (default 256); several values run each in turn")
     ap.add_argument("--kernel-sizes", type=int, nargs="+", default=None, metavar="F",
                     help="filter sizes f (default 3 5; --quick: 3)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 32; --quick: 1")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="default 1 2")
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES,
+                    help="default: all (the ORT ones only when onnxruntime and onnx import)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed calls per cell for batch 1 (default 15; --quick 5); "
                          "batches > 1 use fewer")
@@ -467,7 +706,111 @@ def parse_args(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="instead of the whole model, time each layer alone at batch 1 "
                          "(default threads: 1)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for flag in ("sizes", "kernel_sizes", "batches", "threads"):
+        vals = getattr(args, flag)
+        if vals is not None and min(vals) < 1:
+            ap.error(f"--{flag.replace('_', '-')} values must be at least 1")
+    if args.kernel_sizes and any(f % 2 == 0 for f in args.kernel_sizes):
+        ap.error("--kernel-sizes must be odd ('same' padding)")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    if args.budget is not None and not args.budget > 0:
+        ap.error("--budget must be positive")
+    return args
+
+
+def select_engines(requested) -> list:
+    """The requested engines in ENGINES order, without the ORT ones when ORT is missing."""
+    engines = [e for e in ENGINES if e in requested]
+    why = ort_available() if any(e in ORT_ENGINES for e in engines) else None
+    if why:
+        print(f"note: ONNX Runtime engines skipped ({why})")
+        engines = [e for e in engines if e not in ORT_ENGINES]
+    return engines
+
+
+def start_report(config: dict) -> dict:
+    """The report skeleton; prints the header (date, CPU, versions, load)."""
+    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": machine_info(), "loadavg_start": list(os.getloadavg()),
+              "config": config, "timed_call": {e: TIMED_CALL[e] for e in config["engines"]},
+              "sizes": [], "parity": [], "results": []}
+    m = report["machine"]
+    print(f"# BCVNN benchmark  {report['date']}")
+    print(f"cpu: {m['cpu_identity']['summary']} ({m['cpus']} logical CPUs)")
+    print(f"torch {m.get('torch')}  onnxruntime {m.get('onnxruntime')}  python {m['python']}")
+    print(f"bitnn.system_info(): {m['bitnn']}")
+    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
+    sys.stdout.flush()
+    return report
+
+
+def record_parity(eng: Engines, f: int, size: int, seed: int, report) -> None:
+    p = parity(eng, seed=seed)
+    p.update(f=f, size=size)
+    report["parity"].append(p)
+    diffs = ", ".join(f"{_label(k)} {v:.2e}" for k, v in p["max_abs_diff"].items())
+    print(f"\nparity f={f} {size}x{size} ({p['images']} images, vs BinaryCNN.forward): "
+          f"argmax equal: {p['argmax_equal']} {p['argmax']['BinaryCNN.forward']}; "
+          f"top-5 equal: {p['top5_equal']}; max |prob diff|: {diffs}; "
+          f"max prob {p['max_prob']:.3f}; max |prob diff| between the images: "
+          f"{p['spread_between_images']:.2e}")
+    for e, q in p["int8"].items():
+        print(f"int8 parity f={f} {size}x{size}, {_label(e)} vs BinaryCNN.forward: max |prob diff| "
+              f"{q['max_abs_diff']:.2e} (per image: "
+              + ", ".join(f"{v:.1e}" for v in q["max_abs_diff_per_image"])
+              + f"), top-1 agrees on {100 * q['top1_agreement']:.0f}% of the {p['images']} images")
+    sys.stdout.flush()
+
+
+def time_cell(eng: Engines, engines, f: int, size: int, b: int, t: int, x, reps: int,
+              budget: float) -> dict:
+    """One (f, size, batch, threads) cell: every engine timed in interleaved rounds."""
+    row = {"f": f, "size": size, "batch": b, "threads": t}
+    fns = {e: eng.runner(e, t, x) for e in engines}
+    if "torch_fp32" in engines:
+        eng._torch.set_num_threads(t)
+    times = time_interleaved(fns, 2 if b == 1 else 1, reps, budget)
+    for e in engines:
+        ts = times[e]
+        row[e] = {"median_ms": 1000 * statistics.median(ts),
+                  # CPU time of the calling thread: with one thread every engine computes on it
+                  "cpu_median_ms": 1000 * statistics.median(times["_cpu"][e]),
+                  "min_ms": 1000 * min(ts), "repeats": len(ts),
+                  "images_per_s": b / statistics.median(ts)}
+    pairs = present_ratios(engines)
+    row["ratios"] = {ratio_key(o, m): row[o]["median_ms"] / row[m]["median_ms"] for o, m in pairs}
+    row["cpu_ratios"] = {ratio_key(o, m): row[o]["cpu_median_ms"] / row[m]["cpu_median_ms"]
+                         for o, m in pairs}
+    cells = "  ".join(f"{_label(e)} {row[e]['median_ms']:.1f} ms" for e in engines)
+    print(f"f={f} {size}x{size} batch {b:2d} threads {t}: {cells}  "
+          f"(load {os.getloadavg()[0]:.2f})")
+    sys.stdout.flush()
+    return row
+
+
+def bench_model(args, f: int, size: int, batches, threads, engines, reps1, budget, workdir,
+                report) -> None:
+    """Everything measured for one model (f, input size): size, parity, speed."""
+    eng = Engines(build_binary_cnn(f, args.seed), size, f"bcvnn_f{f}", workdir, engines,
+                  seed=args.seed)
+    try:
+        report["sizes"].append({"f": f, "size": size, "params": eng.params,
+                                "bnb_bytes": eng.bnb_bytes, "fp32_bytes": eng.fp32_bytes})
+        if eng.ort_int8_settings is not None:
+            report.setdefault("ort_int8_settings", {})[f"f={f} {size}"] = eng.ort_int8_settings
+            print(f"ONNX Runtime static int8 (f={f}, {size}x{size}): {eng.ort_int8_settings}")
+        if not args.no_parity:
+            record_parity(eng, f, size, args.seed, report)
+        for b in batches:
+            x = np.random.default_rng(args.seed + 1).standard_normal(
+                (b, 3, size, size)).astype(np.float32)
+            reps = reps1 if b == 1 else max(3, reps1 // 3)
+            for t in threads:
+                report["results"].append(time_cell(eng, engines, f, size, b, t, x, reps, budget))
+    finally:
+        eng.close()
 
 
 def run(args) -> dict:
@@ -476,102 +819,31 @@ def run(args) -> dict:
     fs = args.kernel_sizes or ([3] if quick else [3, 5])
     batches = args.batches or ([1] if quick else [1, 32])
     threads = args.threads or [1, 2]
-    engines = [e for e in ENGINES if e in args.engines]
+    engines = select_engines(args.engines)
     reps1 = args.repeats or (5 if quick else 15)
     budget = args.budget or (3.0 if quick else 12.0)
 
     import torch
 
     t0 = time.time()
-    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_info(), "loadavg_start": list(os.getloadavg()),
-              "config": {"channels": CHANNELS, "fc_units": FC_UNITS, "classes": NUM_CLASSES,
-                         "sizes": sizes, "kernel_sizes": fs, "batches": batches,
-                         "threads": threads, "engines": engines, "seed": args.seed},
-              "sizes": [], "parity": [], "results": []}
-    m = report["machine"]
-    print(f"# BCVNN benchmark  {report['date']}")
-    print(f"cpu: {m['cpu']} ({m['cpus']} logical CPUs)  torch {m.get('torch')}  "
-          f"onnxruntime {m.get('onnxruntime')}")
-    print(f"bitnn.system_info(): {m['bitnn']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
-    sys.stdout.flush()
-
+    report = start_report({"channels": CHANNELS, "fc_units": FC_UNITS, "classes": NUM_CLASSES,
+                           "sizes": sizes, "kernel_sizes": fs, "batches": batches,
+                           "threads": threads, "engines": engines, "seed": args.seed})
     with tempfile.TemporaryDirectory(prefix="bench_classifier_") as workdir:
         for size in sizes:
             for f in fs:
-                eng = Engines(build_binary_cnn(f, args.seed), size, f"bcvnn_f{f}", workdir, engines)
-                report["sizes"].append({"f": f, "size": size, "params": eng.params,
-                                        "bnb_bytes": eng.bnb_bytes, "fp32_bytes": eng.fp32_bytes})
-                if not args.no_parity:
-                    p = parity(eng, seed=args.seed)
-                    p.update(f=f, size=size)
-                    report["parity"].append(p)
-                    diffs = ", ".join(f"{k} {v:.2e}" for k, v in p["max_abs_diff"].items())
-                    print(f"\nparity f={f} {size}x{size} (4 images, vs BinaryCNN.forward): "
-                          f"argmax equal: {p['argmax_equal']} {p['argmax']['BinaryCNN.forward']}; "
-                          f"top-5 equal: {p['top5_equal']}; "
-                          f"max |prob diff|: {diffs}; max prob {p['max_prob']:.3f}; "
-                          f"max |prob diff| between the images: {p['spread_between_images']:.2e}")
-                    sys.stdout.flush()
-                for b in batches:
-                    x = np.random.default_rng(args.seed + 1).standard_normal(
-                        (b, 3, size, size)).astype(np.float32)
-                    reps = reps1 if b == 1 else max(3, reps1 // 3)
-                    warm = 2 if b == 1 else 1
-                    for t in threads:
-                        row = {"f": f, "size": size, "batch": b, "threads": t}
-                        fns = {e: eng.runner(e, t, x) for e in engines}
-                        if "torch" in engines:
-                            torch.set_num_threads(t)
-                        times = time_interleaved(fns, warm, reps, budget)
-                        for e in engines:
-                            ts = times[e]
-                            row[e] = {"median_ms": 1000 * statistics.median(ts),
-                                      # CPU time of the calling thread: with one
-                                      # thread every engine computes on it
-                                      "cpu_median_ms": 1000 * statistics.median(times["_cpu"][e]),
-                                      "min_ms": 1000 * min(ts), "repeats": len(ts),
-                                      "images_per_s": b / statistics.median(ts)}
-                        report["results"].append(row)
-                        cells = "  ".join(f"{e} {row[e]['median_ms']:8.1f} ms" for e in engines)
-                        print(f"f={f} {size}x{size} batch {b:2d} threads {t}: {cells}  "
-                              f"(load {os.getloadavg()[0]:.2f})")
-                        sys.stdout.flush()
-                eng.close()
+                bench_model(args, f, size, batches, threads, engines, reps1, budget, workdir,
+                            report)
     torch.set_num_threads(max(threads))
     report["loadavg_end"] = list(os.getloadavg())
     report["wall_s"] = time.time() - t0
-
-    print("\n## Images/s and ms per batch (median)\n")
-    for size in sizes:
-        if len(sizes) > 1:
-            print(f"input {size}x{size}x3\n")
-        print(fmt_table([r for r in report["results"] if r["size"] == size], engines))
-        print()
-    print("`bitnn vs X` = X's time / bitnn's time (above 1: bitnn is faster).\n")
-    one = [r for r in report["results"] if r["threads"] == 1]
-    if one:
-        print("## One thread: CPU time of the calling thread per batch (median ms)\n")
-        print("With one thread each engine computes on the calling thread, so this is "
-              "what a batch costs when it has a core (less sensitive to other load).\n")
-        print(fmt_table(one, engines, key="cpu_median_ms"))
-        print()
-    print("## Model size\n")
-    print(fmt_sizes([s for s in report["sizes"] if s["size"] == sizes[0]]))
-    b1 = [r for r in report["results"] if r["batch"] == 1 and r["threads"] == 1]
-    if b1 and "bitnn" in engines and "ort" in engines:
-        print("\n## Target: batch-1 latency on one thread no worse than ONNX Runtime fp32\n")
-        for r in b1:
-            ok = r["bitnn"]["median_ms"] <= r["ort"]["median_ms"]
-            print(f"- f={r['f']} {r['size']}x{r['size']}: bitnn {r['bitnn']['median_ms']:.1f} ms, "
-                  f"ORT {r['ort']['median_ms']:.1f} ms (CPU time {r['bitnn']['cpu_median_ms']:.1f}"
-                  f" vs {r['ort']['cpu_median_ms']:.1f} ms) -> {'met' if ok else 'NOT met'}")
-    s3 = [s for s in report["sizes"] if s["f"] == 3 and s["bnb_bytes"]]
-    for s in s3:
-        ok = s["bnb_bytes"] * 30 <= s["fp32_bytes"]
-        print(f"- size target (.bnb <= fp32/30, f=3, {s['size']}): "
-              f"{s['fp32_bytes'] / s['bnb_bytes']:.1f}x -> {'met' if ok else 'NOT met'}")
+    report["thread_scaling"] = thread_scaling(report["results"], engines)
+    print_tables(report, sizes, engines)
+    report["targets"] = evaluate_targets(report, engines)
+    if report["targets"]:
+        print("\n## Targets (issue 7: stated for f=3, 256x256; other shapes for reference)\n")
+        for t in report["targets"]:
+            print(fmt_target(t))
     print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"])
           + f"; wall time {report['wall_s']:.0f} s")
     if args.json:
@@ -584,7 +856,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.profile:
-        engines = [e for e in ENGINES if e in args.engines]
+        engines = select_engines(args.engines)
         print(f"load average at start: {os.getloadavg()[0]:.2f}")
         rows = profile(args, args.kernel_sizes or [3], args.sizes or [256], args.threads or [1],
                        engines)
