@@ -50,7 +50,6 @@ def test_quick_small_input_runs(bench, tmp_path, capsys):
     assert set(p["int8"]) == {"bitnn_int8", "ort_int8"}
     # 8-bit activations move the probabilities (max 0.1 here, 101 classes) a
     # little, never to garbage; bitnn's int8 really ran (it differs from fp32).
-    # ORT's static input scale fits the narrow-range parity images worst.
     q = p["int8"]["bitnn_int8"]
     assert 0 < q["max_abs_diff"] < 0.02 and q["top1_agreement"] >= 0.5
     q = p["int8"]["ort_int8"]
