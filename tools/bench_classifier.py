@@ -485,7 +485,7 @@ def profile(args, fs, sizes, threads, engines) -> list:
                           "conversion; one finiteness check of the input remains)\n")
                     head = "| layer | " + " | ".join(_label(e) for e in engines) + " |"
                     if "bitnn_fp32" in engines and "ort_fp32" in engines:
-                        head += " bitnn fp32 / ORT fp32 |"
+                        head += " ORT fp32 / bitnn fp32 (time) |"
                     print(head)
                     print("|" + "---|" * (head.count("|") - 1))
                     totals = dict.fromkeys(engines, 0.0)
@@ -506,7 +506,7 @@ def profile(args, fs, sizes, threads, engines) -> list:
                         rows.append(row)
                         line = f"| {name} | " + " | ".join(f"{row[e]:.2f}" for e in engines) + " |"
                         if "bitnn_fp32" in engines and "ort_fp32" in engines:
-                            line += f" {row['bitnn_fp32'] / row['ort_fp32']:.2f} |"
+                            line += f" {row['ort_fp32'] / row['bitnn_fp32']:.2f}x |"
                         print(line)
                         sys.stdout.flush()
                     print("| sum | " + " | ".join(f"{totals[e]:.1f}" for e in engines) + " |")
