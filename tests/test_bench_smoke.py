@@ -42,7 +42,8 @@ def test_quick_small_input_runs(bench, tmp_path, capsys):
             assert r[e]["median_ms"] > 0
         assert len(r["ratios"]) == 6
         k = "ort_int8 / bitnn_int8"
-        assert r["ratios"][k] == pytest.approx(r["ort_int8"]["median_ms"] / r["bitnn_int8"]["median_ms"])
+        want = r["ort_int8"]["median_ms"] / r["bitnn_int8"]["median_ms"]
+        assert r["ratios"][k] == pytest.approx(want)
     (p,) = report["parity"]
     assert p["argmax_equal"] and p["top5_equal"]
     assert set(p["max_abs_diff"]) == {"bitnn_fp32", "torch_fp32", "ort_fp32"}
