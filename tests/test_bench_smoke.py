@@ -83,3 +83,9 @@ def test_bad_arguments_are_one_line_errors(bench, argv, capsys):
         bench.parse_args(argv)
     assert e.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_nothing_left_to_run_is_an_error(bench, monkeypatch):
+    monkeypatch.setattr(bench, "ort_available", lambda: "No module named 'onnxruntime'")
+    with pytest.raises(SystemExit, match="no engine left to run"):
+        bench.run(bench.parse_args(QUICK + ["--engines", "ort_int8"]))

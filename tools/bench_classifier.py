@@ -723,6 +723,8 @@ def select_engines(requested) -> list:
     if why:
         print(f"note: ONNX Runtime engines skipped ({why})")
         engines = [e for e in engines if e not in ORT_ENGINES]
+    if not engines:
+        raise SystemExit("bench_classifier: no engine left to run")
     return engines
 
 
