@@ -10,7 +10,7 @@ is ``(out, in)``) and M = 1 and 64, it times
 
 for every kernel this CPU runs, in both precisions (``fp32``: exact;
 ``int8``: activations quantized per row, integer sums; the int8 kernel a
-kernel name runs is printed, e.g. avx512 -> avx512-vnni), and numpy's fp32
+kernel name runs is printed, e.g. avx512 -> avx512-gfni), and numpy's fp32
 ``x @ W.T`` of the same shape with numpy (its BLAS) limited to the same
 number of threads. The rate is in binary weights per second,
 ``M * in * out / seconds`` (for numpy: weights used per second, the same
@@ -24,10 +24,11 @@ in the output):
 - in-cache peak: each kernel and precision on ``PEAK_SHAPE`` (in 2048 x out
   1024, M = 1: 256 KB of weights, which stay in L2 across repeats), the rate
   the kernel's own instruction mix reaches when memory does not limit it.
-  Each shape's rate is then given as a share of it. For scale, the
-  AVX-512 VNNI int8 kernel spends per 64 weights of a row 1 mask load, 1
-  masked byte move and 1 vpdpbusd, plus 1 activation load per 64 weights
-  shared by 16 rows (csrc/kernel_avx512_vnni.c). The fixed cost of one call
+  Each shape's rate is then given as a share of it. The instruction mix
+  of the AVX-512 int8 kernels per 64 weights of a row (vnni: a mask load and
+  a masked byte move; gfni: a broadcast load and a gf2p8affineqb; then one
+  vpdpbusd) is described in csrc/kernel_q8_avx512.h; the int8 kernel a
+  kernel name runs is printed with the results. The fixed cost of one call
   (argument checks, output allocation, thread hand-off), measured on a 64 x 16
   layer, is printed next to it: it is part of every call, the peak's too.
 - memory: the weight bytes a call reads (``out * ceil(in / 64) * 8``) per
