@@ -238,7 +238,7 @@ def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None,
 
 def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
            threads=None, kernel=None, precision="fp32"):
-    """y = act(Normalize(x @ W_b.T + b_b)) (PAPER.md BNFCL), x (M, K) float32."""
+    """y = act(Normalize(x @ W_b.T + b_b)) (BNFCL, docs/maths.md Layers), x (M, K) float32."""
     return _linear_op(x, weight, out_features, bias, True, activation, eps, threads, kernel,
                       precision)
 

@@ -1,7 +1,7 @@
 """Export trained binary PyTorch models (bitnn.nn) to .bnb files.
 
 Only the bits are written: each layer's weight and bias go through Eq. 1 of
-PAPER.md (``p > mean(p)``) exactly as the layer's forward pass uses them.
+docs/maths.md, Binary parameters (``p > mean(p)``) exactly as the layer's forward pass uses them.
 """
 from __future__ import annotations
 

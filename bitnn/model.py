@@ -112,7 +112,7 @@ class Model:
 
 
 class ClassifierModel(Model):
-    """A binary normalized CNN image classifier (PAPER.md Alg. 7)."""
+    """A binary normalized CNN image classifier (docs/maths.md, The image classifier)."""
 
     def __init__(self, file, threads=None, kernel=None, precision="fp32"):
         super().__init__(file, threads, kernel, precision)
@@ -268,7 +268,7 @@ def _softmax(scores):
 
 
 class LanguageModel(Model):
-    """A binary GPT-style decoder (PAPER.md Alg. 8) with its tokenizer.
+    """A binary GPT-style decoder (docs/maths.md, The language decoder) with its tokenizer.
 
     Generation keeps a KV cache: the prompt goes through the network in one
     batched pass, then one token at a time. When the context is full

@@ -1,11 +1,11 @@
-"""PyTorch training layers for binary normalized networks (PAPER.md).
+"""PyTorch training layers for binary normalized networks (docs/maths.md).
 
 This module needs torch; ``import bitnn`` never imports it.
 
 Every parameter tensor (kernel and bias, separately) keeps a float copy that
 the optimiser updates; the forward pass uses its bits ``p > mean(p)`` through a
-straight-through estimator (PAPER.md section 1). Every layer output is
-``act(Normalize(z))`` with no learnable scale or shift (section 2), and the
+straight-through estimator (docs/maths.md, Training). Every layer output is
+``act(Normalize(z))`` with no learnable scale or shift (docs/maths.md, Normalize), and the
 layers compute the same thing in train and eval mode.
 
 Layout conventions (what the exporter reads):
@@ -18,7 +18,7 @@ Layout conventions (what the exporter reads):
 - ``layer.activation`` in ``{"linear", "relu", "gelu", "softmax"}``, ``layer.eps``,
   and for convolutions ``layer.norm`` in ``{"chw", "c"}``.
 - ``BinaryCNN.ops()``: the forward pass as a list of ``(kind, module)``.
-- ``BinaryLM`` (the language decoder, PAPER.md Alg. 8): ``embedding.token`` /
+- ``BinaryLM`` (the language decoder, docs/maths.md): ``embedding.token`` /
   ``embedding.position`` (BinaryLinear ``(emb_dim, vocab)`` / ``(emb_dim, max_len)``,
   used as column gathers), ``blocks[i].attn.q/k/v/out`` (``(D, D)``),
   ``blocks[i].ff1`` (``(ff_dim, D)``, gelu), ``blocks[i].ff2`` (``(D, ff_dim)``),
@@ -150,7 +150,7 @@ class _NormLayer(nn.Module):
     def _init_params(self, weight_shape, bias_len: int) -> None:
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.zeros(bias_len))
-        nn.init.xavier_uniform_(self.weight)  # Glorot uniform, zero bias (PAPER.md 5)
+        nn.init.xavier_uniform_(self.weight)  # Glorot uniform, zero bias (docs/maths.md)
 
     def effective_weight(self) -> torch.Tensor:
         return quantize_ste(self.weight) if self.binary else self.weight
@@ -266,7 +266,7 @@ class GlobalAvgPool2d(nn.Module):
 # --------------------------------------------------------------------------
 
 class BinaryCNN(nn.Module):
-    """BCVNN (PAPER.md Alg. 7) for any widths and depth.
+    """BCVNN (docs/maths.md, The image classifier) for any widths and depth.
 
     ``len(channels)`` blocks of two 'same' convolutions (relu); a 2x2/2 max-pool
     (floor) after every block but the last; global average pooling; one
@@ -375,7 +375,7 @@ def _as_list(name: str, value) -> list:
 
 
 # --------------------------------------------------------------------------
-# Language decoder (PAPER.md section 3 BEMBL/BATL/BTFB, section 4 BLM; csrc/lm.c)
+# Language decoder (docs/maths.md, The language decoder; csrc/lm.c)
 # --------------------------------------------------------------------------
 
 class Normalize(nn.Module):
@@ -416,7 +416,7 @@ def _gather_normalized(layer: BinaryLinear, idx: torch.Tensor) -> torch.Tensor:
 
 
 class BinaryEmbedding(nn.Module):
-    """BEMBL (PAPER.md Alg. 4): ``Normalize(Wb_tok[:, t] + bb_tok) +
+    """BEMBL (docs/maths.md, Embedding): ``Normalize(Wb_tok[:, t] + bb_tok) +
     Normalize(Wb_pos[:, p] + bb_pos)`` for token ``t`` at position ``p``.
 
     ``token`` is a BinaryLinear(vocab_size -> emb_dim, linear) applied to the
@@ -452,7 +452,7 @@ class BinaryEmbedding(nn.Module):
 
 
 class BinaryMultiHeadAttention(nn.Module):
-    """BATL (PAPER.md Alg. 6), causal.
+    """BATL (docs/maths.md, Attention), causal.
 
     ``q``, ``k``, ``v``, ``out``: BinaryLinear(emb_dim -> emb_dim, linear), each
     normalized per token over the full emb_dim. Heads of ``emb_dim //
@@ -493,7 +493,7 @@ class BinaryMultiHeadAttention(nn.Module):
 
 
 class BinaryTransformerBlock(nn.Module):
-    """BTFB (PAPER.md Alg. 5): ``h = Normalize(x + attn(x))``;
+    """BTFB (docs/maths.md, Transformer block): ``h = Normalize(x + attn(x))``;
     ``out = Normalize(h + ff2(ff1(h)))`` with ff1 = BinaryLinear(emb_dim ->
     ff_dim, gelu), ff2 = BinaryLinear(ff_dim -> emb_dim, linear)."""
 
@@ -517,7 +517,7 @@ class BinaryTransformerBlock(nn.Module):
 
 
 class BinaryLM(nn.Module):
-    """BLM, the binary language decoder (PAPER.md Alg. 8; runtime csrc/lm.c).
+    """BLM, the binary language decoder (docs/maths.md; runtime csrc/lm.c).
 
     ``x = Normalize(embedding(ids))``; ``num_blocks`` transformer blocks
     (``ff_dim``, default ``2 * emb_dim``); an MLP head of one

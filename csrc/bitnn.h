@@ -139,7 +139,7 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
 bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,
                                  float eps, bitnn_act act, bitnn_pool *pool);
 
-/* The fused binary normalized linear layer (PAPER.md BNFCL):
+/* The fused binary normalized linear layer (BNFCL, docs/maths.md):
  * y = act(Normalize(W_b x + b_b)), y is M x N with leading dimension ldy. */
 bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K,
                           const uint64_t *w, size_t N, const uint64_t *bias,

@@ -1,5 +1,5 @@
 /*
- * conv.c - binary normalized convolution (PAPER.md BNCVL), max-pool and
+ * conv.c - binary normalized convolution (BNCVL, docs/maths.md), max-pool and
  * global average pooling on NHWC activations of one image.
  *
  * The convolution is im2col + the binary GEMM of the kernel table: each output

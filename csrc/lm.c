@@ -1,5 +1,5 @@
 /*
- * lm.c - the binary language decoder (PAPER.md §3, Alg. 8):
+ * lm.c - the binary language decoder (docs/maths.md, The language decoder):
  *
  *   x   = Normalize(Normalize(W_tok[:, t] + b_tok) + Normalize(W_pos[:, p] + b_pos))
  *   per block:  h = Normalize(x + BATL(x));  x = Normalize(h + FF2(FF1_gelu(h)))

@@ -1,5 +1,5 @@
 /*
- * lm.h - the binary language decoder (PAPER.md Alg. 8: BEMB, BTFB blocks,
+ * lm.h - the binary language decoder (docs/maths.md: BEMB, BTFB blocks,
  * MLP head) built from a .bnb file, with a KV cache for generation.
  */
 #ifndef BITNN_LM_H

@@ -1,5 +1,5 @@
 /*
- * model.c - the image classifier graph (PAPER.md Alg. 7, any widths/depth):
+ * model.c - the image classifier graph (docs/maths.md, any widths/depth):
  * conv2d / maxpool2d / global_avg_pool layers per image on NHWC activations,
  * then linear layers batched over the images.
  */

@@ -1,6 +1,6 @@
 /*
  * ops.c - the binary normalized linear layer: raw binary GEMM through the
- * kernel table, then Normalize and the activation (PAPER.md §2, §3).
+ * kernel table, then Normalize and the activation (docs/maths.md: Normalize, Layers).
  * Normalize and the activations are shared by every kernel, so only the GEMM
  * differs between instruction sets.
  */

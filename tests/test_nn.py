@@ -169,7 +169,7 @@ def test_cnn_probabilities_and_logits():
 def test_cnn_default_is_paper_shape():
     model = bnn.BinaryCNN()
     n = sum(p.numel() for p in model.parameters())
-    assert n == 1_403_653  # PAPER.md section 4: 1.40 M parameters with f=3
+    assert n == 1_403_653  # docs/maths.md, The image classifier: 1.40 M parameters with f=3
     kinds = [k for k, _ in model.ops()]
     assert kinds == (["conv", "conv", "maxpool"] * 4 + ["conv", "conv", "gap"]
                      + ["linear"] * 3)

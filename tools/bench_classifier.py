@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed and size of the BCVNN image classifier (PAPER.md section 4): bitnn in
+"""Speed and size of the BCVNN image classifier (docs/maths.md): bitnn in
 both numeric modes against PyTorch fp32 eager, ONNX Runtime fp32 and ONNX
 Runtime static int8, side by side in one run.
 

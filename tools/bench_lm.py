@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed, size and memory of the BLM language decoder (PAPER.md section 4):
+"""Speed, size and memory of the BLM language decoder (docs/maths.md):
 bitnn's C runtime in both numeric modes against PyTorch fp32 eager and
 PyTorch dynamic int8 implementations of the same model with a KV cache, side
 by side in one run.
@@ -90,7 +90,7 @@ ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "torch_int8")
 RATIOS = (("bitnn_int8", "torch_fp32"), ("bitnn_int8", "torch_int8"),
           ("bitnn_fp32", "torch_fp32"), ("bitnn_fp32", "torch_int8"))
 
-# PAPER.md section 4, Table: the two BLM configs.
+# docs/maths.md, The language decoder: the paper's two BLM configs.
 CONFIGS = {
     "small": {"vocab_size": 30522, "max_len": 256, "emb_dim": 768, "num_heads": 16,
               "num_blocks": 12, "mlp_units": [4096, 2048]},

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a binary normalized CNN (PAPER.md Alg. 7) on Fashion-MNIST.
+"""Train a binary normalized CNN (docs/maths.md, The image classifier) on Fashion-MNIST.
 
     python3 tools/train_classifier.py --epochs 8 --checkpoint-dir /tmp/fm_bin \\
         --metrics fm_binary.json --out fashion.bnb

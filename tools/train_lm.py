@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a binary normalized language decoder (PAPER.md Alg. 8) on Shakespeare's plays.
+"""Train a binary normalized language decoder (docs/maths.md, The language decoder) on Shakespeare's plays.
 
     python3 tools/train_lm.py --epochs 4 --checkpoint-dir /tmp/lm_bin \\
         --metrics lm_binary.json --out shakespeare.bnb
