@@ -6,6 +6,7 @@
  * for AVX-512. Which kernels are compiled in is decided by setup.py through
  * the BITNN_HAVE_* macros.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,16 +61,17 @@ static uint32_t detect(void)
     return f;
 }
 
+static pthread_once_t features_once = PTHREAD_ONCE_INIT;
+static uint32_t features;
+
+static void detect_features(void) { features = detect(); }
+
 uint32_t bitnn_cpu_features(void)
 {
-    /* Racing first calls compute the same value; the store is idempotent. */
-    static volatile uint32_t cached = 0;
-    static volatile int done = 0;
-    if (!done) {
-        cached = detect();
-        done = 1;
-    }
-    return cached;
+    /* pthread_once orders the write before every reader's load (C11 would call
+     * a plain flag read by racing threads a data race). */
+    pthread_once(&features_once, detect_features);
+    return features;
 }
 
 static const char *const feature_names[] = {

@@ -11,7 +11,7 @@
 #             under qemu-aarch64 -L /usr/aarch64-linux-gnu (skipped if either
 #             tool is missing); on an aarch64 host "native" covers NEON already
 #
-# Environment: CC (default cc), CROSS_CC (default aarch64-linux-gnu-gcc),
+# Environment: CC (default cc), PYTHON (default python3; reads csrc/sources.py), CROSS_CC (default aarch64-linux-gnu-gcc),
 # QEMU (default qemu-aarch64), QEMU_LD_PREFIX (default /usr/aarch64-linux-gnu),
 # FULL=1 runs the full case list under the sanitizers and qemu too (about 6x
 # slower there; by default those run the quick list).
@@ -26,12 +26,20 @@ CC="${CC:-cc}"
 CROSS_CC="${CROSS_CC:-aarch64-linux-gnu-gcc}"
 QEMU="${QEMU:-qemu-aarch64}"
 QEMU_LD_PREFIX="${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}"
+PYTHON="${PYTHON:-python3}"
 
-# The flags of setup.py (CORE_FLAGS): -ffp-contract=off matters, a fused
-# multiply-add anywhere could change a rounding.
-FLAGS=(-O3 -std=c11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter
-       -Wno-missing-field-initializers -I"$SRC")
-CORE=(cpu.c ops.c threadpool.c kernel_ref.c)
+# Files and flags come from csrc/sources.py, the list setup.py builds from:
+# FLAGS (-ffp-contract=off matters: a fused multiply-add anywhere could change
+# a rounding), the version define, and the core group "kernels".
+sources() { "$PYTHON" "$SRC/sources.py" "$@"; }
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "run.sh: needs $PYTHON to read csrc/sources.py (set PYTHON=...)" >&2
+    exit 2
+fi
+FLAGS_TEXT="$(sources flags)" && CORE_TEXT="$(sources core kernels)" || exit 2
+mapfile -t FLAGS <<<"$FLAGS_TEXT"
+mapfile -t CORE <<<"$CORE_TEXT"
+FLAGS+=(-I"$SRC")
 
 SLOW_ARG=quick
 if [ "${FULL:-0}" = 1 ]; then SLOW_ARG=; fi
@@ -42,7 +50,7 @@ trap 'rm -rf "$BUILD"' EXIT
 status=0
 ran=0
 
-# build OUT CC EXTRA_FLAGS... -- KERNEL_FILE:FLAGS:MACRO ...
+# build OUT CC EXTRA_FLAGS... -- KERNEL_FILE:MACRO:FLAGS ... (FLAGS comma-separated)
 build() {
     local out="$1" cc="$2"
     shift 2
@@ -54,7 +62,7 @@ build() {
     local macros=() objs=()
     local spec file kflags macro
     for spec in "$@"; do
-        IFS=: read -r file kflags macro <<<"$spec"
+        IFS=: read -r file macro kflags <<<"$spec"
         macros+=("-D$macro=1")
         # shellcheck disable=SC2086
         kflags="${kflags//,/ }" # several flags are comma-separated in the spec
@@ -69,13 +77,11 @@ build() {
     "$cc" "${extra[@]}" "$dir/test_kernels.o" "${objs[@]}" -o "$out" -lm -pthread || return 1
 }
 
-# The SIMD kernel files for a machine, as setup.py's simd_sources() lists them.
+# The SIMD kernel files for a machine, as csrc/sources.py lists them.
 kernels_for() {
-    case "$1" in
-        x86_64|amd64) echo "kernel_avx2.c:-mavx2:BITNN_HAVE_AVX2 kernel_avx512.c:-mavx512f,-mavx512bw:BITNN_HAVE_AVX512 kernel_avx512_vnni.c:-mavx512f,-mavx512bw,-mavx512vnni:BITNN_HAVE_AVX512VNNI kernel_avx512_gfni.c:-mavx512f,-mavx512bw,-mavx512vnni,-mavx512vbmi,-mgfni:BITNN_HAVE_AVX512GFNI" ;;
-        aarch64|arm64) echo "kernel_neon.c::BITNN_HAVE_NEON" ;;
-        *) echo "" ;;
-    esac
+    local specs
+    specs="$(sources simd "$1")" || return 1
+    echo $specs
 }
 
 run_test() { # name, command...

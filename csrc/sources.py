@@ -1,0 +1,99 @@
+"""The C sources of bitnn and the flags they are compiled with: the one list.
+
+setup.py imports this file; tests/c/run.sh and tests/c/run_fuzz.sh run it
+(``python3 csrc/sources.py flags|core|simd ...``, below). A C file added to,
+moved in or removed from csrc/ is changed here and nowhere else. Paths are
+relative to csrc/.
+"""
+import os
+import platform
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION_FILE = os.path.join(HERE, os.pardir, "bitnn", "_version.py")
+
+# Every C file, in every build. -ffp-contract=off: no fused multiply-add may
+# change a rounding anywhere, so that every kernel matches the reference bit
+# for bit (docs/packing.md). Nothing is compiled with -march=native.
+FLAGS = ["-O3", "-std=c11", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra",
+         "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+# The portable core, compiled with FLAGS only, by group. The extension links
+# every group; the C harnesses link the groups they test (tests/c/run.sh:
+# kernels; tests/c/run_fuzz.sh: format).
+CORE = {
+    "kernels": ["cpu.c", "ops.c", "threadpool.c", "kernel_ref.c"],
+    "format": ["json.c", "bnb.c"],
+    "graph": ["conv.c", "model.c", "lm.c", "sampler.c"],
+    "text": ["tokenizer.c", "unicode_tables.c"],
+}
+
+# The SIMD kernels per machine: (file, macro, flags). Each file is compiled on
+# its own with its flags; the core is compiled with -D<macro>=1 and calls the
+# kernel only after run-time CPU detection (csrc/cpu.c).
+SIMD = {
+    "x86_64": [("kernel_avx2.c", "BITNN_HAVE_AVX2", ["-mavx2"]),
+               ("kernel_avx512.c", "BITNN_HAVE_AVX512", ["-mavx512f", "-mavx512bw"]),
+               ("kernel_avx512_vnni.c", "BITNN_HAVE_AVX512VNNI",
+                ["-mavx512f", "-mavx512bw", "-mavx512vnni"]),
+               ("kernel_avx512_gfni.c", "BITNN_HAVE_AVX512GFNI",
+                ["-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mgfni"])],
+    "aarch64": [("kernel_neon.c", "BITNN_HAVE_NEON", [])],
+}
+MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def version() -> str:
+    """The package version, read from bitnn/_version.py (its one home)."""
+    with open(VERSION_FILE, encoding="utf-8") as f:
+        m = re.search(r'^__version__ = "([^"\\]+)"$', f.read(), re.M)
+    if not m:
+        raise RuntimeError(f"no __version__ = \"...\" line in {VERSION_FILE}")
+    return m.group(1)
+
+
+def version_macro() -> tuple:
+    """(name, value) of the define that gives csrc/bitnn.h the version."""
+    return ("BITNN_VERSION_STRING", f'"{version()}"')
+
+
+def core_sources(*groups: str) -> list:
+    """The core files of ``groups`` (all groups if none), relative to csrc/."""
+    unknown = [g for g in groups if g not in CORE]
+    if unknown:
+        raise ValueError(f"unknown source group(s) {unknown}; known: {sorted(CORE)}")
+    return [f for g in (groups or CORE) for f in CORE[g]]
+
+
+def simd_sources(machine: str = None) -> list:
+    """(file, macro, flags) of the SIMD kernels for ``machine`` (default: this one)."""
+    machine = (machine or platform.machine()).lower()
+    return SIMD.get(MACHINES.get(machine, machine), [])
+
+
+def main(argv) -> int:
+    """Print shell words, one a line:
+    ``flags``: FLAGS and the version define; ``core [GROUP...]``: file paths;
+    ``simd [MACHINE]``: ``file:macro:flag,flag`` lines."""
+    what, args = (argv[0], argv[1:]) if argv else ("", [])
+    if what == "flags" and not args:
+        name, value = version_macro()
+        lines = FLAGS + [f"-D{name}={value}"]
+    elif what == "core":
+        try:
+            lines = core_sources(*args)
+        except ValueError as e:
+            print(f"sources.py: {e}", file=sys.stderr)
+            return 2
+    elif what == "simd" and len(args) <= 1:
+        lines = [f"{f}:{m}:{','.join(fl)}" for f, m, fl in simd_sources(*args)]
+    else:
+        print("usage: sources.py flags | core [GROUP...] | simd [MACHINE]", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""Each build fact has one home, and the other places read it.
+
+* the C files and flags: csrc/sources.py (setup.py, tests/c/run.sh and
+  tests/c/run_fuzz.sh read it);
+* the version: bitnn/_version.py (pyproject reads it as a dynamic attribute,
+  csrc/bitnn.h gets it as a -D define);
+* the test dependencies: requirements-test.txt, which the pyproject [test]
+  extra repeats exactly.
+"""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def sources():
+    spec = importlib.util.spec_from_file_location("bitnn_sources", ROOT / "csrc" / "sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_every_c_file_is_listed_once(sources):
+    listed = sources.core_sources() + [f for files in sources.SIMD.values() for f, _, _ in files]
+    assert len(listed) == len(set(listed)), f"listed twice: {sorted(listed)}"
+    on_disk = {p.relative_to(ROOT / "csrc").as_posix() for p in (ROOT / "csrc").rglob("*.c")}
+    assert set(listed) == on_disk, (f"not in csrc/sources.py: {sorted(on_disk - set(listed))}; "
+                                    f"listed but missing: {sorted(set(listed) - on_disk)}")
+
+
+def test_sources_cli_prints_what_the_build_uses(sources):
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "csrc" / "sources.py"), *args],
+                              capture_output=True, text=True)
+
+    flags = run("flags")
+    assert flags.returncode == 0
+    name, value = sources.version_macro()
+    assert flags.stdout.split() == sources.FLAGS + [f"-D{name}={value}"]
+    assert run("core", "kernels").stdout.split() == sources.CORE["kernels"]
+    assert run("simd", "amd64").stdout.split() == [
+        f"{f}:{m}:{','.join(fl)}" for f, m, fl in sources.SIMD["x86_64"]]
+    bad = run("core", "no-such-group")
+    assert bad.returncode == 2 and "unknown source group" in bad.stderr
+    assert bad.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_version_has_one_home(sources, pyproject):
+    import bitnn
+
+    text = (ROOT / "bitnn" / "_version.py").read_text()
+    assert sources.version() == bitnn.__version__
+    assert f'__version__ = "{bitnn.__version__}"' in text
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "bitnn._version.__version__"}
+    header = (ROOT / "csrc" / "bitnn.h").read_text()
+    assert not re.search(r'BITNN_VERSION_STRING\s+"', header), "bitnn.h hard-codes the version"
+
+
+def requirement_lines(path: Path) -> list:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def test_test_extra_matches_requirements_file(pyproject):
+    extra = pyproject["project"]["optional-dependencies"]["test"]
+    assert sorted(extra) == sorted(requirement_lines(ROOT / "requirements-test.txt"))
