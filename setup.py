@@ -20,7 +20,8 @@ from setuptools.command.build_ext import build_ext
 
 def load_sources():
     """csrc/sources.py: the one list of C files and flags (tests/c/ reads it too)."""
-    spec = importlib.util.spec_from_file_location("bitnn_sources", os.path.join("csrc", "sources.py"))
+    path = os.path.join("csrc", "sources.py")
+    spec = importlib.util.spec_from_file_location("bitnn_sources", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,7 +54,8 @@ class BuildCore(build_ext):
                                         extra_postargs=CORE_FLAGS, depends=glob.glob("csrc/*.h"))
         for source, flags, _ in simd:
             objects += self.compiler.compile([source], output_dir=self.build_temp,
-                                             macros=[VERSION_MACRO], include_dirs=["csrc"], extra_postargs=CORE_FLAGS + flags,
+                                             macros=[VERSION_MACRO], include_dirs=["csrc"],
+                                             extra_postargs=CORE_FLAGS + flags,
                                              depends=glob.glob("csrc/*.h"))
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)

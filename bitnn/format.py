@@ -39,7 +39,8 @@ MAX_JSON_DEPTH = 64        # nested arrays/objects (csrc/json.h BJSON_MAX_DEPTH)
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 _U64 = (1 << 64) - 1
-_PREAMBLE = struct.Struct("<8sIIQQQQ")  # magic, version, flags, header_len, data_offset, data_len, checksum
+# magic, version, flags, header_len, data_offset, data_len, checksum
+_PREAMBLE = struct.Struct("<8sIIQQQQ")
 assert _PREAMBLE.size == PREAMBLE_SIZE
 
 __all__ = ["Bits", "Preamble", "write_bnb", "read_header", "read_preamble", "encode_tensors",
@@ -93,7 +94,7 @@ class Bits:
         self.shape = shape
 
     @classmethod
-    def from_array(cls, bits) -> "Bits":
+    def from_array(cls, bits) -> Bits:
         """Pack a {0,1} array of 1 to 4 dimensions (its shape is kept)."""
         from bitnn.ops import pack_bits
 
@@ -161,13 +162,15 @@ def _layout(tensors: dict):
             raise TypeError(f"tensor {name!r}: wrap packed bits as Bits(words, shape) so that "
                             "the logical shape is recorded")
         else:
+            of = f" of {t.dtype}" if hasattr(t, "dtype") else ""
             raise TypeError(f"tensor {name!r}: expected Bits or a float32 numpy array, got "
-                            f"{type(t).__name__}{' of ' + str(t.dtype) if hasattr(t, 'dtype') else ''}")
+                            f"{type(t).__name__}{of}")
         offset = align64(end)
         if offset > end:
             chunks.append(bytes(offset - end))
         raw = memoryview(arr).cast("B")
-        entries[name] = {"dtype": dtype, "shape": list(shape), "offset": offset, "nbytes": raw.nbytes}
+        entries[name] = {"dtype": dtype, "shape": list(shape), "offset": offset,
+                         "nbytes": raw.nbytes}
         chunks.append(raw)
         end = offset + raw.nbytes
     return entries, chunks, end
@@ -260,7 +263,8 @@ def write_bnb(path, meta: dict, tensors: dict) -> int:
 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(preamble)
@@ -349,7 +353,8 @@ def read_preamble(source) -> Preamble:
                           f"{PREAMBLE_SIZE}-byte preamble")
     p = Preamble(*_PREAMBLE.unpack(head))
     if p.version != VERSION:
-        raise FormatError(f"{name}: unsupported .bnb version {p.version} (this bitnn reads {VERSION})")
+        raise FormatError(f"{name}: unsupported .bnb version {p.version} "
+                          f"(this bitnn reads {VERSION})")
     if p.flags != 0:
         raise FormatError(f"{name}: unsupported flags 0x{p.flags:08x} (must be 0)")
     if not 1 <= p.header_len <= MAX_HEADER:

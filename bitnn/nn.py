@@ -29,7 +29,7 @@ Layout conventions (what the exporter reads):
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,8 @@ def normalize(z: torch.Tensor, dims: int | Sequence[int] = -1, eps: float = 1e-5
 def _check_activation(activation: str | None) -> str:
     act = "linear" if activation is None else activation
     if act not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected None or one of {ACTIVATIONS}")
+        raise ValueError(f"unknown activation {activation!r}; "
+                         f"expected None or one of {ACTIVATIONS}")
     return act
 
 

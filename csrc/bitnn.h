@@ -26,7 +26,7 @@ extern "C" {
 /* The version has one home, bitnn/_version.py; every build passes it in as
  * -DBITNN_VERSION_STRING="x.y.z" (setup.py and tests/c/ via csrc/sources.py). */
 #ifndef BITNN_VERSION_STRING
-#error "BITNN_VERSION_STRING is not defined: build with setup.py or tests/c/*.sh (python3 csrc/sources.py flags)"
+#error "BITNN_VERSION_STRING is not defined: build with setup.py or csrc/sources.py flags"
 #endif
 
 /* ------------------------------------------------------------------ status */
