@@ -1,10 +1,15 @@
-"""Pieces shared by the training and benchmark scripts in tools/."""
+"""Pieces shared by the training and benchmark scripts in tools/: argument
+checks, the learning-rate schedule, checkpoints, metrics files, progress and
+machine descriptions."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import shlex
+import sys
 import time
 
 try:
@@ -21,7 +26,42 @@ def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_output_args(g) -> None:
+    """The checkpoint, metrics and export flags of the training scripts."""
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="write last.pt here (after every epoch; see --resume)")
+    g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pt")
+    g.add_argument("--metrics", default=None, help="write the metrics JSON here")
+    g.add_argument("--state-dict", default=None,
+                   help="final weights file (default <checkpoint-dir>/model.pt if a "
+                        "checkpoint dir is given)")
+    g.add_argument("--out", default=None, help="export the trained binary model (.bnb)")
+    g.add_argument("--export-from", default=None,
+                   help="skip training: export this --state-dict file to --out")
+
+
+def check_training_args(p: argparse.ArgumentParser, args, positive=()) -> None:
+    """The checks on the flags every training script has; ``positive``: names
+    of integer flags that must be >= 1. Errors exit through ``p.error``."""
+    if args.resume and not args.checkpoint_dir:
+        p.error("--resume needs --checkpoint-dir")
+    if args.out and args.fp32:
+        p.error("--out exports binary models only; drop --fp32")
+    if args.export_from and not args.out:
+        p.error("--export-from needs --out")
+    for name in positive:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def command_line(module: str, argv) -> str:
+    """The command that reproduces this run (``argv=None``: this process's own)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join([os.path.basename(sys.executable), "-m", module] + args)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
@@ -32,6 +72,51 @@ def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
     span = max(1, total - warmup)
     t = min(1.0, (step - warmup) / span)
     return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def warmup_cosine(opt, warmup: int, total: int, min_frac: float):
+    """A LambdaLR scheduler of ``opt`` following :func:`lr_factor`."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, warmup, total, min_frac))
+
+
+def torch_load(path: str):
+    """A checkpoint or weights file written by :func:`atomic_save`, on the CPU."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore(ck: dict, model, opt, sched) -> None:
+    """Load a checkpoint's model, optimizer and scheduler states."""
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+
+
+def state_dict_path(args) -> str | None:
+    """Where the final weights go: --state-dict, else <checkpoint-dir>/model.pt."""
+    if args.state_dict:
+        return args.state_dict
+    return os.path.join(args.checkpoint_dir, "model.pt") if args.checkpoint_dir else None
+
+
+def write_json(path: str, obj, log=print) -> None:
+    """Write ``obj`` as indented JSON, creating the directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+    log(f"wrote {path}")
+
+
+def environment(**extra) -> dict:
+    """torch and Python versions, machine and CPU count for a metrics file."""
+    import torch
+
+    return {"torch": torch.__version__, "python": platform.python_version(), **extra,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
 def atomic_save(obj, path: str) -> None:

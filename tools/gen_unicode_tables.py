@@ -184,7 +184,8 @@ def two_stage(values, shift):
 
 def c_list(values, per_line=16, fmt="{}"):
     items = [fmt.format(v) for v in values]
-    return "\n".join("    " + ", ".join(items[i:i + per_line]) + "," for i in range(0, len(items), per_line))
+    rows = (items[i:i + per_line] for i in range(0, len(items), per_line))
+    return "\n".join("    " + ", ".join(row) + "," for row in rows)
 
 
 def emit(props, lower_map, decomp_map, ccc_map):

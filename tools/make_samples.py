@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Write the sample images that ship with the package (bitnn/models/samples/).
 
-    python3 tools/make_samples.py
+    python3 -m tools.make_samples
 
 Takes the first test image of a few Fashion-MNIST classes and writes each as
 an 8-bit grey PNG named after its class. Test images were never seen in
@@ -10,20 +9,24 @@ training.
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+try:
+    from bitnn.imageio import write_png
+    from tools import fashion_mnist
+except ModuleNotFoundError as e:  # run as a file, or from another directory
+    sys.exit(f"{e}: run this from the repository root as python3 -m tools.make_samples")
 
-import fashion_mnist  # noqa: E402
-from bitnn.imageio import write_png  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLASSES = ["ankle boot", "trouser", "bag", "sneaker", "shirt"]
 
 
 def main():
-    out = os.path.join(os.path.dirname(HERE), "bitnn", "models", "samples")
+    out = os.path.join(ROOT, "bitnn", "models", "samples")
     os.makedirs(out, exist_ok=True)
-    images, labels = fashion_mnist.load_split("test")
+    try:
+        images, labels = fashion_mnist.load_split("test")
+    except FileNotFoundError as e:
+        sys.exit(str(e))
     for name in CLASSES:
         c = [n.lower() for n in fashion_mnist.CLASS_NAMES].index(name)
         i = int((labels == c).nonzero()[0][0])

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Train a binary normalized CNN (docs/maths.md, The image classifier) on Fashion-MNIST.
 
-    python3 tools/train_classifier.py --epochs 8 --checkpoint-dir /tmp/fm_bin \\
+    python3 -m tools.train_classifier --epochs 8 --checkpoint-dir /tmp/fm_bin \\
         --metrics fm_binary.json --out fashion.bnb
-    python3 tools/train_classifier.py --fp32 --epochs 8 --metrics fm_fp32.json
+    python3 -m tools.train_classifier --fp32 --epochs 8 --metrics fm_fp32.json
 
 Preprocessing (recorded in the metrics and the exported model): pixels
 uint8 / 255, then (x - mean) / std with the train-set mean and std.
@@ -22,34 +21,30 @@ from it (same flags required). The final weights are written to --state-dict
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import fashion_mnist  # noqa: E402
-from common import Progress, atomic_save, int_list, lr_factor  # noqa: E402
-from bitnn.nn import BinaryCNN  # noqa: E402
-
+try:
+    from bitnn.nn import BinaryCNN
+    from tools import common, fashion_mnist
+except ModuleNotFoundError as e:  # run as a file, or from another directory
+    sys.exit(f"{e}: run this from the repository root as python3 -m tools.train_classifier")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--channels", type=int_list, default=[16, 32, 32, 64, 128],
+    g.add_argument("--channels", type=common.int_list, default=[16, 32, 32, 64, 128],
                    help="conv widths, one block (two convs) each; 2x2 max-pool between blocks")
-    g.add_argument("--fc-units", type=int_list, default=[128, 128],
+    g.add_argument("--fc-units", type=common.int_list, default=[128, 128],
                    help="hidden fully connected widths (may be empty: '')")
     g.add_argument("--kernel-size", type=int, default=3)
     g.add_argument("--norm", choices=["chw", "c"], default="c",
@@ -80,25 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--data-dir", default=None,
                    help=f"Fashion-MNIST directory (None: $FASHION_MNIST_DIR or "
                         f"{fashion_mnist.DEFAULT_DIR})")
-    g.add_argument("--checkpoint-dir", default=None, help="write last.pt here after each epoch")
-    g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pt")
-    g.add_argument("--metrics", default=None, help="write the metrics JSON here")
-    g.add_argument("--state-dict", default=None,
-                   help="final weights file (default <checkpoint-dir>/model.pt if a "
-                        "checkpoint dir is given)")
-    g.add_argument("--out", default=None, help="export the trained binary model (.bnb)")
-    g.add_argument("--export-from", default=None,
-                   help="skip training: export this --state-dict file to --out")
+    common.add_output_args(g)
     args = p.parse_args(argv)
-    if args.resume and not args.checkpoint_dir:
-        p.error("--resume needs --checkpoint-dir")
-    if args.out and args.fp32:
-        p.error("--out exports binary models only; drop --fp32")
-    if args.export_from and not args.out:
-        p.error("--export-from needs --out")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.check_training_args(p, args, positive=("epochs", "batch_size", "eval_batch_size"))
     return args
 
 
@@ -146,167 +125,195 @@ def export(model, path, preprocess, training=None, name="fashion"):
     print(f"exported {path} ({os.path.getsize(path)} bytes)")
 
 
+def export_saved(args) -> int:
+    """--export-from: rebuild the model from a weights file and export it."""
+    d = common.torch_load(args.export_from)
+    model = BinaryCNN(**d["config"])
+    model.load_state_dict(d["state_dict"])
+    model.eval()
+    export(model, args.out, d["preprocess"], d.get("training"))
+    return 0
+
+
+def load_data(args) -> SimpleNamespace:
+    """Fashion-MNIST as preprocessed tensors, plus the train-eval subset."""
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load(args.data_dir)
+    if args.limit_train:
+        x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
+    x_train, x_test, preprocess = preprocess_arrays(x_train, x_test)
+    d = SimpleNamespace(x_train=x_train, x_test=x_test, preprocess=preprocess,
+                        y_train=torch.from_numpy(y_train.astype(np.int64)),
+                        y_test=torch.from_numpy(y_test.astype(np.int64)))
+    d.n_eval = args.train_eval_size or len(x_train)
+    d.x_train_eval, d.y_train_eval = d.x_train[:d.n_eval], d.y_train[:d.n_eval]
+    return d
+
+
+def setup_training(args, n_train: int) -> SimpleNamespace:
+    """Model, optimizer and schedule, resumed from the checkpoint when asked.
+
+    Raises ValueError when the checkpoint is for another model shape."""
+    torch.manual_seed(args.seed)
+    model = build_model(args)
+    t = SimpleNamespace(model=model, history=[], start_epoch=0, elapsed_before=0.0,
+                        steps_per_epoch=math.ceil(n_train / args.batch_size))
+    t.total_steps = t.steps_per_epoch * args.epochs
+    t.opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    t.sched = common.warmup_cosine(t.opt, args.warmup_steps, t.total_steps, args.min_lr_frac)
+    t.ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") if args.checkpoint_dir else None
+    if args.checkpoint_dir:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+    if args.resume and os.path.exists(t.ckpt_path):
+        ck = common.torch_load(t.ckpt_path)
+        if ck["config"] != model.config:
+            raise ValueError(f"checkpoint config {ck['config']} differs from {model.config}")
+        common.restore(ck, model, t.opt, t.sched)
+        t.history, t.start_epoch = ck["history"], ck["epoch"]
+        t.elapsed_before = ck.get("wall_time_s", 0.0)
+        print(f"resumed from {t.ckpt_path} after epoch {t.start_epoch}")
+    elif args.resume:
+        print(f"no checkpoint at {t.ckpt_path}; starting from scratch")
+    return t
+
+
+def train_epoch(args, t, data, epoch: int) -> dict:
+    """One pass over the shuffled training set; the running loss and accuracy."""
+    t.model.train()
+    # A per-epoch generator makes the shuffle independent of resuming.
+    perm = torch.randperm(len(data.x_train),
+                          generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
+    bar = common.Progress(t.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}",
+                          not args.no_progress)
+    run_loss, run_correct, seen = 0.0, 0, 0
+    for i in range(0, len(data.x_train), args.batch_size):
+        idx = perm[i:i + args.batch_size]
+        xb, yb = data.x_train[idx], data.y_train[idx]
+        logits = t.model.logits(xb)
+        loss = F.cross_entropy(logits, yb)
+        t.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt.step()
+        t.sched.step()
+        run_loss += loss.item() * len(idx)
+        run_correct += (logits.argmax(-1) == yb).sum().item()
+        seen += len(idx)
+        bar.update(loss=(run_loss / seen, ".4f"), acc=(run_correct / seen, ".3f"))
+    bar.close()
+    return {"running_train_loss": run_loss / seen, "running_train_acc": run_correct / seen}
+
+
+def train(args, t, data, t_start: float) -> None:
+    """The remaining epochs: train, evaluate, record, checkpoint."""
+    for epoch in range(t.start_epoch, args.epochs):
+        t0 = time.time()
+        running = train_epoch(args, t, data, epoch)
+        t_train = time.time() - t0
+        tr_loss, tr_acc = evaluate(t.model, data.x_train_eval, data.y_train_eval,
+                                   args.eval_batch_size)
+        te_loss, te_acc = evaluate(t.model, data.x_test, data.y_test, args.eval_batch_size)
+        rec = {"epoch": epoch + 1, "lr_end": t.sched.get_last_lr()[0], **running,
+               "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
+               "test_acc": te_acc, "train_time_s": t_train, "epoch_time_s": time.time() - t0}
+        t.history.append(rec)
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
+              f"test loss {te_loss:.4f} acc {te_acc:.4f} | {t_train:.0f}s train, "
+              f"{rec['epoch_time_s']:.0f}s total", flush=True)
+        if t.ckpt_path:
+            common.atomic_save({"epoch": epoch + 1, "config": t.model.config,
+                                "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
+                                "scheduler": t.sched.state_dict(), "history": t.history,
+                                "preprocess": data.preprocess, "args": vars(args),
+                                "wall_time_s": t.elapsed_before + time.time() - t_start},
+                               t.ckpt_path)
+
+
+def summarize(history: list) -> dict:
+    """The best and the final figures of the run (None before any epoch)."""
+    if not history:
+        return {"best": None, "final": None}
+    best_acc = max(history, key=lambda r: r["test_acc"])
+    best_loss = min(history, key=lambda r: r["test_loss"])
+    return {
+        "best": {"test_acc": best_acc["test_acc"], "test_acc_epoch": best_acc["epoch"],
+                 "test_loss": best_loss["test_loss"], "test_loss_epoch": best_loss["epoch"],
+                 "train_acc": max(r["train_acc"] for r in history),
+                 "train_loss": min(r["train_loss"] for r in history)},
+        "final": {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss",
+                                               "test_acc")},
+    }
+
+
+def metrics_record(args, t, data, summary, command, wall, state_path) -> dict:
+    """Everything about the run for the --metrics file."""
+    history = t.history
+    return {
+        "command": command, "args": vars(args), "seed": args.seed,
+        "model": "fp32" if args.fp32 else "binary", "config": t.model.config,
+        "parameters": sum(p.numel() for p in t.model.parameters()),
+        "dataset": {"name": "fashion-mnist", "dir": fashion_mnist.dataset_dir(args.data_dir),
+                    "train": len(data.x_train), "test": len(data.x_test),
+                    "train_eval": data.n_eval},
+        "preprocess": {**data.preprocess,
+                       "layout": "NCHW float32, x = (uint8 * scale - mean) / std"},
+        "labels": list(fashion_mnist.CLASS_NAMES),
+        "optimizer": {"name": "Adam", "lr": args.lr, "warmup_steps": args.warmup_steps,
+                      "schedule": "linear warmup, cosine decay",
+                      "min_lr_frac": args.min_lr_frac, "batch_size": args.batch_size,
+                      "total_steps": t.total_steps},
+        "loss": "cross-entropy of log_softmax(Normalize(z)) of the final layer",
+        "history": history, **summary, "wall_time_s": wall,
+        "seconds_per_epoch": (sum(r["epoch_time_s"] for r in history) / len(history)
+                              if history else None),
+        "environment": common.environment(threads=torch.get_num_threads()),
+        "state_dict": state_path, "export": args.out,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     if args.export_from:
-        d = torch.load(args.export_from, map_location="cpu", weights_only=False)
-        model = BinaryCNN(**d["config"])
-        model.load_state_dict(d["state_dict"])
-        model.eval()
-        export(model, args.out, d["preprocess"], d.get("training"))
-        return 0
-
+        return export_saved(args)
     try:
-        (x_train, y_train), (x_test, y_test) = fashion_mnist.load(args.data_dir)
-    except FileNotFoundError as e:
+        data = load_data(args)
+        t = setup_training(args, len(data.x_train))
+    except (FileNotFoundError, ValueError) as e:
         print(e, file=sys.stderr)
         return 2
-    if args.limit_train:
-        x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
-    x_train, x_test, preprocess = preprocess_arrays(x_train, x_test)
-    y_train = torch.from_numpy(y_train.astype(np.int64))
-    y_test = torch.from_numpy(y_test.astype(np.int64))
-    n_eval = args.train_eval_size or len(x_train)
-    x_train_eval, y_train_eval = x_train[:n_eval], y_train[:n_eval]
-
-    torch.manual_seed(args.seed)
-    model = build_model(args)
-    n_params = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, args.warmup_steps, total_steps, args.min_lr_frac))
-
-    history, start_epoch, elapsed_before = [], 0, 0.0
-    ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") if args.checkpoint_dir else None
-    if args.checkpoint_dir:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-    if args.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != model.config:
-            print(f"checkpoint config {ck['config']} differs from {model.config}", file=sys.stderr)
-            return 2
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        history, start_epoch = ck["history"], ck["epoch"]
-        elapsed_before = ck.get("wall_time_s", 0.0)
-        print(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    elif args.resume:
-        print(f"no checkpoint at {ckpt_path}; starting from scratch")
-
-    kind = "fp32" if args.fp32 else "binary"
-    print(f"{kind} BinaryCNN {model.config}: {n_params:,} parameters; "
-          f"{len(x_train)} train / {len(x_test)} test; {steps_per_epoch} steps/epoch; "
-          f"threads {torch.get_num_threads()}", flush=True)
-    preprocess_log = {**preprocess, "layout": "NCHW float32, x = (uint8 * scale - mean) / std"}
+    n_params = sum(p.numel() for p in t.model.parameters())
+    print(f"{'fp32' if args.fp32 else 'binary'} BinaryCNN {t.model.config}: {n_params:,} "
+          f"parameters; {len(data.x_train)} train / {len(data.x_test)} test; "
+          f"{t.steps_per_epoch} steps/epoch; threads {torch.get_num_threads()}", flush=True)
 
     t_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        model.train()
-        # A per-epoch generator makes the shuffle independent of resuming.
-        perm = torch.randperm(len(x_train),
-                              generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
-        run_loss, run_correct, seen = 0.0, 0, 0
-        for i in range(0, len(x_train), args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            logits = model.logits(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run_loss += loss.item() * len(idx)
-            run_correct += (logits.argmax(-1) == yb).sum().item()
-            seen += len(idx)
-            bar.update(loss=(run_loss / seen, ".4f"), acc=(run_correct / seen, ".3f"))
-        bar.close()
-        t_train = time.time() - t0
-        tr_loss, tr_acc = evaluate(model, x_train_eval, y_train_eval, args.eval_batch_size)
-        te_loss, te_acc = evaluate(model, x_test, y_test, args.eval_batch_size)
-        rec = {"epoch": epoch + 1, "lr_end": sched.get_last_lr()[0],
-               "running_train_loss": run_loss / seen, "running_train_acc": run_correct / seen,
-               "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
-               "test_acc": te_acc, "train_time_s": t_train, "epoch_time_s": time.time() - t0}
-        history.append(rec)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
-              f"test loss {te_loss:.4f} acc {te_acc:.4f} | {t_train:.0f}s train, "
-              f"{rec['epoch_time_s']:.0f}s total", flush=True)
-        if ckpt_path:
-            atomic_save({"epoch": epoch + 1, "config": model.config, "model": model.state_dict(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "history": history, "preprocess": preprocess, "args": vars(args),
-                          "wall_time_s": elapsed_before + time.time() - t_start}, ckpt_path)
-    wall = elapsed_before + time.time() - t_start
-    model.eval()
-
-    if history:
-        best_acc = max(history, key=lambda r: r["test_acc"])
-        best_loss = min(history, key=lambda r: r["test_loss"])
-        summary = {
-            "best": {"test_acc": best_acc["test_acc"], "test_acc_epoch": best_acc["epoch"],
-                     "test_loss": best_loss["test_loss"], "test_loss_epoch": best_loss["epoch"],
-                     "train_acc": max(r["train_acc"] for r in history),
-                     "train_loss": min(r["train_loss"] for r in history)},
-            "final": {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss",
-                                                   "test_acc")},
-        }
+    train(args, t, data, t_start)
+    wall = t.elapsed_before + time.time() - t_start
+    t.model.eval()
+    summary = summarize(t.history)
+    if summary["best"]:
         print(f"best test acc {summary['best']['test_acc']:.4f} (epoch "
               f"{summary['best']['test_acc_epoch']}), final {summary['final']['test_acc']:.4f}; "
               f"wall {wall:.0f}s")
-    else:
-        summary = {"best": None, "final": None}
 
-    command = shlex.join([sys.executable] + sys.argv) if argv is None \
-        else shlex.join(["train_classifier.py"] + list(argv))
+    command = common.command_line("tools.train_classifier", argv)
     # Provenance kept in the state-dict file and in the exported .bnb.
     training = {"dataset": "fashion-mnist", "command": command, "seed": args.seed,
-                "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
+                "epochs": len(t.history), "batch_size": args.batch_size, "lr": args.lr,
                 "warmup_steps": args.warmup_steps, "optimizer": "Adam",
                 "final": summary["final"], "best": summary["best"], "torch": torch.__version__}
-
-    state_path = args.state_dict or (os.path.join(args.checkpoint_dir, "model.pt")
-                                     if args.checkpoint_dir else None)
+    state_path = common.state_dict_path(args)
     if state_path:
-        atomic_save({"config": model.config, "state_dict": model.state_dict(),
-                      "preprocess": preprocess, "labels": list(fashion_mnist.CLASS_NAMES),
-                      "training": training}, state_path)
+        common.atomic_save({"config": t.model.config, "state_dict": t.model.state_dict(),
+                            "preprocess": data.preprocess,
+                            "labels": list(fashion_mnist.CLASS_NAMES), "training": training},
+                           state_path)
         print(f"wrote {state_path}")
-
     if args.metrics:
-        metrics = {
-            "command": command, "args": vars(args), "seed": args.seed, "model": kind,
-            "config": model.config, "parameters": n_params,
-            "dataset": {"name": "fashion-mnist", "dir": fashion_mnist.dataset_dir(args.data_dir),
-                        "train": len(x_train), "test": len(x_test), "train_eval": n_eval},
-            "preprocess": preprocess_log, "labels": list(fashion_mnist.CLASS_NAMES),
-            "optimizer": {"name": "Adam", "lr": args.lr, "warmup_steps": args.warmup_steps,
-                          "schedule": "linear warmup, cosine decay",
-                          "min_lr_frac": args.min_lr_frac, "batch_size": args.batch_size,
-                          "total_steps": total_steps},
-            "loss": "cross-entropy of log_softmax(Normalize(z)) of the final layer",
-            "history": history, **summary, "wall_time_s": wall,
-            "seconds_per_epoch": (sum(r["epoch_time_s"] for r in history) / len(history)
-                                  if history else None),
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads(), "machine": platform.machine(),
-                            "cpus": os.cpu_count()},
-            "state_dict": state_path, "export": args.out,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(args.metrics)), exist_ok=True)
-        with open(args.metrics, "w") as f:
-            json.dump(metrics, f, indent=2)
-        print(f"wrote {args.metrics}")
-
+        record = metrics_record(args, t, data, summary, command, wall, state_path)
+        common.write_json(args.metrics, record)
     if args.out:
-        export(model, args.out, preprocess, training)
+        export(t.model, args.out, data.preprocess, training)
     return 0
 
 

