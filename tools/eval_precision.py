@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
-"""Accuracy of the shipped models in each numeric mode (issue: the int8 mode
+"""Accuracy of the shipped models in each numeric mode (target: the int8 mode
 may move Fashion-MNIST top-1 by at most 0.3 points and perplexity by 1%).
 
-    python3 tools/eval_precision.py            # Fashion-MNIST test set, fp32 and int8
+    python3 -m tools.eval_precision            # Fashion-MNIST test set, fp32 and int8
 
 Fashion-MNIST comes from Debian (`apt-get install -y dataset-fashion-mnist`).
 Prints the CPU, the kernels, each mode's top-1 and the time it took.
@@ -12,15 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bitnn  # noqa: E402
-from common import machine_info  # noqa: E402
-from fashion_mnist import load_split  # noqa: E402
+try:
+    import bitnn
+    from tools.common import machine_info
+    from tools.fashion_mnist import load_split
+except ModuleNotFoundError as e:  # run as a file, or from another directory
+    sys.exit(f"{e}: run this from the repository root as python3 -m tools.eval_precision")
 
 
 def fashion(precisions, threads):
@@ -43,7 +40,11 @@ def main(argv=None) -> int:
     mi = machine_info()
     print(f"cpu: {mi['cpu']}; kernel {mi['bitnn'].get('kernel')}, "
           f"int8 kernel {mi['bitnn'].get('int8_kernel')}")
-    res, n = fashion(["fp32", "int8"], args.threads)
+    try:
+        res, n = fashion(["fp32", "int8"], args.threads)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
     print(f"\nFashion-MNIST test set ({n:,} images), shipped model bitnn/models/fashion.bnb\n")
     print("| precision | top-1 | images/s |")
     print("|---|---:|---:|")
