@@ -15,6 +15,9 @@ cdef extern from "lm.h" nogil:
     void bitnn_lm_state_reset(bitnn_lm_state *s)
     bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids,
                                   size_t n, float *scores, int isa, bitnn_pool *pool)
+    bitnn_status bitnn_lm_logprobs(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids,
+                                   size_t n, size_t first, double *logp, int isa,
+                                   bitnn_pool *pool)
 
 cdef extern from "sampler.h" nogil:
     ctypedef struct bitnn_rng:
@@ -129,6 +132,36 @@ cdef class LMState:
         with nogil:
             s = bitnn_lm_forward(self.graph.model, self.state, &iv[0], iv.shape[0], op, isa,
                                  pool.pool)
+        _check(s)
+        return out
+
+    def logprobs(self, ids, size_t first=0, threads=None, kernel=None):
+        """Feed ids[:-1] (n tokens, appended like forward) and return, float64, the
+        log-probability of each actual next token ids[r + 1] for rows r = first .. n-1."""
+        if (<BnbFile>self.graph.file).ptr == NULL:
+            raise ValueError("the model is closed")
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or arr.size < 2 or arr.dtype.kind not in "iu":
+            raise ValueError("ids must be a 1-D sequence of at least 2 integers")
+        cdef size_t V = self.graph.model.vocab
+        if arr.min() < 0 or arr.max() >= <long long>V:
+            bad = int(arr[(arr < 0) | (arr >= V)][0])
+            raise ValueError(f"token id {bad} is out of the vocabulary (0..{V - 1})")
+        cdef size_t n = arr.size - 1
+        if n > self.state.ctx - self.state.pos:
+            raise ValueError(f"{n} tokens do not fit: {self.state.pos} of "
+                             f"{self.state.ctx} positions are used")
+        if first >= n:
+            raise ValueError(f"first ({first}) must be below the {n} rows fed")
+        cdef int32_t[::1] iv = np.ascontiguousarray(arr, dtype=np.int32)
+        cdef int isa = _resolve_kernel(kernel)
+        cdef ThreadPool pool = get_pool(threads)
+        out = np.empty(n - first, dtype=np.float64)
+        cdef double[::1] ov = out
+        cdef bitnn_status s
+        with nogil:
+            s = bitnn_lm_logprobs(self.graph.model, self.state, &iv[0], n, first, &ov[0], isa,
+                                  pool.pool)
         _check(s)
         return out
 

@@ -9,7 +9,8 @@
  *
  * The embedding is a gather of bits (token t's row of the transposed table),
  * never a matmul. A prompt goes through every layer as one batch of rows; the
- * head runs only for the last position.
+ * head runs only for the last position (bitnn_lm_logprobs, which scores a
+ * text, runs it for every scored position).
  */
 #include <math.h>
 #include <stdio.h>
@@ -327,4 +328,75 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
         cur = bufs[i & 1];
     }
     return lin(m, &m->output, cur, 1, scores, BITNN_ACT_LINEAR, isa, pool);
+}
+
+/* ------------------------------------------------------ log-probabilities */
+typedef struct {
+    const float *scores; /* [rows][vocab] */
+    const int32_t *targets; /* [rows] */
+    double *logp;        /* [rows] */
+    size_t vocab;
+} logsoftmax_job;
+
+/* log softmax(scores_r)[target_r] in double, one row per item (one thread
+ * computes a row whole, in a fixed order: the same bits for any thread count). */
+static void logsoftmax_rows(void *ctx, size_t r0, size_t r1)
+{
+    const logsoftmax_job *j = ctx;
+    for (size_t r = r0; r < r1; r++) {
+        const float *sc = j->scores + r * j->vocab;
+        double mx = sc[0];
+        for (size_t v = 1; v < j->vocab; v++)
+            if (sc[v] > mx) mx = sc[v];
+        double total = 0.0;
+        for (size_t v = 0; v < j->vocab; v++) total += exp((double)sc[v] - mx);
+        j->logp[r] = ((double)sc[j->targets[r]] - mx) - log(total);
+    }
+}
+
+/* Rows of the head computed at once: bounds the scratch to about 4 MB of
+ * scores for any vocabulary (rows are independent, so the bits do not depend
+ * on it). */
+#define LOGPROB_SCORE_FLOATS ((size_t)1 << 20)
+
+bitnn_status bitnn_lm_logprobs(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids, size_t n,
+                               size_t first, double *logp, int isa, bitnn_pool *pool)
+{
+    if (!m || !s || !ids || !logp || n == 0 || first >= n) return BITNN_EINVAL;
+    if (ids[n] < 0 || (size_t)ids[n] >= m->vocab) return BITNN_EINVAL;
+    /* The trunk for all n rows; s->x then holds their final hidden states. */
+    bitnn_status st = bitnn_lm_forward(m, s, ids, n, NULL, isa, pool);
+    if (st != BITNN_OK) return st;
+
+    const size_t D = m->dim, V = m->vocab, rows = n - first;
+    size_t widest = D;
+    for (size_t i = 0; i < m->n_head; i++)
+        if (m->head[i].out > widest) widest = m->head[i].out;
+    size_t chunk = LOGPROB_SCORE_FLOATS / V;
+    if (chunk == 0) chunk = 1;
+    if (chunk > rows) chunk = rows;
+    float *buf0 = malloc(chunk * widest * sizeof(float));
+    float *buf1 = malloc(chunk * widest * sizeof(float));
+    float *scores = malloc(chunk * V * sizeof(float));
+    if (!buf0 || !buf1 || !scores) {
+        st = BITNN_ENOMEM;
+        goto done;
+    }
+    for (size_t r0 = first; r0 < n; r0 += chunk) {
+        const size_t R = n - r0 < chunk ? n - r0 : chunk;
+        const float *cur = s->x + r0 * D;
+        float *bufs[2] = {buf0, buf1};
+        for (size_t i = 0; i < m->n_head; i++) {
+            if ((st = lin(m, &m->head[i], cur, R, bufs[i & 1], BITNN_ACT_GELU, isa, pool)))
+                goto done;
+            cur = bufs[i & 1];
+        }
+        if ((st = lin(m, &m->output, cur, R, scores, BITNN_ACT_LINEAR, isa, pool))) goto done;
+        /* row r predicts ids[r + 1] */
+        logsoftmax_job lj = {scores, ids + r0 + 1, logp + (r0 - first), V};
+        bitnn_parallel_for(pool, R, 1, logsoftmax_rows, &lj);
+    }
+done:
+    free(buf0), free(buf1), free(scores);
+    return st;
 }

@@ -54,4 +54,14 @@ void bitnn_lm_state_reset(bitnn_lm_state *s);
 bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids, size_t n,
                               float *scores, int isa, bitnn_pool *pool);
 
+/* Score a window: feed ids[0..n) as bitnn_lm_forward does (appending to the
+ * KV cache at s->pos), then for each row r in [first, n) write
+ * logp[r - first] = log softmax(scores_r)[ids[r + 1]], the log-probability of
+ * the actual next token (ids holds n + 1 tokens; the last is only a target).
+ * The head runs for rows first..n-1 only, batched, in m->precision like the
+ * rest; the softmax is taken in double. Fails with EINVAL as bitnn_lm_forward does, or if first >= n or
+ * ids[n] is out of range. */
+bitnn_status bitnn_lm_logprobs(const bitnn_lm *m, bitnn_lm_state *s, const int32_t *ids, size_t n,
+                               size_t first, double *logp, int isa, bitnn_pool *pool);
+
 #endif
