@@ -3,6 +3,7 @@
     bitnn-run -p "ROMEO:" [-m MODEL] [-n N] [--temp T] ...   # generate text (default)
     bitnn-run classify [-m MODEL] [-k TOP_K] [-t THREADS] [--json] IMAGE...
     bitnn-run info          # version, CPU features, kernels, threads, bundled models
+    bitnn-run perplexity [-m MODEL] -f FILE [-c N] [--stride N]   # see bitnn/perplexity.py
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import sys
 import time
 
 
-def _open_model(args, kind, wrong_kind):
-    """bitnn.load(args.model) of the wanted kind, or None after an error message."""
+def _open_model(args, kind, wrong_kind, **load_kw):
+    """bitnn.load(args.model, **load_kw) of the wanted kind, or None after an error message."""
     import bitnn
 
     try:
-        model = bitnn.load(args.model, threads=args.threads)
+        model = bitnn.load(args.model, threads=args.threads, **load_kw)
     except (FileNotFoundError, bitnn.FormatError, ValueError) as e:
         print(f"bitnn-run: {e}", file=sys.stderr)
         return None
@@ -133,7 +134,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
         description="Generate text with a binary language model (default: the bundled "
                     f"'{DEFAULT_LM}' model). Only generated text goes to stdout; the seed and "
                     "timings go to stderr. Other commands: 'bitnn-run classify IMAGE...' "
-                    "(image classifier), 'bitnn-run info'.")
+                    "(image classifier), 'bitnn-run perplexity -f FILE', 'bitnn-run info'.")
     p.add_argument("--version", action="version", version=f"bitnn {__version__}")
     p.add_argument("-m", "--model", default=DEFAULT_LM,
                    help=f"a .bnb file or a bundled model name (default: {DEFAULT_LM})")
@@ -176,12 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_classify)
     i = sub.add_parser("info", help="show version, CPU features, kernels and bundled models")
     i.set_defaults(func=_info)
+    from bitnn import perplexity
+
+    perplexity.add_parser(sub, DEFAULT_LM)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("classify", "info"):
+    if argv and argv[0] in ("classify", "info", "perplexity"):
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "classify" and args.top_k < 1:

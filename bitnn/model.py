@@ -357,6 +357,24 @@ class LanguageModel(Model):
             out[i] = _softmax(state.forward(seq, threads=self.threads, kernel=self.kernel))
         return out
 
+    # -------------------------------------------------------- perplexity
+    def perplexity(self, text_or_ids, ctx_size: int | None = None, stride: int | None = None,
+                   *, progress=None):
+        """Perplexity and bits per byte of a text (a str) or of token ids.
+
+        Windows of ``ctx_size`` tokens (default: ``max_len``), each scoring the
+        tokens after its first ``ctx_size - stride`` (default stride:
+        ``ctx_size // 2``; the first window scores all its tokens but the
+        first): every token but the first is scored once. Returns a frozen
+        :class:`bitnn.perplexity.PerplexityResult` (``nll``, ``perplexity``,
+        ``bits_per_byte``, ``tokens``, ``bytes``, ...); the windowing and the
+        definitions are in :mod:`bitnn.perplexity`. ``progress(done, total)``
+        is called after each window.
+        """
+        from bitnn.perplexity import evaluate
+
+        return evaluate(self, text_or_ids, ctx_size, stride, progress)
+
     # ---------------------------------------------------------- generate
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, repetition_penalty: float = 1.0,
