@@ -124,8 +124,26 @@ def split_plays(plays: dict[str, str], valid: tuple[str, ...] = VALID_PLAYS):
     return train, {k: plays[k] for k in valid}
 
 
+def valid_text(plays: dict[str, str], valid: tuple[str, ...] = VALID_PLAYS) -> str:
+    """The held-out plays as one text, in ``valid`` order (each ends with a newline)."""
+    return "".join(split_plays(plays, valid)[1].values())
+
+
 if __name__ == "__main__":
-    plays = load_plays(sys.argv[1] if len(sys.argv) > 1 else None)
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Fetch the plays and print the split.")
+    ap.add_argument("data_dir", nargs="?", default=None, help="default: $SHAKESPEARE_DIR, "
+                    "else ~/.cache/bitnn/shakespeare")
+    ap.add_argument("--write-valid", metavar="FILE",
+                    help="write the held-out plays (Macbeth, Twelfth Night, Julius Caesar) to "
+                         "FILE as UTF-8, e.g. for 'bitnn-run perplexity -f FILE'")
+    a = ap.parse_args()
+    plays = load_plays(a.data_dir)
     train, valid = split_plays(plays)
     print(f"{len(plays)} plays, {sum(map(len, plays.values())):,} characters; "
           f"validation {list(valid)} ({sum(map(len, valid.values())):,} characters)")
+    if a.write_valid:
+        with open(a.write_valid, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(valid_text(plays))
+        print(f"wrote {a.write_valid}")
