@@ -25,6 +25,8 @@ different tokenizers compare. A model without a tokenizer has ``bytes`` and
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -142,7 +144,8 @@ def add_parser(subparsers, default_model: str):
                    help="tokens scored per window after the first, 1..ctx-size; ctx-size gives "
                         "non-overlapping windows (default: ctx-size // 2)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="activations' precision in the runtime (default: fp32)")
+                   help="compute precision, passed to bitnn.load (default: fp32; int8 where "
+                        "this bitnn has it)")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -191,10 +194,19 @@ class _Bar:
         self.stream.flush()
 
 
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run(args) -> int:
     """The handler of ``bitnn-run perplexity``."""
     import json
 
+    from bitnn._version import __version__
     from bitnn.cli import _open_model
 
     try:
@@ -210,6 +222,7 @@ def run(args) -> int:
     if model is None:
         return 2
     with model:
+        digest = _sha256(model.path) if args.json else None
         try:
             r = model.perplexity(text, ctx_size=args.ctx_size, stride=args.stride,
                                  progress=None if args.no_progress else _Bar())
@@ -217,8 +230,9 @@ def run(args) -> int:
             print(f"bitnn-run: {e}", file=sys.stderr)
             return 2
     if args.json:
-        print(json.dumps({"model": args.model, "file": args.file, "precision": args.precision,
-                          **r.__dict__}, indent=2))
+        print(json.dumps({"model": args.model, "model_sha256": digest, "file": args.file,
+                          "precision": args.precision, "bitnn": __version__,
+                          **dataclasses.asdict(r)}, indent=2))
         return 0
     bpb = "n/a (no tokenizer)" if r.bits_per_byte is None else f"{r.bits_per_byte:.4f}"
     print(f"perplexity    {r.perplexity:.3f}\n"

@@ -3,6 +3,7 @@
 computation of the same windows, the definitions, bad input and the CLI."""
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -303,6 +304,7 @@ def test_cli_figures_match_the_method(text_lm, tmp_path):
     r = run_cli("perplexity", "-m", path, "-f", f, "-c", 12, "--stride", 5, "--json", "-t", 1)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
+    assert got["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     for k, v in dataclasses.asdict(want).items():
         assert got[k] == pytest.approx(v, rel=1e-12), k
     assert f"{want.windows}/{want.windows} windows" in r.stderr  # the progress bar
