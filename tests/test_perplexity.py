@@ -97,6 +97,7 @@ SHAPES = [  # vocab, max_len, emb_dim, heads, blocks, mlp_units
     (101, 20, 64, 2, 0, ()),
     (5, 8, 8, 1, 3, (7,)),
     (257, 24, 96, 4, 1, (130,)),
+    (20000, 64, 16, 2, 1, ()),  # the head runs in two chunks of rows (lm.c: 2^20 scores each)
 ]
 
 
