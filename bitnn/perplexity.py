@@ -229,6 +229,9 @@ def run(args) -> int:
         except (ValueError, TypeError) as e:
             print(f"bitnn-run: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("\nbitnn-run: interrupted", file=sys.stderr)
+            return 130
     if args.json:
         print(json.dumps({"model": args.model, "model_sha256": digest, "file": args.file,
                           "precision": args.precision, "bitnn": __version__,
