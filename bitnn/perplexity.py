@@ -125,9 +125,6 @@ def evaluate(model, text_or_ids, ctx_size=None, stride=None, progress=None) -> P
 
 # ---------------------------------------------------------------- command line
 
-PRECISIONS = ("fp32", "int8")
-
-
 def add_parser(subparsers, default_model: str):
     """``bitnn-run perplexity``: add its parser to an argparse subparsers object."""
     p = subparsers.add_parser(
@@ -143,30 +140,15 @@ def add_parser(subparsers, default_model: str):
     p.add_argument("--stride", type=int, default=None,
                    help="tokens scored per window after the first, 1..ctx-size; ctx-size gives "
                         "non-overlapping windows (default: ctx-size // 2)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="compute precision, passed to bitnn.load (default: fp32; int8 where "
-                        "this bitnn has it)")
+    p.add_argument("--precision", default="fp32",
+                   help="numeric mode, as bitnn.load's precision: fp32 (the default, exact) or "
+                        "int8 (activations quantized per row)")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
     return p
-
-
-def _load_kwargs(precision: str):
-    """{"precision": ...} if this build's bitnn.load takes it, else {} for fp32, else None."""
-    import inspect
-
-    import bitnn
-
-    if "precision" in inspect.signature(bitnn.load).parameters:
-        return {"precision": precision}
-    if precision == "fp32":
-        return {}
-    print(f"bitnn-run: --precision {precision} is not supported by this build of bitnn "
-          "(only fp32)", file=sys.stderr)
-    return None
 
 
 class _Bar:
@@ -215,10 +197,7 @@ def run(args) -> int:
     except (OSError, UnicodeDecodeError) as e:
         print(f"bitnn-run: {args.file}: {e}", file=sys.stderr)
         return 2
-    load_kw = _load_kwargs(args.precision)
-    if load_kw is None:
-        return 2
-    model = _open_model(args, "lm", "is not a language model", **load_kw)
+    model = _open_model(args, "lm", "is not a language model", precision=args.precision)
     if model is None:
         return 2
     with model:

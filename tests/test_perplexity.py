@@ -236,13 +236,27 @@ def test_progress_is_called_after_each_window(text_lm):
     assert calls == [(k, r.windows) for k in range(1, r.windows + 1)]
 
 
-def test_thread_counts_give_the_same_figures(text_lm):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_thread_counts_give_the_same_figures(text_lm, precision):
     _, path = text_lm
     figures = []
     for threads in (1, 2):
-        with bitnn.load(path, threads=threads) as model:
+        with bitnn.load(path, threads=threads, precision=precision) as model:
             figures.append(model.perplexity(TEXT, ctx_size=12, stride=5))
     assert figures[0] == figures[1]
+
+
+def test_int8_scores_with_the_int8_network(text_lm):
+    """precision="int8" reaches the scored windows: the figures are those of the int8
+    network's own next-token probabilities, not fp32's."""
+    _, path = text_lm
+    with bitnn.load(path, precision="int8") as q, bitnn.load(path) as f:
+        ids = q.tokenize(TEXT)[:16]
+        got = q.perplexity(ids, ctx_size=15)
+        assert got != f.perplexity(ids, ctx_size=15)
+        probs = q.predict([ids[:i] for i in range(1, 16)])
+        want = -np.mean(np.log(probs[np.arange(15), ids[1:]].astype(np.float64)))
+        assert abs(got.nll - want) < 1e-6
 
 
 # -------------------------------------------------------------- bad input
@@ -309,6 +323,12 @@ def test_cli_figures_match_the_method(text_lm, tmp_path):
     for k, v in dataclasses.asdict(want).items():
         assert got[k] == pytest.approx(v, rel=1e-12), k
     assert f"{want.windows}/{want.windows} windows" in r.stderr  # the progress bar
+    with bitnn.load(path, precision="int8") as model:
+        want8 = model.perplexity(TEXT, ctx_size=12, stride=5)
+    r = run_cli("perplexity", "-m", path, "-f", f, "-c", 12, "--stride", 5, "--json",
+                "--precision", "int8")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["nll"] == want8.nll and want8.nll != want.nll
     r = run_cli("perplexity", "-m", path, "-f", f, "-c", 12, "--stride", 5, "--no-progress")
     assert r.returncode == 0 and r.stderr == ""
     lines = dict(line.split(None, 1) for line in r.stdout.splitlines())
@@ -333,11 +353,8 @@ def test_cli_errors(text_lm, tmp_path):
         (["-m", path, "-f", f, "-c", 8, "--stride", 9], "stride must be from 1 to 8"),
         (["-m", tmp_path / "nope.bnb", "-f", f], "no model file"),
         (["-m", "fashion", "-f", f], "is not a language model"),
+        (["-m", path, "-f", f, "--precision", "fp16"], "precision must be one of"),
     ]
-    import inspect
-
-    if "precision" not in inspect.signature(bitnn.load).parameters:
-        cases.append((["-m", path, "-f", f, "--precision", "int8"], "--precision int8"))
     for args, msg in cases:
         r = run_cli("perplexity", *args, "--no-progress")
         assert r.returncode == 2, (args, r.stderr)
