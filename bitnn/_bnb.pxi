@@ -1,7 +1,6 @@
 # The .bnb model file (csrc/bnb.h; the format is docs/format.md).
 # Included at the end of _core.pyx, so it shares that module's cimports; the
 # C declarations and the BnbFile / _BnbHandle attributes are in _core.pxd.
-import json as _json
 import os as _os
 
 from libc.errno cimport errno
@@ -116,10 +115,12 @@ cdef class BnbFile:
 
     @property
     def meta(self):
-        """The JSON header parsed with json.loads (cached; do not modify it)."""
-        _bnb_live(self)
+        """The JSON header as Python values (cached; do not modify it), converted from
+        the tree the C loader parsed (the text is parsed once). The model description
+        in it is checked only when a model is built from the file (bitnn.load)."""
+        cdef bnb_file *f = _bnb_live(self)
         if self._meta is None:
-            self._meta = _json.loads(self.header)
+            self._meta = _bjson_to_py(bnb_meta(f))
         return self._meta
 
     @property

@@ -284,5 +284,5 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
 
 include "_bnb.pxi"
 include "_model.pxi"
-include "_lm.pxi"
 include "_tokenizer.pxi"
+include "_lm.pxi"

@@ -2,14 +2,20 @@
 from libc.stdint cimport int32_t
 
 cdef extern from "lm.h" nogil:
+    ctypedef struct bitnn_lm_linear:
+        size_t out
     ctypedef struct bitnn_lm:
         size_t vocab, max_len, dim, heads, head_dim, blocks, ff_dim
         bitnn_precision precision
+        float eps
+        size_t n_head
+        bitnn_lm_linear *head
     ctypedef struct bitnn_lm_state:
         size_t ctx
         size_t pos
     bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen)
     void bitnn_lm_free(bitnn_lm *m)
+    bitnn_tokenizer *bitnn_lm_take_tokenizer(bitnn_lm *m)
     bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **out)
     void bitnn_lm_state_free(bitnn_lm_state *s)
     void bitnn_lm_state_reset(bitnn_lm_state *s)
@@ -66,9 +72,27 @@ cdef class LMGraph:
 
     @property
     def config(self):
+        """The validated sizes of the header's "lm" object (mlp_units: see below)."""
         return {"vocab_size": self.model.vocab, "max_len": self.model.max_len,
                 "emb_dim": self.model.dim, "num_heads": self.model.heads,
                 "num_blocks": self.model.blocks, "ff_dim": self.model.ff_dim}
+
+    @property
+    def mlp_units(self):
+        """lm.mlp_units: the widths of the MLP head layers."""
+        cdef size_t i
+        return [self.model.head[i].out for i in range(self.model.n_head)]
+
+    @property
+    def eps(self):
+        """eps as the float32 the runtime uses."""
+        return self.model.eps
+
+    def take_tokenizer(self):
+        """The tokenizer the loader built from the header's "tokenizer" and checked against
+        the model (a CTokenizer), or None; the graph keeps no reference to it."""
+        cdef bitnn_tokenizer *t = bitnn_lm_take_tokenizer(self.model)
+        return None if t == NULL else _ctokenizer_adopt(t)
 
     def new_state(self, ctx=None):
         """A KV cache for up to ctx positions (default: max_len)."""

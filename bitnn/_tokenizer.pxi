@@ -14,6 +14,8 @@ cdef extern from "tokenizer.h" nogil:
     unsigned BITNN_TOK_ADD_SPECIAL
     unsigned BITNN_TOK_SKIP_SPECIAL
     unsigned BITNN_TOK_CONTINUE
+    bitnn_status bitnn_tokenizer_build(const bjson *spec, bitnn_tokenizer **out, char *err,
+                                       size_t errlen)
     bitnn_status bitnn_tokenizer_build_json(const char *json, size_t len, bitnn_tokenizer **out,
                                             char *err, size_t errlen)
     void bitnn_tokenizer_free(bitnn_tokenizer *tok)
@@ -48,7 +50,9 @@ cdef class CTokenizer:
     cdef readonly size_t vocab_size
     cdef readonly str kind
 
-    def __cinit__(self, bytes spec_json):
+    def __cinit__(self, bytes spec_json=None):
+        if spec_json is None:  # _ctokenizer_adopt fills it in
+            return
         cdef char err[512]
         err[0] = 0
         cdef const char *p = spec_json
@@ -158,3 +162,12 @@ cdef class CTokenizer:
             free(ends)
             free(added)
         return out
+
+
+cdef CTokenizer _ctokenizer_adopt(bitnn_tokenizer *tok):
+    """A CTokenizer that owns tok (built in C, e.g. by the language-model loader)."""
+    cdef CTokenizer t = CTokenizer.__new__(CTokenizer)
+    t.tok = tok
+    t.vocab_size = bitnn_tokenizer_vocab_size(tok)
+    t.kind = "byte_bpe" if bitnn_tokenizer_type(tok) == BITNN_TOKENIZER_BYTE_BPE else "wordpiece"
+    return t

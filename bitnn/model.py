@@ -1,6 +1,7 @@
 """Loading .bnb models and running them: ``bitnn.load(path).predict(x)``."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -55,29 +56,38 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
     _core.check_precision(precision)
     file = _core.BnbFile.open(str(resolve(path)), mmap=mmap)
     try:
-        kind = (file.meta.get("model") or {}).get("kind")
-        if kind == "classifier":
-            return ClassifierModel(file, threads, kernel, precision)
-        if kind == "lm":
-            return LanguageModel(file, threads, kernel, precision)
-        raise FormatError(f"model kind {kind!r} is not supported by this version of bitnn")
+        return _from_file(file, threads, kernel, precision)
     except BaseException:
         file.close()
         raise
+
+
+def _from_file(file, threads=None, kernel=None, precision="fp32"):
+    """The model of an open, validated BnbFile. The C builder checks the whole model
+    description (docs/format.md 3.2) before anything here reads the header."""
+    kind = _core.model_kind(file)
+    if kind == "classifier":
+        return ClassifierModel(file, threads, kernel, precision)
+    if kind == "lm":
+        return LanguageModel(file, threads, kernel, precision)
+    raise FormatError(f"model.kind {kind!r} is not supported by this version of bitnn "
+                      f"(known: 'classifier', 'lm')")
 
 
 class Model:
     """Common part of loaded models: metadata, threads, life cycle."""
 
     def __init__(self, file, threads, kernel, precision="fp32"):
+        # Subclasses build their C graph first: it validates the header, which is
+        # read only after that.
         self._file = file
         self.threads = threads
         self.kernel = kernel
         self.precision = precision
         meta = file.meta
         self.meta = meta
-        self.name = (meta.get("model") or {}).get("name")
-        self.kind = (meta.get("model") or {}).get("kind")
+        self.name = meta["model"].get("name")
+        self.kind = meta["model"]["kind"]
 
     def set_threads(self, threads: int) -> None:
         """Use `threads` threads for the calls that start after this one."""
@@ -115,20 +125,13 @@ class ClassifierModel(Model):
     """A binary normalized CNN image classifier (docs/maths.md, The image classifier)."""
 
     def __init__(self, file, threads=None, kernel=None, precision="fp32"):
+        self._graph = _core.Classifier(file)  # validates the model description
         super().__init__(file, threads, kernel, precision)
-        self._graph = _core.Classifier(file)
         self._graph.precision = precision
-        inp = self.meta["input"]
-        self.input_shape = (inp["channels"], inp["height"], inp["width"])  # (C, H, W)
-        self.labels = list(self.meta.get("labels") or [str(i) for i in range(self._graph.classes)])
-        pre = inp.get("preprocess") or {}
-        C = self.input_shape[0]
-        self.preprocess = {"scale": float(pre.get("scale", 1.0 / 255.0)),
-                           "mean": [float(v) for v in pre.get("mean", [0.0] * C)],
-                           "std": [float(v) for v in pre.get("std", [1.0] * C)]}
-        if (len(self.preprocess["mean"]) != C or len(self.preprocess["std"]) != C
-                or not all(s > 0 for s in self.preprocess["std"])):
-            raise FormatError(f"input.preprocess needs mean and positive std for {C} channels")
+        H, W, C = self._graph.input_shape
+        self.input_shape = (C, H, W)
+        self.labels = self._graph.labels or [str(i) for i in range(self._graph.classes)]
+        self.preprocess = self._graph.preprocess  # float32 values (docs/arithmetic.md)
 
     @property
     def num_classes(self) -> int:
@@ -203,32 +206,29 @@ class ClassifierModel(Model):
         """A table of the layers, their output shapes and parameter counts."""
         C, H, W = self.input_shape
         lines = [f"{self.name or 'classifier'}: input {C}x{H}x{W}, {self.num_classes} classes, "
-                 f"eps {self.meta['eps']:g}, file {self.file_size:,} bytes, "
+                 f"eps {self._graph.eps:g}, file {self.file_size:,} bytes, "
                  f"precision {self.precision}",
                  f"{'#':>3}  {'layer':<34}{'output':>16}{'params':>12}"]
         total = 0
-        shape = (C, H, W)
-        for i, ly in enumerate(self.meta["layers"]):
-            t = ly["type"]
+        for i, ly in enumerate(self._graph.layers):
+            t, cin, cout, (h, w) = ly["type"], ly["in"], ly["out"], ly["in_hw"]
             params = 0
             if t == "conv2d":
                 k = ly["kernel_size"]
-                shape = (ly["out_channels"], shape[1], shape[2])
-                params = ly["out_channels"] * (k * k * ly["in_channels"] + 1)
-                desc = (f"conv2d {k}x{k} {ly['in_channels']}->{ly['out_channels']} "
-                        f"{ly.get('activation', 'linear')} norm={ly.get('norm', 'chw')}")
+                shape = (cout, h, w)
+                params = cout * (k * k * cin + 1)
+                desc = f"conv2d {k}x{k} {cin}->{cout} {ly['activation']} norm={ly['norm']}"
             elif t == "maxpool2d":
                 s = ly["size"]
-                shape = (shape[0], shape[1] // s, shape[2] // s)
+                shape = (cout, h // s, w // s)
                 desc = f"maxpool2d {s}x{s}"
             elif t == "global_avg_pool":
-                shape = (shape[0],)
+                shape = (cout,)
                 desc = "global_avg_pool"
             else:
-                shape = (ly["out_features"],)
-                params = ly["out_features"] * (ly["in_features"] + 1)
-                desc = (f"linear {ly['in_features']}->{ly['out_features']} "
-                        f"{ly.get('activation', 'linear')}")
+                shape = (cout,)
+                params = cout * (cin + 1)
+                desc = f"linear {cin}->{cout} {ly['activation']}"
             total += params
             lines.append(f"{i:>3}  {desc:<34}{'x'.join(map(str, shape)):>16}{params:>12,}")
         lines.append(f"total {total:,} binary parameters ({total / 8 / 1024:.1f} KiB of bits)")
@@ -279,25 +279,21 @@ class LanguageModel(Model):
     """
 
     def __init__(self, file, threads=None, kernel=None, precision="fp32"):
+        self._graph = _core.LMGraph(file)  # validates the model description and tokenizer
         super().__init__(file, threads, kernel, precision)
-        self._graph = _core.LMGraph(file)
         self._graph.precision = precision
         cfg = self._graph.config
         self.config = cfg
         self.vocab_size = cfg["vocab_size"]
         self.max_len = cfg["max_len"]
-        spec = self.meta.get("tokenizer")
+        core_tok = self._graph.take_tokenizer()  # built in C from the parsed header
         self.tokenizer = None
-        if spec is not None:
+        if core_tok is not None:
             from bitnn.tokenizer import Tokenizer
 
-            try:
-                self.tokenizer = Tokenizer(spec)
-            except ValueError as e:
-                raise FormatError(f"the model's tokenizer is invalid: {e}") from None
-            if self.tokenizer.vocab_size > self.vocab_size:
-                raise FormatError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the "
-                                  f"model only {self.vocab_size}")
+            spec = self.meta["tokenizer"]
+            self.tokenizer = Tokenizer._adopt(core_tok,
+                                              lambda: json.dumps(spec, ensure_ascii=False))
         self.last_seed = None
         self.last_stats = None
 
@@ -500,7 +496,7 @@ class LanguageModel(Model):
         params = self._param_count()
         return (f"{self.name or 'lm'}: {c['num_blocks']} blocks, emb_dim {c['emb_dim']}, "
                 f"{c['num_heads']} heads, ff_dim {c['ff_dim']}, "
-                f"mlp {self.meta['lm'].get('mlp_units')}, vocab {c['vocab_size']}, "
+                f"mlp {self._graph.mlp_units}, vocab {c['vocab_size']}, "
                 f"max_len {c['max_len']}, {params:,} binary parameters, "
                 f"file {self.file_size:,} bytes, precision {self.precision}"
                 + (f", tokenizer {self.tokenizer.kind}" if self.tokenizer else ", no tokenizer"))

@@ -38,10 +38,20 @@ class Tokenizer:
         self._core = _core.CTokenizer(bytes(text))
         self._spec_json = bytes(text)
 
+    @classmethod
+    def _adopt(cls, core, spec_json):
+        """A Tokenizer around a CTokenizer already built in C (a model loader's), whose
+        spec is the JSON text that spec_json() returns (called only when asked for)."""
+        self = cls.__new__(cls)
+        self._core = core
+        self._spec_json = spec_json
+        return self
+
     @property
     def spec(self) -> dict:
         """The spec (a new dict on each access), e.g. to store it in a .bnb header."""
-        return json.loads(self._spec_json)
+        text = self._spec_json() if callable(self._spec_json) else self._spec_json
+        return json.loads(text)
 
     @classmethod
     def from_hf(cls, tok):

@@ -20,6 +20,7 @@
 #include "kernels.h"
 #include "lm.h"
 #include "model.h"
+#include "tokenizer.h"
 
 #define fail bitnn_format_fail
 #define get_size bitnn_meta_size
@@ -37,34 +38,56 @@ static bitnn_status get_linear(const bnb_file *f, const char *prefix, size_t in,
     return bitnn_model_bits(f, name, 1, bs, &L->b, prefix, err, errlen);
 }
 
+static const char *const LM_KEYS[] = {"vocab_size", "max_len", "emb_dim", "num_heads",
+                                       "num_blocks", "ff_dim", "mlp_units", NULL};
+
+/* The header's "tokenizer", built (tokenizer.c checks the spec itself) and
+ * checked against the model: ids below vocab_size, and for byte-level BPE
+ * every byte a model token, so that any text encodes without loss. */
+static bitnn_status build_tokenizer(const bjson *spec, bitnn_lm *m, char *err, size_t errlen)
+{
+    char msg[400];
+    bitnn_status s = bitnn_tokenizer_build(spec, &m->tok, msg, sizeof msg);
+    if (s == BITNN_EFORMAT) return fail(err, errlen, "tokenizer: %s", msg);
+    if (s != BITNN_OK) return s;
+    const size_t n = bitnn_tokenizer_vocab_size(m->tok);
+    if (n > m->vocab)
+        return fail(err, errlen, "tokenizer: the tokenizer has %zu tokens but the model's "
+                    "lm.vocab_size is only %zu", n, m->vocab);
+    if (bitnn_tokenizer_type(m->tok) == BITNN_TOKENIZER_BYTE_BPE) {
+        const int missing = bitnn_tokenizer_missing_byte(m->tok);
+        if (missing >= 0)
+            return fail(err, errlen, "tokenizer: byte 0x%02x is not a model token, so text "
+                        "containing it could not be encoded (a byte_bpe vocab of a model must "
+                        "hold all 256 bytes)", missing);
+    }
+    return BITNN_OK;
+}
+
 bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen)
 {
     *out = NULL;
     const bjson *meta = bnb_meta(f);
-    const bjson *kind = bjson_get(bjson_get(meta, "model"), "kind");
-    if (!kind || kind->type != BJSON_STRING || strcmp(kind->str, "lm") != 0)
-        return fail(err, errlen, "model.kind must be \"lm\" for a language model");
-    const bjson *eps = bjson_get(meta, "eps");
-    if (!eps || eps->type != BJSON_NUMBER || !(eps->number > 0) || !(eps->number < 1.0))
-        return fail(err, errlen, "\"eps\" must be a number in (0, 1)");
+    float eps;
+    bitnn_status s = bitnn_model_common(f, "lm", &eps, err, errlen);
+    if (s != BITNN_OK) return s;
     const bjson *lm = bjson_get(meta, "lm");
+    if ((s = bitnn_meta_object(lm, "lm", LM_KEYS, err, errlen))) return s;
     bitnn_lm *m = calloc(1, sizeof *m);
     if (!m) return BITNN_ENOMEM;
-    m->eps = (float)eps->number;
-    bitnn_status s = BITNN_OK;
-    if (!get_size(lm, "vocab_size", 2, 1u << 24, &m->vocab) ||
-        !get_size(lm, "max_len", 1, 1u << 20, &m->max_len) ||
-        !get_size(lm, "emb_dim", 1, 1u << 16, &m->dim) ||
-        !get_size(lm, "num_heads", 1, 1u << 12, &m->heads) ||
-        !get_size(lm, "num_blocks", 0, 1u << 12, &m->blocks) ||
-        !get_size(lm, "ff_dim", 1, 1u << 20, &m->ff_dim))
-        s = fail(err, errlen, "\"lm\" must give vocab_size (>= 2), max_len, emb_dim, num_heads, "
-                 "num_blocks and ff_dim as positive integers");
+    m->eps = eps;
+    const bjson *mlp = bjson_get(lm, "mlp_units");
+    if ((s = bitnn_meta_int(lm, "lm", "vocab_size", 2, 1u << 24, &m->vocab, err, errlen)) ||
+        (s = bitnn_meta_int(lm, "lm", "max_len", 1, 1u << 20, &m->max_len, err, errlen)) ||
+        (s = bitnn_meta_int(lm, "lm", "emb_dim", 1, 1u << 16, &m->dim, err, errlen)) ||
+        (s = bitnn_meta_int(lm, "lm", "num_heads", 1, 1u << 12, &m->heads, err, errlen)) ||
+        (s = bitnn_meta_int(lm, "lm", "num_blocks", 0, 1u << 12, &m->blocks, err, errlen)) ||
+        (s = bitnn_meta_int(lm, "lm", "ff_dim", 1, 1u << 20, &m->ff_dim, err, errlen)))
+        ;
     else if (m->dim % m->heads != 0)
         s = fail(err, errlen, "lm.emb_dim %zu is not divisible by lm.num_heads %zu", m->dim, m->heads);
-    const bjson *mlp = bjson_get(lm, "mlp_units");
-    if (s == BITNN_OK && (!mlp || mlp->type != BJSON_ARRAY || mlp->count > 64))
-        s = fail(err, errlen, "lm.mlp_units must be a list of at most 64 widths");
+    else if (!mlp || mlp->type != BJSON_ARRAY || mlp->count > 64)
+        s = fail(err, errlen, "lm.mlp_units must be an array of at most 64 widths (possibly empty)");
     if (s != BITNN_OK) {
         free(m);
         return s;
@@ -105,7 +128,7 @@ bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t
     for (size_t i = 0; i < m->n_head && s == BITNN_OK; i++) {
         long long units;
         if (!bjson_get_int(&mlp->items[i], 1, 1 << 24, &units)) {
-            s = fail(err, errlen, "lm.mlp_units[%zu] must be a positive integer", i);
+            s = fail(err, errlen, "lm.mlp_units[%zu] must be an integer from 1 to %d", i, 1 << 24);
             break;
         }
         snprintf(prefix, sizeof prefix, "head.%zu", i);
@@ -113,6 +136,8 @@ bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t
         width = (size_t)units;
     }
     if (s == BITNN_OK) s = get_linear(f, "output", width, m->vocab, &m->output, err, errlen);
+    const bjson *tok = bjson_get(meta, "tokenizer");
+    if (s == BITNN_OK && tok) s = build_tokenizer(tok, m, err, errlen);
     if (s != BITNN_OK) {
         bitnn_lm_free(m);
         return s;
@@ -121,9 +146,17 @@ bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t
     return BITNN_OK;
 }
 
+bitnn_tokenizer *bitnn_lm_take_tokenizer(bitnn_lm *m)
+{
+    bitnn_tokenizer *t = m ? m->tok : NULL;
+    if (m) m->tok = NULL;
+    return t;
+}
+
 void bitnn_lm_free(bitnn_lm *m)
 {
     if (!m) return;
+    bitnn_tokenizer_free(m->tok);
     free(m->block);
     free(m->head);
     free(m);

@@ -7,6 +7,7 @@
 
 #include "bitnn.h"
 #include "bnb.h"
+#include "tokenizer.h"
 
 typedef struct {
     const uint64_t *w, *b;     /* packed [out][in] and [out] */
@@ -28,6 +29,7 @@ typedef struct {
     size_t n_head;                 /* MLP head layers (gelu) */
     bitnn_lm_linear *head;         /* [n_head] */
     bitnn_lm_linear output;        /* -> vocab */
+    bitnn_tokenizer *tok;          /* built from the header's "tokenizer", or NULL */
 } bitnn_lm;
 
 /* Per-sequence state: the KV cache and scratch for up to `ctx` positions. */
@@ -41,6 +43,9 @@ typedef struct {
 
 bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen);
 void bitnn_lm_free(bitnn_lm *m);
+/* Hand the model's tokenizer (NULL if the file has none) over to the caller,
+ * who frees it with bitnn_tokenizer_free; the model keeps none. */
+bitnn_tokenizer *bitnn_lm_take_tokenizer(bitnn_lm *m);
 
 bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **out);
 void bitnn_lm_state_free(bitnn_lm_state *s);

@@ -3,6 +3,7 @@
  * conv2d / maxpool2d / global_avg_pool layers per image on NHWC activations,
  * then linear layers batched over the images.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +36,98 @@ int bitnn_meta_size(const bjson *obj, const char *key, size_t lo, size_t hi, siz
 
 #define fail bitnn_format_fail
 #define get_size bitnn_meta_size
+
+/* ------------------------------------------------- the model description
+ * Every check names the key path ("layers[2].kernel_size"), so a message
+ * points at the field to fix. docs/format.md section 3.2 lists the rules. */
+
+static const char *type_name(const bjson *v)
+{
+    static const char *const names[] = {"null", "false", "true", "a number", "a string",
+                                        "an array", "an object"};
+    return v ? names[v->type] : "missing";
+}
+
+bitnn_status bitnn_meta_object(const bjson *obj, const char *path, const char *const *keys,
+                               char *err, size_t errlen)
+{
+    if (!obj) return fail(err, errlen, "%s is missing (an object)", path);
+    if (obj->type != BJSON_OBJECT)
+        return fail(err, errlen, "%s must be an object, not %s", path, type_name(obj));
+    for (size_t i = 0; keys && i < obj->count; i++) {
+        int known = 0;
+        for (const char *const *k = keys; *k && !known; k++) known = strcmp(*k, obj->keys[i]) == 0;
+        if (!known) {
+            char allowed[256] = "";
+            for (const char *const *k = keys; *k; k++)
+                snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s",
+                         k == keys ? "" : ", ", *k);
+            return fail(err, errlen, "%s has an unknown key \"%.60s\" (allowed: %s)", path,
+                        obj->keys[i], allowed);
+        }
+    }
+    return BITNN_OK;
+}
+
+bitnn_status bitnn_meta_int(const bjson *obj, const char *path, const char *key, size_t lo,
+                            size_t hi, size_t *out, char *err, size_t errlen)
+{
+    const bjson *v = bjson_get(obj, key);
+    if (!v) return fail(err, errlen, "%s.%s is missing (an integer from %zu to %zu)", path, key, lo, hi);
+    if (!get_size(obj, key, lo, hi, out))
+        return fail(err, errlen, "%s.%s must be an integer from %zu to %zu, not %s%.40s", path, key,
+                    lo, hi, v->type == BJSON_NUMBER ? "" : type_name(v),
+                    v->type == BJSON_NUMBER ? v->str : "");
+    return BITNN_OK;
+}
+
+/* A JSON number whose float32 rounding is finite (and > 0 when positive is set). */
+static bitnn_status meta_f32(const bjson *v, const char *path, int positive, float *out,
+                             char *err, size_t errlen)
+{
+    if (!v) return fail(err, errlen, "%s is missing (a number)", path);
+    if (v->type != BJSON_NUMBER) return fail(err, errlen, "%s must be a number, not %s", path, type_name(v));
+    const float x = (float)v->number;
+    if (!isfinite(x))
+        return fail(err, errlen, "%s = %.40s is out of the float32 range", path, v->str);
+    if (positive && !(x > 0.0f))
+        return fail(err, errlen, "%s = %.40s must be > 0 (as a float32)", path, v->str);
+    *out = x;
+    return BITNN_OK;
+}
+
+bitnn_status bitnn_model_kind(const bnb_file *f, const char **kind, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"kind", "name", NULL};
+    const bjson *model = bjson_get(bnb_meta(f), "model");
+    bitnn_status s = bitnn_meta_object(model, "model", keys, err, errlen);
+    if (s != BITNN_OK) return s;
+    const bjson *k = bjson_get(model, "kind"), *name = bjson_get(model, "name");
+    if (!k || k->type != BJSON_STRING)
+        return fail(err, errlen, "model.kind must be a string (\"classifier\" or \"lm\"), not %s",
+                    type_name(k));
+    if (name && name->type != BJSON_STRING)
+        return fail(err, errlen, "model.name must be a string, not %s", type_name(name));
+    *kind = k->str;
+    return BITNN_OK;
+}
+
+bitnn_status bitnn_model_common(const bnb_file *f, const char *want_kind, float *eps, char *err,
+                                size_t errlen)
+{
+    const char *kind;
+    bitnn_status s = bitnn_model_kind(f, &kind, err, errlen);
+    if (s != BITNN_OK) return s;
+    if (strcmp(kind, want_kind) != 0)
+        return fail(err, errlen, "model.kind is \"%.40s\", expected \"%s\"", kind, want_kind);
+    const bjson *e = bjson_get(bnb_meta(f), "eps");
+    if (!e) return fail(err, errlen, "eps is missing (the epsilon of Normalize, a number in (0, 1))");
+    if (e->type != BJSON_NUMBER || !(e->number > 0) || !(e->number < 1.0) || !((float)e->number > 0.0f))
+        return fail(err, errlen, "eps must be a number in (0, 1) that is > 0 as a float32, not %s%.40s",
+                    e->type == BJSON_NUMBER ? "" : type_name(e), e->type == BJSON_NUMBER ? e->str : "");
+    *eps = (float)e->number;
+    return BITNN_OK;
+}
 
 static int parse_act(const bjson *v, bitnn_act *out)
 {
@@ -88,16 +181,79 @@ bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,
 }
 
 /* The bits tensor named by obj[key], which must have exactly the given shape. */
-static bitnn_status get_bits(const bnb_file *f, const bjson *obj, const char *key, size_t li,
-                             const char *type, int ndim, const uint64_t *shape,
-                             const uint64_t **out, char *err, size_t errlen)
+static bitnn_status get_bits(const bnb_file *f, const bjson *obj, const char *key, const char *path,
+                             int ndim, const uint64_t *shape, const uint64_t **out, char *err,
+                             size_t errlen)
 {
     const bjson *name = bjson_get(obj, key);
     if (!name || name->type != BJSON_STRING)
-        return fail(err, errlen, "layer %zu (%s): \"%s\" must name a tensor", li, type, key);
-    char what[64];
-    snprintf(what, sizeof what, "layer %zu (%s)", li, type);
+        return fail(err, errlen, "%s.%s must be a string naming a tensor, not %s", path, key,
+                    type_name(name));
+    char what[96];
+    snprintf(what, sizeof what, "%s.%s", path, key);
     return bitnn_model_bits(f, name->str, ndim, shape, out, what, err, errlen);
+}
+
+static const char *const INPUT_KEYS[] = {"channels", "height", "width", "preprocess", NULL};
+static const char *const PRE_KEYS[] = {"scale", "mean", "std", NULL};
+static const char *const CONV_KEYS[] = {"type", "in_channels", "out_channels", "kernel_size",
+                                        "activation", "norm", "weight", "bias", NULL};
+static const char *const POOL_KEYS[] = {"type", "size", NULL};
+static const char *const GAP_KEYS[] = {"type", NULL};
+static const char *const LINEAR_KEYS[] = {"type", "in_features", "out_features", "activation",
+                                          "weight", "bias", NULL};
+
+/* input.preprocess: absent = scale 1/255, mean 0, std 1; present = all three keys. */
+static bitnn_status read_preprocess(const bjson *input, bitnn_classifier *m, char *err,
+                                    size_t errlen)
+{
+    const size_t C = m->C;
+    m->pre_mean = malloc(C * sizeof(float));
+    m->pre_std = malloc(C * sizeof(float));
+    if (!m->pre_mean || !m->pre_std) return BITNN_ENOMEM;
+    const bjson *pre = bjson_get(input, "preprocess");
+    if (!pre) {
+        m->pre_scale = (float)(1.0 / 255.0);
+        for (size_t c = 0; c < C; c++) m->pre_mean[c] = 0.0f, m->pre_std[c] = 1.0f;
+        return BITNN_OK;
+    }
+    bitnn_status s = bitnn_meta_object(pre, "input.preprocess", PRE_KEYS, err, errlen);
+    if (s == BITNN_OK)
+        s = meta_f32(bjson_get(pre, "scale"), "input.preprocess.scale", 0, &m->pre_scale, err, errlen);
+    const char *names[2] = {"mean", "std"};
+    float *dst[2] = {m->pre_mean, m->pre_std};
+    for (int k = 0; k < 2 && s == BITNN_OK; k++) {
+        const bjson *a = bjson_get(pre, names[k]);
+        if (!a || a->type != BJSON_ARRAY || a->count != C) {
+            s = fail(err, errlen, "input.preprocess.%s must be an array of %zu numbers (one per "
+                     "input channel), not %s%s", names[k], C, type_name(a),
+                     a && a->type == BJSON_ARRAY ? " of another length" : "");
+            break;
+        }
+        for (size_t c = 0; c < C && s == BITNN_OK; c++) {
+            char path[64];
+            snprintf(path, sizeof path, "input.preprocess.%s[%zu]", names[k], c);
+            s = meta_f32(&a->items[c], path, k == 1, &dst[k][c], err, errlen);
+        }
+    }
+    return s;
+}
+
+/* "labels": absent, or one string per class. */
+static bitnn_status read_labels(const bjson *meta, bitnn_classifier *m, char *err, size_t errlen)
+{
+    const bjson *labels = bjson_get(meta, "labels");
+    if (!labels) return BITNN_OK;
+    if (labels->type != BJSON_ARRAY || labels->count != m->classes)
+        return fail(err, errlen, "labels must be an array of %zu strings (one per class), not %s%s",
+                    m->classes, type_name(labels),
+                    labels->type == BJSON_ARRAY ? " of another length" : "");
+    for (size_t i = 0; i < labels->count; i++)
+        if (labels->items[i].type != BJSON_STRING)
+            return fail(err, errlen, "labels[%zu] must be a string, not %s", i,
+                        type_name(&labels->items[i]));
+    m->labels = labels;
+    return BITNN_OK;
 }
 
 bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,
@@ -105,22 +261,23 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
 {
     *out = NULL;
     const bjson *meta = bnb_meta(f);
-    const bjson *model = bjson_get(meta, "model");
-    const bjson *kind = bjson_get(model, "kind");
-    if (!kind || kind->type != BJSON_STRING || strcmp(kind->str, "classifier") != 0)
-        return fail(err, errlen, "model.kind must be \"classifier\" for an image classifier");
-    const bjson *eps = bjson_get(meta, "eps");
-    if (!eps || eps->type != BJSON_NUMBER || !(eps->number > 0) || !(eps->number < 1.0))
-        return fail(err, errlen, "\"eps\" must be a number in (0, 1)");
+    float eps;
+    bitnn_status s = bitnn_model_common(f, "classifier", &eps, err, errlen);
+    if (s != BITNN_OK) return s;
     const bjson *input = bjson_get(meta, "input");
     size_t C, H, W;
-    if (!get_size(input, "channels", 1, MAX_DIM, &C) || !get_size(input, "height", 1, MAX_DIM, &H) ||
-        !get_size(input, "width", 1, MAX_DIM, &W))
-        return fail(err, errlen, "\"input\" must give channels, height and width (1..%d)", MAX_DIM);
-    if (C * H * W > MAX_ACT) return fail(err, errlen, "input of %zu x %zu x %zu is too large", C, H, W);
+    if ((s = bitnn_meta_object(input, "input", INPUT_KEYS, err, errlen)) ||
+        (s = bitnn_meta_int(input, "input", "channels", 1, MAX_DIM, &C, err, errlen)) ||
+        (s = bitnn_meta_int(input, "input", "height", 1, MAX_DIM, &H, err, errlen)) ||
+        (s = bitnn_meta_int(input, "input", "width", 1, MAX_DIM, &W, err, errlen)))
+        return s;
+    if (C * H * W > MAX_ACT)
+        return fail(err, errlen, "input: %zu x %zu x %zu values is too large (at most 2^30)", C, H, W);
     const bjson *layers = bjson_get(meta, "layers");
     if (!layers || layers->type != BJSON_ARRAY || layers->count == 0 || layers->count > MAX_LAYERS)
-        return fail(err, errlen, "\"layers\" must be a list of 1..%d layers", MAX_LAYERS);
+        return fail(err, errlen, "layers must be an array of 1 to %d layer objects, not %s%s",
+                    MAX_LAYERS, type_name(layers),
+                    layers && layers->type == BJSON_ARRAY ? " of that length" : "");
 
     bitnn_classifier *m = calloc(1, sizeof *m);
     bitnn_layer *L = m ? calloc(layers->count, sizeof *L) : NULL;
@@ -128,117 +285,128 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
         free(m);
         return BITNN_ENOMEM;
     }
-    m->C = C, m->H = H, m->W = W, m->eps = (float)eps->number, m->layers = L;
+    m->C = C, m->H = H, m->W = W, m->eps = eps, m->layers = L;
     m->n_layers = layers->count;
     m->first_linear = layers->count;
     m->max_act = C * H * W;
     m->max_channels = C;
+    s = read_preprocess(input, m, err, errlen);
 
     /* Walk the shape through the graph: (h, w, c) spatial, or a vector of c. */
     size_t h = H, w = W, c = C;
     int spatial = 1;
-    bitnn_status s = BITNN_OK;
     for (size_t i = 0; i < layers->count && s == BITNN_OK; i++) {
         const bjson *ly = &layers->items[i];
+        char path[48];
+        snprintf(path, sizeof path, "layers[%zu]", i);
+        if (ly->type != BJSON_OBJECT) {
+            s = fail(err, errlen, "%s must be an object, not %s", path, type_name(ly));
+            break;
+        }
         const bjson *type = bjson_get(ly, "type");
         if (!type || type->type != BJSON_STRING) {
-            s = fail(err, errlen, "layer %zu: \"type\" must be a string", i);
+            s = fail(err, errlen, "%s.type must be a string, not %s", path, type_name(type));
             break;
         }
         const char *t = type->str;
         L[i].H = spatial ? h : 1, L[i].W = spatial ? w : 1, L[i].in = c;
         if (i > m->first_linear && strcmp(t, "linear") != 0) {
-            s = fail(err, errlen, "layer %zu (%s): only linear layers may follow a linear layer", i, t);
+            s = fail(err, errlen, "%s (%.40s): only linear layers may follow a linear layer", path, t);
         } else if (strcmp(t, "conv2d") == 0) {
             size_t cin, cout, k;
             const bjson *norm = bjson_get(ly, "norm");
+            if ((s = bitnn_meta_object(ly, path, CONV_KEYS, err, errlen))) break;
             if (!spatial)
-                s = fail(err, errlen, "layer %zu (conv2d): input is no longer an image", i);
-            else if (!get_size(ly, "in_channels", 1, MAX_DIM, &cin) ||
-                     !get_size(ly, "out_channels", 1, MAX_DIM, &cout) ||
-                     !get_size(ly, "kernel_size", 1, 31, &k) || k % 2 == 0)
-                s = fail(err, errlen, "layer %zu (conv2d): in_channels, out_channels (1..%d) and an "
-                         "odd kernel_size (1..31) are required", i, MAX_DIM);
+                s = fail(err, errlen, "%s (conv2d): the input is no longer an image", path);
+            else if ((s = bitnn_meta_int(ly, path, "in_channels", 1, MAX_DIM, &cin, err, errlen)) ||
+                     (s = bitnn_meta_int(ly, path, "out_channels", 1, MAX_DIM, &cout, err, errlen)) ||
+                     (s = bitnn_meta_int(ly, path, "kernel_size", 1, 31, &k, err, errlen)))
+                break;
+            else if (k % 2 == 0)
+                s = fail(err, errlen, "%s.kernel_size must be odd, not %zu", path, k);
             else if (cin != c)
-                s = fail(err, errlen, "layer %zu (conv2d): in_channels %zu does not match the %zu "
-                         "channels coming in", i, cin, c);
+                s = fail(err, errlen, "%s.in_channels %zu does not match the %zu channels coming in",
+                         path, cin, c);
             else if (!parse_act(bjson_get(ly, "activation"), &L[i].act))
-                s = fail(err, errlen, "layer %zu (conv2d): unknown activation", i);
+                s = fail(err, errlen, "%s.activation must be \"linear\", \"relu\", \"gelu\" or "
+                         "\"softmax\"", path);
             else if (norm && (norm->type != BJSON_STRING ||
                               (strcmp(norm->str, "chw") != 0 && strcmp(norm->str, "c") != 0)))
-                s = fail(err, errlen, "layer %zu (conv2d): norm must be \"chw\" or \"c\"", i);
+                s = fail(err, errlen, "%s.norm must be \"chw\" or \"c\"", path);
             else if (h * w * cout > MAX_ACT)
-                s = fail(err, errlen, "layer %zu (conv2d): activation too large", i);
+                s = fail(err, errlen, "%s (conv2d): its output of %zu x %zu x %zu values is too large",
+                         path, h, w, cout);
             else {
                 const uint64_t ws[4] = {cout, k, k, cin}, bs[1] = {cout};
                 L[i].kind = BITNN_LAYER_CONV2D, L[i].out = cout, L[i].size = k;
                 L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;
-                s = get_bits(f, ly, "weight", i, t, 4, ws, &L[i].w, err, errlen);
-                if (s == BITNN_OK) s = get_bits(f, ly, "bias", i, t, 1, bs, &L[i].b, err, errlen);
+                s = get_bits(f, ly, "weight", path, 4, ws, &L[i].w, err, errlen);
+                if (s == BITNN_OK) s = get_bits(f, ly, "bias", path, 1, bs, &L[i].b, err, errlen);
                 c = cout;
             }
         } else if (strcmp(t, "maxpool2d") == 0) {
             size_t k;
+            if ((s = bitnn_meta_object(ly, path, POOL_KEYS, err, errlen))) break;
             if (!spatial)
-                s = fail(err, errlen, "layer %zu (maxpool2d): input is no longer an image", i);
-            else if (!get_size(ly, "size", 1, MAX_DIM, &k))
-                s = fail(err, errlen, "layer %zu (maxpool2d): \"size\" must be a positive integer", i);
+                s = fail(err, errlen, "%s (maxpool2d): the input is no longer an image", path);
+            else if ((s = bitnn_meta_int(ly, path, "size", 1, MAX_DIM, &k, err, errlen)))
+                break;
             else if (h < k || w < k)
-                s = fail(err, errlen, "layer %zu (maxpool2d): window %zu is larger than the %zu x %zu "
-                         "input", i, k, h, w);
+                s = fail(err, errlen, "%s.size %zu is larger than the %zu x %zu input", path, k, h, w);
             else {
                 L[i].kind = BITNN_LAYER_MAXPOOL2D, L[i].size = k, L[i].out = c;
                 h /= k, w /= k;
             }
         } else if (strcmp(t, "global_avg_pool") == 0) {
+            if ((s = bitnn_meta_object(ly, path, GAP_KEYS, err, errlen))) break;
             if (!spatial)
-                s = fail(err, errlen, "layer %zu (global_avg_pool): input is no longer an image", i);
+                s = fail(err, errlen, "%s (global_avg_pool): the input is no longer an image", path);
             L[i].kind = BITNN_LAYER_GLOBAL_AVG_POOL, L[i].out = c;
             spatial = 0;
         } else if (strcmp(t, "linear") == 0) {
             size_t fin, fout;
+            if ((s = bitnn_meta_object(ly, path, LINEAR_KEYS, err, errlen))) break;
             if (spatial)
-                s = fail(err, errlen, "layer %zu (linear): needs a vector input (add global_avg_pool "
-                         "before it)", i);
-            else if (!get_size(ly, "in_features", 1, 1u << 24, &fin) ||
-                     !get_size(ly, "out_features", 1, 1u << 24, &fout))
-                s = fail(err, errlen, "layer %zu (linear): in_features and out_features are required", i);
+                s = fail(err, errlen, "%s (linear): needs a vector input (add global_avg_pool "
+                         "before it)", path);
+            else if ((s = bitnn_meta_int(ly, path, "in_features", 1, 1u << 24, &fin, err, errlen)) ||
+                     (s = bitnn_meta_int(ly, path, "out_features", 1, 1u << 24, &fout, err, errlen)))
+                break;
             else if (fin != c)
-                s = fail(err, errlen, "layer %zu (linear): in_features %zu does not match the %zu "
-                         "features coming in", i, fin, c);
+                s = fail(err, errlen, "%s.in_features %zu does not match the %zu features coming in",
+                         path, fin, c);
             else if (!parse_act(bjson_get(ly, "activation"), &L[i].act))
-                s = fail(err, errlen, "layer %zu (linear): unknown activation", i);
+                s = fail(err, errlen, "%s.activation must be \"linear\", \"relu\", \"gelu\" or "
+                         "\"softmax\"", path);
             else {
                 const uint64_t ws[2] = {fout, fin}, bs[1] = {fout};
                 L[i].kind = BITNN_LAYER_LINEAR, L[i].out = fout;
                 if (m->first_linear == layers->count) m->first_linear = i;
-                s = get_bits(f, ly, "weight", i, t, 2, ws, &L[i].w, err, errlen);
-                if (s == BITNN_OK) s = get_bits(f, ly, "bias", i, t, 1, bs, &L[i].b, err, errlen);
+                s = get_bits(f, ly, "weight", path, 2, ws, &L[i].w, err, errlen);
+                if (s == BITNN_OK) s = get_bits(f, ly, "bias", path, 1, bs, &L[i].b, err, errlen);
                 c = fout;
             }
         } else {
-            s = fail(err, errlen, "layer %zu: unknown type \"%s\" for a classifier", i, t);
+            s = fail(err, errlen, "%s.type: unknown layer type \"%.40s\" for a classifier (known: "
+                     "conv2d, maxpool2d, global_avg_pool, linear)", path, t);
         }
         const size_t act = spatial ? h * w * c : c;
         if (act > m->max_act) m->max_act = act;
         if (c > m->max_channels) m->max_channels = c;
     }
     if (s == BITNN_OK && (spatial || m->first_linear == layers->count))
-        s = fail(err, errlen, "the last layer must be a linear layer giving the class scores");
+        s = fail(err, errlen, "layers: the last layer must be a linear layer giving the class scores");
     if (s == BITNN_OK) {
-        const bjson *labels = bjson_get(meta, "labels");
-        if (labels && (labels->type != BJSON_ARRAY || labels->count != c))
-            s = fail(err, errlen, "\"labels\" must list %zu class names, one per output", c);
+        m->classes = c;
+        s = read_labels(meta, m, err, errlen);
+    }
+    if (s == BITNN_OK) {
+        m->scratch = calloc(1, sizeof *m->scratch);
+        if (!m->scratch) s = BITNN_ENOMEM;
     }
     if (s != BITNN_OK) {
         bitnn_classifier_free(m);
         return s;
-    }
-    m->classes = c;
-    m->scratch = calloc(1, sizeof *m->scratch);
-    if (!m->scratch) {
-        bitnn_classifier_free(m);
-        return BITNN_ENOMEM;
     }
     atomic_flag_clear(&m->scratch->busy);
     *out = m;
@@ -251,6 +419,8 @@ void bitnn_classifier_free(bitnn_classifier *m)
     if (m->scratch) free(m->scratch->a), free(m->scratch->b), free(m->scratch->acc);
     free(m->scratch);
     free(m->layers);
+    free(m->pre_mean);
+    free(m->pre_std);
     free(m);
 }
 

@@ -39,6 +39,9 @@ typedef struct {
                                on run batched over images */
     size_t max_act;         /* largest per-image activation, in floats */
     size_t max_channels;    /* widest activation channel count (pooling scratch) */
+    float pre_scale;        /* input.preprocess: uint8 x -> (x * scale - mean[c]) / std[c] */
+    float *pre_mean, *pre_std; /* [C], float32 as the header's numbers round */
+    const bjson *labels;    /* the header's "labels" (classes strings), or NULL if absent */
     struct bitnn_scratch *scratch; /* per-image buffers kept between calls */
 } bitnn_classifier;
 
@@ -47,6 +50,20 @@ typedef struct {
 bitnn_status bitnn_format_fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int bitnn_meta_size(const bjson *obj, const char *key, size_t lo, size_t hi, size_t *out);
+/* The same with a message naming the key path ("lm.emb_dim must be ..."). */
+bitnn_status bitnn_meta_int(const bjson *obj, const char *path, const char *key, size_t lo,
+                            size_t hi, size_t *out, char *err, size_t errlen);
+/* obj must be an object whose keys are all in the NULL-terminated list keys
+ * (keys NULL: any key); path names it in the message. */
+bitnn_status bitnn_meta_object(const bjson *obj, const char *path, const char *const *keys,
+                               char *err, size_t errlen);
+
+/* The header's "model" object checked (an object of "kind" (a string) and an
+ * optional "name" (a string)); *kind points into the file's parsed header. */
+bitnn_status bitnn_model_kind(const bnb_file *f, const char **kind, char *err, size_t errlen);
+/* model.kind == want_kind, and "eps" a number in (0, 1), > 0 as a float32. */
+bitnn_status bitnn_model_common(const bnb_file *f, const char *want_kind, float *eps, char *err,
+                                size_t errlen);
 
 /* The bits tensor `name` of f, which must have exactly this shape; `what`
  * prefixes the error message. Shared by the model builders. */

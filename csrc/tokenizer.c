@@ -1121,6 +1121,16 @@ bitnn_status bitnn_tokenizer_build_json(const char *json, size_t len, bitnn_toke
 }
 
 bitnn_tokenizer_kind bitnn_tokenizer_type(const bitnn_tokenizer *t) { return t->kind; }
+
+int bitnn_tokenizer_missing_byte(const bitnn_tokenizer *t)
+{
+    if (t->kind != BITNN_TOKENIZER_BYTE_BPE)
+        return -1;
+    for (int x = 0; x < 256; x++)
+        if (t->byte_id[x] < 0)
+            return x;
+    return -1;
+}
 size_t bitnn_tokenizer_vocab_size(const bitnn_tokenizer *t) { return t ? t->n_vocab : 0; }
 
 const char *bitnn_tokenizer_token_string(const bitnn_tokenizer *t, int32_t id, size_t *len)

@@ -45,6 +45,9 @@ void bitnn_tokenizer_free(bitnn_tokenizer *tok);
 
 bitnn_tokenizer_kind bitnn_tokenizer_type(const bitnn_tokenizer *tok);
 size_t bitnn_tokenizer_vocab_size(const bitnn_tokenizer *tok);
+/* byte_bpe: the smallest byte value that is no model token (text holding it loses it
+ * when encoded), or -1 when all 256 are; WordPiece: -1. */
+int bitnn_tokenizer_missing_byte(const bitnn_tokenizer *tok);
 /* The vocab string of id as the spec holds it (byte-level: HF's byte alphabet), or NULL
  * for an id out of range. Not NUL-terminated. */
 const char *bitnn_tokenizer_token_string(const bitnn_tokenizer *tok, int32_t id, size_t *len);
