@@ -46,9 +46,7 @@ static const char *const LM_KEYS[] = {"vocab_size", "max_len", "emb_dim", "num_h
  * every byte a model token, so that any text encodes without loss. */
 static bitnn_status build_tokenizer(const bjson *spec, bitnn_lm *m, char *err, size_t errlen)
 {
-    char msg[400];
-    bitnn_status s = bitnn_tokenizer_build(spec, &m->tok, msg, sizeof msg);
-    if (s == BITNN_EFORMAT) return fail(err, errlen, "tokenizer: %s", msg);
+    bitnn_status s = bitnn_tokenizer_build(spec, &m->tok, err, errlen); /* "tokenizer: ..." */
     if (s != BITNN_OK) return s;
     const size_t n = bitnn_tokenizer_vocab_size(m->tok);
     if (n > m->vocab)

@@ -236,6 +236,15 @@ static bitnn_status read_preprocess(const bjson *input, bitnn_classifier *m, cha
             s = meta_f32(&a->items[c], path, k == 1, &dst[k][c], err, errlen);
         }
     }
+    /* Python maps uint8 x to (x * scale - mean) / std in float32: every result must be
+     * finite (x = 0 and x = 255 are the extremes) */
+    for (size_t c = 0; c < C && s == BITNN_OK; c++) {
+        const float lo = (0.0f * m->pre_scale - m->pre_mean[c]) / m->pre_std[c];
+        const float hi = (255.0f * m->pre_scale - m->pre_mean[c]) / m->pre_std[c];
+        if (!isfinite(lo) || !isfinite(hi))
+            s = fail(err, errlen, "input.preprocess: channel %zu maps pixel values outside the "
+                     "float32 range ((x * scale - mean) / std for x in 0..255)", c);
+    }
     return s;
 }
 
