@@ -35,6 +35,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -364,27 +365,25 @@ def _run_chunk(seed, start, stop, args):
         cmd = [sys.executable, __file__, "--worker", str(seed), str(start), str(stop),
                str(args.mem_gib)]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-        last, stats = start, None
-        os.set_blocking(p.stdout.fileno(), False)
-        buf, seen = "", time.monotonic()
-        while True:
-            chunk = p.stdout.read()
-            if chunk:
-                buf += chunk
-                seen = time.monotonic()
-                *lines, buf = buf.split("\n")
-                for line in lines:
-                    if line.startswith("stats "):
-                        stats = json.loads(line[6:])
-                    elif line:
-                        last = int(line)
-            if p.poll() is not None and not chunk:
-                break
-            if time.monotonic() - seen > args.hang:
-                p.kill()
-                p.wait()
-                break
-            time.sleep(0.05)
+        state = {"last": start, "stats": None, "seen": time.monotonic()}
+
+        def read(state=state, out=p.stdout):
+            for line in out:
+                state["seen"] = time.monotonic()
+                if line.startswith("stats "):
+                    state["stats"] = json.loads(line[6:])
+                elif line.strip():
+                    state["last"] = int(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        while p.poll() is None and time.monotonic() - state["seen"] < args.hang:
+            time.sleep(0.2)
+        if p.poll() is None:  # no progress: a hang
+            p.kill()
+        p.wait()
+        reader.join()
+        last, stats = state["last"], state["stats"]
         if stats is not None:
             for k in ("ok", "format"):
                 total[k] += stats[k]
