@@ -263,8 +263,11 @@ def _check_float(name, value, ok, what):
 
 
 def _softmax(scores):
-    e = np.exp(scores.astype(np.float64) - scores.max())
-    return (e / e.sum()).astype(np.float32)
+    """predict()'s distribution (docs/arithmetic.md): exp(s - max) in float64 with the C
+    library's exp (math.exp), over their exactly rounded sum (math.fsum), rounded once."""
+    s = scores.astype(np.float64)
+    e = np.array([math.exp(v) for v in (s - s.max()).tolist()])
+    return (e / math.fsum(e)).astype(np.float32)
 
 
 class LanguageModel(Model):

@@ -1,0 +1,245 @@
+"""A reader and forward pass of .bnb models in numpy, written from the documents alone:
+docs/format.md (the file), docs/packing.md (bits and the sum order of the binary layer)
+and docs/arithmetic.md (the precision and order of every other step). It imports
+nothing from bitnn. tests/test_numpy_reference.py checks that it gives the runtime's
+bits for classifiers and language decoders.
+
+numpy's float32 and float64 element-wise operations are single IEEE operations, so
+they give the documents' roundings; sums whose order matters are written out (never
+np.sum, whose order is numpy's own). exp, expf and erf are the C library's, as the
+runtime uses them (math.exp and math.erf call it; expf through ctypes).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import math
+import struct
+
+import numpy as np
+
+F32, F64 = np.float32, np.float64
+NORM_CHUNK = 4096
+
+_libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+_libm.expf.restype = ctypes.c_float
+_libm.expf.argtypes = [ctypes.c_float]
+_expf = np.vectorize(lambda v: _libm.expf(float(v)), otypes=[F32])
+_exp = np.vectorize(math.exp, otypes=[F64])
+_erf = np.vectorize(math.erf, otypes=[F64])
+
+
+# ------------------------------------------------------------------ the file
+def read_bnb(raw: bytes):
+    """(header dict, {name: array}) of a .bnb file: bits tensors as uint8 {0,1} arrays
+    of their logical shape, f32 tensors as float32. Checks only what it needs."""
+    magic, version, flags, header_len, data_offset, data_len, _ = struct.unpack_from(
+        "<8sIIQQQQ", raw, 0)
+    assert magic == b"BITNNBNB" and version == 1 and flags == 0
+    assert data_offset == (48 + header_len + 63) // 64 * 64 and data_offset + data_len == len(raw)
+    header = json.loads(raw[48:48 + header_len].decode("utf-8"))
+    data = raw[data_offset:]
+    tensors = {}
+    for name, e in header["tensors"].items():
+        shape = e["shape"]
+        buf = data[e["offset"]:e["offset"] + e["nbytes"]]
+        if e["dtype"] == "f32":
+            tensors[name] = np.frombuffer(buf, "<f4").reshape(shape).astype(F32)
+            continue
+        rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
+        words = (cols + 63) // 64
+        b = np.unpackbits(np.frombuffer(buf, np.uint8).reshape(rows, words * 8), axis=1,
+                          bitorder="little")  # bit k of a row = bit k%64 of LE word k//64
+        tensors[name] = b[:, :cols].reshape(shape)
+    return header, tensors
+
+
+# ------------------------------------------------------------------ arithmetic
+def binary_linear_raw(x, w, b):
+    """z[m, n] = sum of x[m, k] over w[n, k] = 1, plus b[n] (packing.md): sixteen fp32
+    lanes, k going to lane k % 16 in increasing k, reduced 8-4-2-1, then + b."""
+    x = np.asarray(x, F32)
+    M, K = x.shape
+    N = w.shape[0]
+    K16 = -(-K // 16) * 16
+    xp = np.zeros((M, K16), F32)
+    xp[:, :K] = x
+    wp = np.zeros((N, K16), bool)
+    wp[:, :K] = w.reshape(N, K).astype(bool)
+    a = np.zeros((M, N, 16), F32)
+    for k0 in range(0, K16, 16):  # a bit of 0 adds +0.0, which the contract allows
+        a += np.where(wp[None, :, k0:k0 + 16], xp[:, None, k0:k0 + 16], F32(0))
+    a = a[..., :8] + a[..., 8:]
+    a = a[..., :4] + a[..., 4:]
+    a = a[..., :2] + a[..., 2:]
+    s = a[..., 0] + a[..., 1]
+    return s + b.reshape(N).astype(F32)
+
+
+def _seq_sum(v, axis=-1):
+    """Sum in increasing index order, one rounding per addition (np.cumsum is sequential)."""
+    return np.cumsum(v, axis=axis).take(-1, axis=axis)
+
+
+def _chunk_sum8(v):
+    """Normalize's sum of float64 rows v (M, N): chunks of 4096 values in order; in a
+    chunk, value n into partial (n - c0) % 8, partials combined
+    ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))."""
+    M, N = v.shape
+    total = np.zeros(M, F64)
+    for c0 in range(0, N, NORM_CHUNK):
+        c = v[:, c0:c0 + NORM_CHUNK]
+        pad = -c.shape[1] % 8
+        c = np.concatenate([c, np.zeros((M, pad), F64)], axis=1).reshape(M, -1, 8)
+        a = _seq_sum(c, axis=1)  # (M, 8)
+        total = total + (((a[:, 0] + a[:, 4]) + (a[:, 2] + a[:, 6]))
+                         + ((a[:, 1] + a[:, 5]) + (a[:, 3] + a[:, 7])))
+    return total
+
+
+def normalize_act(z, eps, act="linear"):
+    """act(Normalize(z)) of each row of z (M, N) float32; eps is the model's float32."""
+    z = np.asarray(z, F32)
+    M, N = z.shape
+    zd = z.astype(F64)
+    mean = _chunk_sum8(zd) / F64(N)
+    d = zd - mean[:, None]
+    inv = 1.0 / np.sqrt(_chunk_sum8(d * d) / F64(N) + F64(F32(eps)))
+    v = (d * inv[:, None]).astype(F32)
+    if act == "linear":
+        return v
+    if act == "relu":
+        return np.where(v > 0, v, F32(0))
+    if act == "gelu":
+        vd = v.astype(F64)
+        return (0.5 * vd * (1.0 + _erf(vd * 0.70710678118654752440))).astype(F32)
+    if act == "softmax":
+        mx = v.max(axis=1)
+        e = _exp(v.astype(F64) - mx.astype(F64)[:, None]).astype(F32)
+        total = np.zeros(M, F64)
+        for c0 in range(0, N, NORM_CHUNK):  # sequential within a chunk, chunks in order
+            total = total + _seq_sum(e[:, c0:c0 + NORM_CHUNK].astype(F64), axis=1)
+        return (e.astype(F64) * (1.0 / total)[:, None]).astype(F32)
+    raise ValueError(act)
+
+
+def linear(x, w, b, eps, act):
+    return normalize_act(binary_linear_raw(x, w, b), eps, act)
+
+
+# ------------------------------------------------------------------ classifier
+def preprocess(img_u8, pre):
+    """uint8 (H, W, C) -> float32: (x * scale - mean[c]) / std[c], all in float32."""
+    x = img_u8.astype(F32)
+    return (x * F32(pre["scale"]) - np.asarray(pre["mean"], F32)) / np.asarray(pre["std"], F32)
+
+
+def conv2d(x, w, b, eps, act, norm):
+    """x (H, W, C) float32; w bits (Cout, f, f, C); 'same' zero padding, stride 1."""
+    H, W, C = x.shape
+    Cout, f = w.shape[0], w.shape[1]
+    pad = f // 2
+    xp = np.zeros((H + 2 * pad, W + 2 * pad, C), F32)
+    xp[pad:pad + H, pad:pad + W] = x
+    cols = np.empty((H, W, f, f, C), F32)  # taps in (dy, dx, c) order
+    for dy in range(f):
+        for dx in range(f):
+            cols[:, :, dy, dx] = xp[dy:dy + H, dx:dx + W]
+    z = binary_linear_raw(cols.reshape(H * W, f * f * C), w.reshape(Cout, -1), b)  # (P, Cout)
+    if norm == "c":
+        return normalize_act(z, eps, act).reshape(H, W, Cout)
+    return normalize_act(z.reshape(1, -1), eps, act).reshape(H, W, Cout)  # one row, HWC order
+
+
+def maxpool2d(x, k):
+    H, W, C = x.shape
+    Ho, Wo = H // k, W // k  # the rows and columns left over are dropped
+    return x[:Ho * k, :Wo * k].reshape(Ho, k, Wo, k, C).max(axis=(1, 3))
+
+
+def global_avg_pool(x):
+    H, W, C = x.shape
+    acc = _seq_sum(x.reshape(H * W, C).astype(F64), axis=0)  # positions in row-major order
+    return (acc / F64(H * W)).astype(F32)
+
+
+def classifier_forward(header, tensors, images):
+    """Probabilities (N, classes) of float32 NHWC images (already preprocessed)."""
+    eps = header["eps"]
+    out = []
+    for x in np.asarray(images, F32):
+        for ly in header["layers"]:
+            t = ly["type"]
+            if t == "conv2d":
+                x = conv2d(x, tensors[ly["weight"]], tensors[ly["bias"]], eps,
+                           ly.get("activation", "linear"), ly.get("norm", "chw"))
+            elif t == "maxpool2d":
+                x = maxpool2d(x, ly["size"])
+            elif t == "global_avg_pool":
+                x = global_avg_pool(x)
+            else:
+                x = linear(x.reshape(1, -1), tensors[ly["weight"]], tensors[ly["bias"]], eps,
+                           ly.get("activation", "linear"))[0]
+        out.append(x)
+    return np.stack(out)
+
+
+# ------------------------------------------------------------------ language decoder
+def _dot8(q, k):
+    """q . k over the last axis: fp32 products, value e into partial e % 8 in increasing
+    e, partials combined ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))."""
+    prod = q * k
+    n = prod.shape[-1]
+    prod = np.concatenate([prod, np.zeros(prod.shape[:-1] + (-n % 8,), F32)], axis=-1)
+    p = _seq_sum(prod.reshape(prod.shape[:-1] + (-1, 8)), axis=-2)
+    return ((p[..., 0] + p[..., 4]) + (p[..., 2] + p[..., 6])) + \
+        ((p[..., 1] + p[..., 5]) + (p[..., 3] + p[..., 7]))
+
+
+def attention(q, k, v, heads):
+    """Causal attention of rows q (T, D) over k, v (T, D); head h is columns h*hd..."""
+    T, D = q.shape
+    hd = D // heads
+    scale = 1.0 / math.sqrt(hd)
+    qh, kh, vh = (a.reshape(T, heads, hd) for a in (q, k, v))
+    out = np.empty((T, heads, hd), F32)
+    for r in range(T):
+        s = (_dot8(qh[r][None], kh[:r + 1]).astype(F64) * scale).astype(F32)  # (r+1, heads)
+        e = _expf(s - s.max(axis=0))
+        inv = (1.0 / _seq_sum(e.astype(F64), axis=0)).astype(F32)
+        w = e * inv
+        out[r] = _seq_sum(w[:, :, None] * vh[:r + 1], axis=0)  # fp32, t increasing
+    return out.reshape(T, D)
+
+
+def lm_scores(header, tensors, ids):
+    """The normalized output scores (vocab,) after the last of ids (positions 0..n-1)."""
+    c, eps = header["lm"], header["eps"]
+    T = len(ids)
+    t = lambda n: tensors[n]  # noqa: E731
+
+    def lin(x, prefix, act="linear"):
+        return linear(x, t(prefix + ".weight"), t(prefix + ".bias"), eps, act)
+
+    tok = (t("embed.token.weight")[ids] + t("embed.token.bias").reshape(1, -1)).astype(F32)
+    pos = (t("embed.position.weight")[:T] + t("embed.position.bias").reshape(1, -1)).astype(F32)
+    x = normalize_act(normalize_act(tok, eps) + normalize_act(pos, eps), eps)
+    for i in range(c["num_blocks"]):
+        p = f"blocks.{i}"
+        att = attention(lin(x, p + ".attn.q"), lin(x, p + ".attn.k"), lin(x, p + ".attn.v"),
+                        c["num_heads"])
+        h = normalize_act(lin(att, p + ".attn.out") + x, eps)
+        x = normalize_act(lin(lin(h, p + ".ff1", "gelu"), p + ".ff2") + h, eps)
+    y = x[-1:]
+    for j in range(len(c["mlp_units"])):
+        y = lin(y, f"head.{j}", "gelu")
+    return lin(y, "output")[0]
+
+
+def lm_probs(scores):
+    """predict()'s next-token distribution: exp(s - max) in float64, divided by their
+    exactly rounded sum (math.fsum), rounded once to float32."""
+    s = np.asarray(scores, F32).astype(F64)
+    e = _exp(s - s.max())
+    return (e / math.fsum(e)).astype(F32)

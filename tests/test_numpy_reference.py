@@ -1,0 +1,152 @@
+"""tests/numpy_reference.py, written from the docs, agrees bit for bit with the runtime
+(every kernel, one and two threads) on random classifiers and language decoders."""
+import numpy as np
+import pytest
+
+import bitnn
+import numpy_reference as ref
+from bitnn import _core
+from bitnn.format import Bits, write_bnb
+
+
+def _bits(rng, *shape):
+    return rng.integers(0, 2, size=shape, dtype=np.uint8)
+
+
+def _kernels():
+    return _core.kernels_supported()
+
+
+def make_classifier(path, seed, C, H, W, convs, fcs, pool, final_act="softmax"):
+    """convs: [(Cout, f, act, norm)]; a maxpool of `pool` after the first conv;
+    global_avg_pool; fcs: [(out, act)]; the last layer gets final_act."""
+    rng = np.random.default_rng(seed)
+    layers, tensors, c = [], {}, C
+    for i, (cout, f, act, norm) in enumerate(convs):
+        tensors[f"c{i}.w"] = Bits.from_array(_bits(rng, cout, f, f, c))
+        tensors[f"c{i}.b"] = Bits.from_array(_bits(rng, cout))
+        layers.append({"type": "conv2d", "in_channels": c, "out_channels": cout, "kernel_size": f,
+                       "activation": act, "norm": norm, "weight": f"c{i}.w", "bias": f"c{i}.b"})
+        c = cout
+        if i == 0 and pool:
+            layers.append({"type": "maxpool2d", "size": pool})
+    layers.append({"type": "global_avg_pool"})
+    for i, (out, act) in enumerate(fcs):
+        tensors[f"f{i}.w"] = Bits.from_array(_bits(rng, out, c))
+        tensors[f"f{i}.b"] = Bits.from_array(_bits(rng, out))
+        layers.append({"type": "linear", "in_features": c, "out_features": out,
+                       "activation": final_act if i == len(fcs) - 1 else act,
+                       "weight": f"f{i}.w", "bias": f"f{i}.b"})
+        c = out
+    meta = {"model": {"kind": "classifier", "name": "ref"}, "eps": float(rng.choice([1e-5, 1e-3, 0.1])),
+            "input": {"channels": C, "height": H, "width": W,
+                      "preprocess": {"scale": 1 / 255, "mean": list(rng.random(C)),
+                                     "std": list(0.2 + rng.random(C))}},
+            "labels": [f"class {i}" for i in range(c)], "layers": layers}
+    write_bnb(path, meta, tensors)
+
+
+CLASSIFIERS = [
+    # C, H, W, convs, fcs, pool
+    (1, 9, 7, [(8, 3, "relu", "c"), (12, 1, "gelu", "chw")], [(10, "relu")], 2),
+    (3, 12, 12, [(32, 3, "gelu", "chw"), (40, 5, "relu", "c")], [(33, "gelu"), (150, "relu")], 3),
+    # a "chw" row of 15 * 15 * 24 = 5400 values spans two Normalize chunks
+    (2, 15, 15, [(24, 3, "linear", "chw")], [(70, "relu"), (5, "linear")], 0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CLASSIFIERS)))
+def test_classifier_bit_for_bit(tmp_path, case):
+    C, H, W, convs, fcs, pool = CLASSIFIERS[case]
+    path = tmp_path / "c.bnb"
+    make_classifier(path, case, C, H, W, convs, fcs, pool,
+                    final_act="linear" if case == 2 else "softmax")
+    header, tensors = ref.read_bnb(path.read_bytes())
+    rng = np.random.default_rng(100 + case)
+    raw = rng.integers(0, 256, size=(3, H, W, C), dtype=np.uint8)
+    floats = rng.standard_normal((2, H, W, C)).astype(np.float32) * 3
+    want_raw = ref.classifier_forward(
+        header, tensors, np.stack([ref.preprocess(im, header["input"]["preprocess"]) for im in raw]))
+    want_float = ref.classifier_forward(header, tensors, floats)
+    for kernel in _kernels():
+        for threads in (1, 2):
+            with bitnn.load(path, threads=threads, kernel=kernel) as m:
+                np.testing.assert_array_equal(m.predict(raw, layout="NHWC"), want_raw,
+                                              err_msg=f"{kernel}, {threads} threads")
+                np.testing.assert_array_equal(m.predict(floats, layout="NHWC"), want_float,
+                                              err_msg=f"{kernel}, {threads} threads")
+
+
+def test_bundled_classifier_bit_for_bit():
+    """The shipped Fashion-MNIST model (a real export) on its sample images."""
+    from bitnn.imageio import read_image
+
+    path = bitnn.model.resolve("fashion")
+    header, tensors = ref.read_bnb(path.read_bytes())
+    samples = sorted((path.parent / "samples").glob("*.png"))[:2]
+    imgs = np.stack([np.asarray(read_image(str(p))).reshape(28, 28, 1) for p in samples])
+    want = ref.classifier_forward(
+        header, tensors, np.stack([ref.preprocess(im, header["input"]["preprocess"]) for im in imgs]))
+    with bitnn.load(path) as m:
+        np.testing.assert_array_equal(m.predict(imgs, layout="NHWC"), want)
+
+
+def make_lm(path, seed, V, L, D, H, NB, FF, MLP):
+    rng = np.random.default_rng(seed)
+    t = {"embed.token.weight": _bits(rng, V, D), "embed.token.bias": _bits(rng, D),
+         "embed.position.weight": _bits(rng, L, D), "embed.position.bias": _bits(rng, D)}
+
+    def lin(prefix, out, inp):
+        t[prefix + ".weight"], t[prefix + ".bias"] = _bits(rng, out, inp), _bits(rng, out)
+
+    for i in range(NB):
+        for nm in ("q", "k", "v", "out"):
+            lin(f"blocks.{i}.attn.{nm}", D, D)
+        lin(f"blocks.{i}.ff1", FF, D)
+        lin(f"blocks.{i}.ff2", D, FF)
+    width = D
+    for j, u in enumerate(MLP):
+        lin(f"head.{j}", u, width)
+        width = u
+    lin("output", V, width)
+    meta = {"model": {"kind": "lm", "name": "ref"}, "eps": float(rng.choice([1e-5, 1e-2])),
+            "lm": {"vocab_size": V, "max_len": L, "emb_dim": D, "num_heads": H, "num_blocks": NB,
+                   "ff_dim": FF, "mlp_units": MLP}}
+    write_bnb(path, meta, {k: Bits.from_array(v) for k, v in t.items()})
+
+
+LMS = [
+    # V, L, D, H, NB, FF, MLP: head_dim 8, 12 (a partial group of 8), 24 and 20 (16 at
+    # a time plus a tail), no blocks
+    (40, 12, 32, 4, 2, 64, [48]),
+    (37, 10, 36, 3, 1, 40, []),
+    (50, 9, 48, 2, 2, 96, [30, 20]),
+    (21, 8, 20, 1, 0, 8, [16]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LMS)))
+def test_decoder_bit_for_bit(tmp_path, case):
+    V, L, D, H, NB, FF, MLP = LMS[case]
+    path = tmp_path / "lm.bnb"
+    make_lm(path, case, V, L, D, H, NB, FF, MLP)
+    header, tensors = ref.read_bnb(path.read_bytes())
+    rng = np.random.default_rng(200 + case)
+    ids = [int(v) for v in rng.integers(0, V, size=L)]
+    want = {n: ref.lm_scores(header, tensors, ids[:n]) for n in (1, L // 2, L - 1, L)}
+    for kernel in _kernels():
+        for threads in (1, 2):
+            with bitnn.load(path, threads=threads, kernel=kernel) as m:
+                g = m._graph
+                for n, scores in want.items():  # the prompt as one batch of rows
+                    got = g.new_state(L).forward(ids[:n], threads=threads, kernel=kernel)
+                    np.testing.assert_array_equal(got, scores, err_msg=f"{kernel} {threads} n={n}")
+                st = g.new_state(L)  # then one token at a time through the KV cache
+                st.forward(ids[:L // 2], scores=False, threads=threads, kernel=kernel)
+                for n in range(L // 2 + 1, L + 1):
+                    got = st.forward(ids[n - 1:n], threads=threads, kernel=kernel)
+                    if n in want:
+                        np.testing.assert_array_equal(got, want[n], err_msg=f"{kernel} step {n}")
+                np.testing.assert_array_equal(m.predict([ids[:L // 2], ids]),
+                                              np.stack([ref.lm_probs(want[L // 2]),
+                                                        ref.lm_probs(want[L])]))
