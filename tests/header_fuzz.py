@@ -295,12 +295,17 @@ def exercise(model):
         return
     tok = model.tokenizer
     if tok is not None:
+        spec = tok.spec
+        # byte-level BPE without a prefix space or lowercasing is lossless, and never
+        # needs more tokens than bytes
+        exact = tok.kind == "byte_bpe" and not spec.get("add_prefix_space") \
+            and not spec.get("lowercase")
         for text in ("x", "To be, or not", "\u00e9\U0001F600\n"):
             ids = tok.encode(text)
             assert all(0 <= i < model.vocab_size for i in ids)
-            if tok.kind == "byte_bpe":
-                assert tok.decode(ids) == text, (text, ids)
-                assert len(ids) <= len(text.encode("utf-8")), (text, ids)
+            back = tok.decode(ids)
+            if exact:
+                assert back == text and len(ids) <= len(text.encode("utf-8")), (text, ids)
         out = model.generate("x", 2, temperature=0, seed=0)
         assert isinstance(out, str)
     ids = model.generate([0, 1], 2, temperature=0.7, seed=1)
