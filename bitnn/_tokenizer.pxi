@@ -21,6 +21,7 @@ cdef extern from "tokenizer.h" nogil:
     void bitnn_tokenizer_free(bitnn_tokenizer *tok)
     bitnn_tokenizer_kind bitnn_tokenizer_type(const bitnn_tokenizer *tok)
     size_t bitnn_tokenizer_vocab_size(const bitnn_tokenizer *tok)
+    int bitnn_tokenizer_missing_byte(const bitnn_tokenizer *tok)
     const char *bitnn_tokenizer_token_string(const bitnn_tokenizer *tok, int32_t id, size_t *len)
     const unsigned char *bitnn_tokenizer_token_bytes(const bitnn_tokenizer *tok, int32_t id,
                                                      size_t *len)
@@ -122,6 +123,11 @@ cdef class CTokenizer:
         finally:
             free(buf)
             free(out)
+
+    def missing_byte(self):
+        """byte_bpe: the smallest byte that is no model token (None if all 256 are)."""
+        cdef int b = bitnn_tokenizer_missing_byte(self.tok)
+        return None if b < 0 else b
 
     def token_bytes(self, id):
         cdef size_t n = 0

@@ -196,10 +196,15 @@ def _check_tokenizer(spec: dict, vocab_size: int) -> None:
         from bitnn.tokenizer import Tokenizer
     except ImportError:  # pragma: no cover - the runtime tokenizer is not there
         return
-    n = Tokenizer(spec).vocab_size
+    tok = Tokenizer(spec)
+    n = tok.vocab_size
     if n > vocab_size:
         raise ValueError(f"the tokenizer has {n} tokens but the model's vocabulary only "
                          f"{vocab_size}")
+    missing = tok._core.missing_byte()
+    if missing is not None:  # the loader requires all 256 (docs/format.md 3.3)
+        raise ValueError(f"the byte-level tokenizer has no token for byte 0x{missing:02x}: "
+                         "a model's tokenizer must encode any text")
 
 
 def _linear_bits(m, prefix: str, tensors: dict) -> None:
