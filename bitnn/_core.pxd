@@ -21,12 +21,14 @@ cdef extern from "bitnn.h" nogil:
     int bitnn_isa_compiled(int isa)
     int bitnn_isa_supported(int isa)
     bitnn_status bitnn_isa_default(int *isa, char *msg, size_t msg_len)
+    uint64_t bitnn_kernel_calls(int isa)
 
     ctypedef struct bitnn_pool:
         pass
     bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
     void bitnn_pool_destroy(bitnn_pool *pool)
     int bitnn_pool_size(const bitnn_pool *pool)
+    int bitnn_pool_threads_used(const bitnn_pool *pool)
     int bitnn_available_cpus()
     bitnn_status bitnn_default_threads(int *n, char *msg, size_t msg_len)
 

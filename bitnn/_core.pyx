@@ -53,6 +53,15 @@ def default_kernel():
     return bitnn_isa_name(isa).decode()
 
 
+def kernel_calls():
+    """{kernel name: times its GEMM was entered in this process} for the compiled kernels.
+
+    Each kernel counts itself, so the difference across a call shows which
+    kernel really ran (for tests; one call counts once per thread share)."""
+    return {bitnn_isa_name(i).decode(): bitnn_kernel_calls(i)
+            for i in range(BITNN_ISA_COUNT) if bitnn_isa_compiled(i)}
+
+
 def _resolve_kernel_name(kernel):
     """Check a kernel name now (ValueError/KernelError) and return its name."""
     return bitnn_isa_name(_resolve_kernel(kernel)).decode()
@@ -134,6 +143,11 @@ cdef class ThreadPool:
         if self.pool != NULL:
             bitnn_pool_destroy(self.pool)
             self.pool = NULL
+
+    @property
+    def threads_used(self):
+        """Distinct threads of this pool that have run part of a job so far."""
+        return bitnn_pool_threads_used(self.pool)
 
     def __repr__(self):
         return f"ThreadPool(size={self.size})"

@@ -84,6 +84,9 @@ int bitnn_isa_supported(int isa);              /* compiled AND runnable here */
  * else the best supported one. On a bad BITNN_KERNEL returns BITNN_EENV or
  * BITNN_EUNSUPPORTED and writes a message into msg. */
 bitnn_status bitnn_isa_default(int *isa, char *msg, size_t msg_len);
+/* How many times isa's GEMM kernel has been entered in this process (each
+ * thread's share of a call counts once): lets tests see the kernel that ran. */
+uint64_t bitnn_kernel_calls(int isa);
 
 /* ------------------------------------------------------------- thread pool */
 typedef struct bitnn_pool bitnn_pool;
@@ -93,6 +96,10 @@ typedef struct bitnn_pool bitnn_pool;
 bitnn_status bitnn_pool_create(int n, bitnn_pool **out);
 void bitnn_pool_destroy(bitnn_pool *pool);
 int bitnn_pool_size(const bitnn_pool *pool);
+/* Distinct threads of the pool (the caller included) that have run a
+ * non-empty share of some job since the pool was created: lets tests see
+ * that work really is shared out. */
+int bitnn_pool_threads_used(const bitnn_pool *pool);
 
 /* Run fn(ctx, begin, end) over [0, n) split into contiguous ranges, one per
  * thread (ranges may be empty). Blocks until all are done. pool may be NULL

@@ -124,6 +124,14 @@ static int avx512_q8_variant(void) /* 2: gfni, 1: vnni, 0: neither */
     return 0;
 }
 
+atomic_ullong bitnn_kernel_call_count[BITNN_ISA_COUNT];
+
+uint64_t bitnn_kernel_calls(int isa)
+{
+    if (isa < 0 || isa >= BITNN_ISA_COUNT) return 0;
+    return atomic_load_explicit(&bitnn_kernel_call_count[isa], memory_order_relaxed);
+}
+
 const bitnn_kernel_set *bitnn_kernels_for(int isa)
 {
     if (isa < 0 || isa >= BITNN_ISA_COUNT) return NULL;

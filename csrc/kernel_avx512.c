@@ -153,6 +153,7 @@ void bitnn_gemm_f32_avx512(const float *x, size_t ldx, size_t M, size_t K,
                            const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                            const uint64_t *bias, float *z, size_t ldz)
 {
+    BITNN_COUNT_CALL(BITNN_ISA_AVX512);
     size_t slab = SLAB_BYTES / (wpr * 8);
     if (slab < 8) slab = 8;
     for (size_t s0 = n0; s0 < n1; s0 += slab) {

@@ -18,6 +18,7 @@ void bitnn_gemm_f32_ref(const float *x, size_t ldx, size_t M, size_t K,
                         const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                         const uint64_t *bias, float *z, size_t ldz)
 {
+    BITNN_COUNT_CALL(BITNN_ISA_REF);
     for (size_t m = 0; m < M; m++) {
         const float *xm = x + m * ldx;
         for (size_t n = n0; n < n1; n++) {

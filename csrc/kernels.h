@@ -8,6 +8,8 @@
 #ifndef BITNN_KERNELS_H
 #define BITNN_KERNELS_H
 
+#include <stdatomic.h>
+
 #include "bitnn.h"
 
 /* Raw binary GEMM over output rows [n0, n1):
@@ -33,6 +35,13 @@ typedef struct {
     bitnn_gemm_f32_fn gemm_f32; /* BITNN_PRECISION_FP32 */
     bitnn_gemm_q8_fn gemm_q8;   /* BITNN_PRECISION_INT8 */
 } bitnn_kernel_set;
+
+/* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
+ * itself on entry, so a test can see which kernel really ran (a table entry
+ * pointing at the wrong function shows up). Read with bitnn_kernel_calls(). */
+extern atomic_ullong bitnn_kernel_call_count[BITNN_ISA_COUNT];
+#define BITNN_COUNT_CALL(isa) \
+    atomic_fetch_add_explicit(&bitnn_kernel_call_count[isa], 1, memory_order_relaxed)
 
 /* NULL entries where an isa is not compiled into this build. The int8 entry
  * of an isa may be a kernel of a lower isa where this CPU lacks an extension

@@ -47,6 +47,8 @@ struct bitnn_pool {
     atomic_uint generation;
     atomic_int pending;
     atomic_int stop;
+    atomic_int threads_used; /* distinct threads that ran a non-empty share */
+    int caller_ran;          /* the caller's share counted (under run_mu) */
 };
 
 typedef struct {
@@ -54,14 +56,17 @@ typedef struct {
     int index;
 } worker_arg;
 
-static void run_share(bitnn_pool *p, int t)
+/* Runs thread t's share of the current job; returns whether it was non-empty. */
+static int run_share(bitnn_pool *p, int t)
 {
     const size_t blocks = (p->items + p->grain - 1) / p->grain;
     const size_t b0 = blocks * (size_t)t / (size_t)p->n;
     const size_t b1 = blocks * (size_t)(t + 1) / (size_t)p->n;
     size_t begin = b0 * p->grain, end = b1 * p->grain;
     if (end > p->items) end = p->items;
-    if (begin < end) p->fn(p->ctx, begin, end);
+    if (begin >= end) return 0;
+    p->fn(p->ctx, begin, end);
+    return 1;
 }
 
 static void *worker_main(void *arg)
@@ -70,6 +75,7 @@ static void *worker_main(void *arg)
     free(arg);
     bitnn_pool *p = wa.pool;
     unsigned seen = 0; /* 0 at creation: a job published before we ran is not missed */
+    int counted = 0;
     for (;;) {
         unsigned g = seen;
         for (int i = 0; i < SPIN_ITERS; i++) {
@@ -86,7 +92,10 @@ static void *worker_main(void *arg)
         }
         if (atomic_load(&p->stop)) break;
         seen = g;
-        run_share(p, wa.index);
+        if (run_share(p, wa.index) && !counted) {
+            counted = 1;
+            atomic_fetch_add_explicit(&p->threads_used, 1, memory_order_relaxed);
+        }
         if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
@@ -110,6 +119,7 @@ bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
     atomic_init(&p->generation, 0);
     atomic_init(&p->pending, 0);
     atomic_init(&p->stop, 0);
+    atomic_init(&p->threads_used, 0);
     if (n > 1) {
         p->workers = calloc((size_t)(n - 1), sizeof *p->workers);
         if (!p->workers) {
@@ -154,6 +164,11 @@ void bitnn_pool_destroy(bitnn_pool *p)
 
 int bitnn_pool_size(const bitnn_pool *p) { return p ? p->n : 1; }
 
+int bitnn_pool_threads_used(const bitnn_pool *p)
+{
+    return p ? atomic_load_explicit(&((bitnn_pool *)p)->threads_used, memory_order_relaxed) : 0;
+}
+
 void bitnn_parallel_for(bitnn_pool *p, size_t n, size_t grain, bitnn_range_fn fn, void *ctx)
 {
     if (n == 0) return;
@@ -173,7 +188,10 @@ void bitnn_parallel_for(bitnn_pool *p, size_t n, size_t grain, bitnn_range_fn fn
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
 
-    run_share(p, 0);
+    if (run_share(p, 0) && !p->caller_ran) {
+        p->caller_ran = 1;
+        atomic_fetch_add_explicit(&p->threads_used, 1, memory_order_relaxed);
+    }
 
     int spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins++ < SPIN_ITERS)
