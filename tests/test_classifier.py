@@ -11,17 +11,9 @@ from bitnn.imageio import fit_image, read_image, read_png, write_png
 
 torch = pytest.importorskip("torch")
 from bitnn.nn import BinaryCNN  # noqa: E402
+from conftest import random_cnn  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def random_cnn(seed, **kw):
-    torch.manual_seed(seed)
-    m = BinaryCNN(**kw).eval()
-    with torch.no_grad():
-        for p in m.parameters():  # random bits, biases included
-            p.normal_()
-    return m
 
 
 CASES = [

@@ -11,27 +11,7 @@ import pytest
 import bitnn
 
 torch = pytest.importorskip("torch")
-tokenizers = pytest.importorskip("tokenizers")
-from bitnn.nn import BinaryLM  # noqa: E402
-
-TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
-        "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Ça va, naïve café.\n") * 40
-
-
-@pytest.fixture(scope="module")
-def lm_path(tmp_path_factory):
-    tok = tokenizers.ByteLevelBPETokenizer()
-    tok.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=["<|endoftext|>"])
-    vocab = tok.get_vocab_size()
-    torch.manual_seed(0)
-    m = BinaryLM(vocab, max_len=24, emb_dim=16, num_heads=2, num_blocks=2, mlp_units=(24,)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_()
-    path = tmp_path_factory.mktemp("lm") / "tiny.bnb"
-    bitnn.export(m, path, tokenizer=tok._tokenizer, name="tiny")
-    return m, path, tok
+pytest.importorskip("tokenizers")  # the lm_path fixture (conftest.py) trains a BPE
 
 
 def torch_greedy(m, ids, n):

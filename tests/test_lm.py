@@ -13,25 +13,12 @@ import bitnn  # noqa: E402
 from bitnn import _core  # noqa: E402
 from bitnn import nn as bnn  # noqa: E402
 from bitnn.ops import unpack_bits  # noqa: E402
+from conftest import make_lm, randomize, softmax64  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def randomize(model, seed=0):
-    """Normal weights and biases (not Glorot + zero bias): every bit pattern matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return model
-
-
-def make_lm(vocab=37, max_len=16, dim=32, heads=4, blocks=2, mlp=(24, 16), seed=0, **kw):
-    torch.manual_seed(seed)
-    return randomize(bnn.BinaryLM(vocab, max_len, dim, heads, blocks, mlp, **kw), seed).eval()
 
 
 def open_graph(path):
@@ -315,12 +302,6 @@ SHAPES = [  # vocab, max_len, emb_dim, heads, blocks, mlp_units
 ]
 
 
-def _softmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "v{}_l{}_d{}_h{}_b{}_m{}".format(*s))
 def test_runtime_parity(tmp_path, shape):
     V, L, D, H, NB, mlp = shape
@@ -337,7 +318,7 @@ def test_runtime_parity(tmp_path, shape):
             ref = m(ids)[0, -1].numpy()
             got = g.new_state().forward(ids[0].numpy())
             assert got.shape == (V,) and got.dtype == np.float32
-            assert np.abs(_softmax(got) - _softmax(ref)).max() < 1e-4
+            assert np.abs(softmax64(got) - softmax64(ref)).max() < 1e-4
             assert int(np.argmax(got)) == int(np.argmax(ref))
             assert np.abs(got - ref).max() < 1e-3
 
@@ -417,7 +398,7 @@ def test_parity_across_kernels_and_threads(tmp_path, threads):
     outs = []
     for kernel in _core.kernels_supported():
         got = g.new_state().forward(ids, threads=threads, kernel=kernel)
-        assert np.abs(_softmax(got) - _softmax(ref)).max() < 1e-4, kernel
+        assert np.abs(softmax64(got) - softmax64(ref)).max() < 1e-4, kernel
         outs.append(got)
     for o in outs[1:]:
         assert np.abs(o - outs[0]).max() < 1e-5
