@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Mutation testing for bitnn: are there bugs the test suite would not catch?
+
+Each mutant below is one small semantic bug: (file, an exact snippet of the
+current source, its replacement, the tests that should catch it). The driver
+copies the working tree (tracked and untracked-but-not-ignored files) to a
+scratch directory, builds it in place once, checks that the tests pass
+unmutated, then for each mutant: writes the replacement into the scratch
+copy, rebuilds if a C/Cython file changed, runs the mutant's tests with a
+timeout, records the outcome and puts the file back. The developer's tree is
+only read, never written.
+
+Outcomes: killed (a test failed, the build broke or the run timed out),
+survived (every test passed: a gap in the suite, or an equivalent mutant),
+not applicable (the snippet is no longer in the file, or occurs more than
+once: the code moved on; update the mutant).
+
+    python3 tools/mutants.py                 # all mutants, targeted tests
+    python3 tools/mutants.py --list          # show the list
+    python3 tools/mutants.py --only sampler-top-k-plus-one slide-oldest-half
+    python3 tools/mutants.py --suite         # the whole suite for every mutant (slow)
+    python3 tools/mutants.py --json out.json --markdown out.md
+
+Uses ccache for the rebuilds when it is installed (only the mutated C file
+is then really recompiled). See docs/testing.md for the last run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CORE = "tests/test_core.py"
+DISPATCH = "tests/test_dispatch_threads.py"
+SAMPLER = "tests/test_sampler.py"
+LM = "tests/test_lm.py"
+GEN = "tests/test_generate.py"
+CLS = "tests/test_classifier.py"
+RULES = "tests/test_loader_rules.py"
+FORMAT = "tests/test_format.py"
+TOK = "tests/test_tokenizer.py"
+NN = "tests/test_nn.py"
+IMAGES = "tests/test_imageio.py"
+C_NATIVE = "tests/test_c_kernels.py::test_native_kernels_match_reference"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple
+    what: str
+
+
+def m(id, file, old, new, tests, what):
+    return Mutant(id, file, old, new, tuple(tests), what)
+
+
+MUTANTS = [
+    # ------------------------------------------------ kernels and dispatch
+    m("dispatch-avx512-entry-is-avx2", "csrc/cpu.c",
+      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512},", "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx2},",
+      [DISPATCH], "the AVX-512 table entry points at the AVX2 function"),
+    m("dispatch-prefers-avx2", "csrc/cpu.c",
+      "{BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON}", "{BITNN_ISA_AVX2, BITNN_ISA_AVX512, BITNN_ISA_NEON}",
+      [CORE, DISPATCH], "the default kernel is AVX2 even where AVX-512 runs"),
+    m("dispatch-env-ignored", "csrc/cpu.c",
+      'if (env && *env && strcmp(env, "auto") != 0) {', "if (0) {",
+      [CORE, DISPATCH], "BITNN_KERNEL is ignored"),
+    m("ref-reduction-order", "csrc/kernel_ref.c",
+      "for (int j = 0; j < 2; j++) a[j] += a[j + 2];\n    return a[0] + a[1];",
+      "return ((a[0] + a[1]) + a[2]) + a[3];",
+      [CORE, C_NATIVE], "the reference's last reduction step associates differently"),
+    m("ref-lane-of-k", "csrc/kernel_ref.c",
+      "a[k & 15] += xm[k];", "a[(k + 1) & 15] += xm[k];",
+      [CORE, C_NATIVE], "the reference puts element k in the wrong lane (summation order)"),
+    m("ref-bias-dropped", "csrc/kernel_ref.c",
+      "z[m * ldz + n] = reduce16(a) + bitnn_bias_value(bias, n);", "z[m * ldz + n] = reduce16(a);",
+      [CORE], "the reference kernel ignores the bias bits"),
+    m("avx2-reduction-order", "csrc/kernel_avx2.c",
+      "__m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));",
+      "__m128 s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(0, 1, 2, 3)));",
+      [CORE, C_NATIVE], "AVX2's final reduction pairs the lanes (0,3),(1,2) instead of (0,2),(1,3)"),
+    m("avx2-bias-dropped", "csrc/kernel_avx2.c",
+      "reduce16(lo[i][r], hi[i][r]) + bitnn_bias_value(bias, n + r);", "reduce16(lo[i][r], hi[i][r]);",
+      [CORE], "the AVX2 kernel ignores the bias bits"),
+    m("avx512-bias-shifted", "csrc/kernel_avx512.c",
+      "for (int r = 0; r < 8; r++) b[r] = bitnn_bias_value(bias, n + r);",
+      "for (int r = 0; r < 8; r++) b[r] = bitnn_bias_value(bias, n + (r ^ 1));",
+      [CORE], "the AVX-512 1x8 store takes the neighbour's bias bit"),
+    m("bias-bit-index", "csrc/kernels.h",
+      "(bias[n >> 6] >> (n & 63)) & 1u", "(bias[n >> 6] >> (n & 31)) & 1u",
+      [CORE], "bias bit n read from the wrong bit of its word"),
+    m("gemm-split-drops-last-column", "csrc/ops.c",
+      "j->fn(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, 0, j->N, j->bias,",
+      "j->fn(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, 0, j->N - 1, j->bias,",
+      [CORE], "the split over input rows skips the last output column"),
+    # ------------------------------------------------ Normalize and activations
+    m("norm-variance-n-plus-1", "csrc/ops.c",
+      "const double inv = 1.0 / sqrt(ss / (double)N + eps);",
+      "const double inv = 1.0 / sqrt(ss / (double)(N + 1) + eps);",
+      [CORE], "Normalize divides the squared deviations by N + 1"),
+    m("norm-mean-n-minus-1", "csrc/ops.c",
+      "const double mean = sum / (double)N;", "const double mean = sum / (double)(N - 1);",
+      [CORE], "Normalize's mean divides by N - 1"),
+    m("norm-threaded-variance-n-plus-1", "csrc/ops.c",
+      "j.inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)N + j.eps);",
+      "j.inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)(N + 1) + j.eps);",
+      [DISPATCH], "variance divided by N + 1 only in the threaded long-row path"),
+    m("norm-threaded-eps-fixed", "csrc/ops.c",
+      "j.inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)N + j.eps);",
+      "j.inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)N + 1e-5);",
+      [DISPATCH], "the threaded long-row path uses 1e-5 instead of the eps passed in"),
+    m("norm-threaded-chunks-reversed", "csrc/ops.c",
+      "for (size_t i = 0; i < n; i++) s += v[i];", "for (size_t i = n; i-- > 0;) s += v[i];",
+      [DISPATCH], "the threaded path adds the chunk sums last to first"),
+    m("norm-threaded-softmax-no-max", "csrc/ops.c",
+      "if (act == BITNN_ACT_SOFTMAX) j.mx = norm_value_max(z, N, j.mean, j.inv);",
+      "if (0) j.mx = norm_value_max(z, N, j.mean, j.inv);",
+      [DISPATCH], "the threaded softmax does not subtract the maximum"),
+    m("norm-chunk-lanes", "csrc/ops.c",
+      "return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));",
+      "return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));",
+      [CORE, DISPATCH], "the 8 partial sums of a chunk are combined in another order"),
+    m("gelu-tanh-approximation", "csrc/ops.c",
+      "z[n] = (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));",
+      "z[n] = (float)(0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));",
+      [CORE], "gelu by its tanh approximation"),
+    m("relu-leaky", "csrc/ops.c",
+      "z[n] = v > 0.0f ? v : 0.0f;", "z[n] = v > 0.0f ? v : 0.01f * v;",
+      [CORE], "relu leaks 1% of negative values"),
+    m("softmax-unnormalised", "csrc/ops.c",
+      "const double scale = 1.0 / total;", "const double scale = 1.0 / (total + 1e-3);",
+      [CORE], "softmax divides by a slightly wrong total"),
+    # ------------------------------------------------ threads
+    m("pool-always-serial", "csrc/threadpool.c",
+      "if (!p || p->n == 1 || n <= grain) {", "if (1) {",
+      [DISPATCH], "the thread pool runs every job on the caller"),
+    m("pool-share-drops-last-item", "csrc/threadpool.c",
+      "if (end > p->items) end = p->items;", "if (end > p->items) end = p->items - 1;",
+      [CORE, DISPATCH], "the last thread's share stops one item short when it is clamped"),
+    # ------------------------------------------------ convolution and pooling
+    m("maxpool-is-minpool", "csrc/conv.c",
+      "out[c] = in[c] > out[c] ? in[c] : out[c];", "out[c] = in[c] < out[c] ? in[c] : out[c];",
+      [CLS], "max-pool takes the minimum"),
+    m("avgpool-divisor", "csrc/conv.c",
+      "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
+      [CLS], "global average pool divides by H*W + 1"),
+    m("conv-bias-dropped", "csrc/conv.c",
+      "j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, j->bias,",
+      "j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, NULL,",
+      [CLS], "the convolution ignores its bias bits"),
+    m("conv-right-padding-not-zeroed", "csrc/conv.c",
+      "if (dx1 < f) memset(row + dx1 * C, 0, (f - dx1) * C * sizeof(float));", "(void)dx1;",
+      [CLS], "taps right of the image keep stale values instead of 0"),
+    m("conv-norm-per-position-ignored", "csrc/model.c",
+      'L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;', "L[i].norm_per_position = 0;",
+      [CLS], "norm=\"c\" convolutions normalize over the whole map"),
+    # ------------------------------------------------ loader checks
+    m("loader-classifier-eps-ignored", "csrc/model.c",
+      "m->eps = (float)eps->number, m->layers = L;", "m->eps = 1e-5f, m->layers = L;",
+      [CLS, RULES], "the classifier uses eps 1e-5 whatever the file says"),
+    m("loader-conv-in-channels-unchecked", "csrc/model.c",
+      "else if (cin != c)", "else if (0)",
+      [RULES], "a conv2d's in_channels is not checked against the incoming channels"),
+    m("loader-linear-after-linear-unchecked", "csrc/model.c",
+      'if (i > m->first_linear && strcmp(t, "linear") != 0) {', "if (0) {",
+      [RULES], "non-linear layers may follow a linear layer"),
+    m("loader-labels-count", "csrc/model.c",
+      "labels->count != c)", "labels->count < c)",
+      [RULES, CLS], "more labels than classes are accepted"),
+    m("loader-lm-heads-divide-dim", "csrc/lm.c",
+      "else if (m->dim % m->heads != 0)", "else if (0)",
+      [RULES, LM], "the decoder's heads-divide-dim check is removed"),
+    m("loader-lm-eps-ignored", "csrc/lm.c",
+      "m->eps = (float)eps->number;", "m->eps = 1e-5f;",
+      [LM, RULES], "the decoder uses eps 1e-5 whatever the file says"),
+    m("bnb-checksum-unchecked", "csrc/bnb.c",
+      "if (stored != computed)", "if (0)",
+      [FORMAT], "the file checksum is not checked"),
+    m("bnb-padding-bits-unchecked", "csrc/bnb.c",
+      "if (last >> used)", "if (0)",
+      [FORMAT], "non-zero padding bits in packed rows are accepted"),
+    # ------------------------------------------------ decoder: embedding, attention
+    m("embedding-position-bias-dropped", "csrc/lm.c",
+      "pe[d] = bit_at(pr, d) + bit_at(m->pos_b, d);", "pe[d] = bit_at(pr, d);",
+      [LM], "the position embedding ignores its bias bits"),
+    m("attention-scale", "csrc/lm.c",
+      "const double scale = 1.0 / sqrt((double)hd);", "const double scale = 1.0 / sqrt((double)hd + 1);",
+      [LM], "attention scores scaled by 1/sqrt(hd + 1)"),
+    m("attention-misses-current-position", "csrc/lm.c",
+      "weighted_sum(sc, p + 1, j->v + h * hd, D, hd, j->out + r * D + h * hd);",
+      "weighted_sum(sc, p, j->v + h * hd, D, hd, j->out + r * D + h * hd);",
+      [LM], "attention leaves out the current position's value"),
+    m("attention-dot-tail", "csrc/lm.c",
+      "for (int l = 0; e < n; e++, l++) p[l] += q[e] * k[e];",
+      "for (int l = 0; e < n; e++, l++) p[l] += q[e] * q[e];",
+      [LM], "q.k tail (head_dim % 8 values) multiplies q by itself"),
+    m("attention-residual-dropped", "csrc/lm.c",
+      "add_rows(s->h, s->x, n * D);", "(void)0;",
+      [LM], "no residual connection around attention"),
+    m("lm-head-relu", "csrc/lm.c",
+      "lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_GELU, isa, pool)",
+      "lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_RELU, isa, pool)",
+      [LM], "the MLP head uses relu instead of gelu"),
+    # ------------------------------------------------ sampler
+    m("sampler-top-k-plus-one", "csrc/sampler.c",
+      "size_t k = p->top_k && p->top_k < V ? p->top_k : V;",
+      "size_t k = p->top_k && p->top_k < V ? p->top_k + 1 : V;",
+      [SAMPLER, GEN], "top_k samples from k + 1 tokens"),
+    m("sampler-top-p-ignored", "csrc/sampler.c",
+      "if (p->top_p < 1.0f) {", "if (0) {",
+      [SAMPLER, GEN], "top_p is ignored"),
+    m("sampler-penalty-inverted", "csrc/sampler.c",
+      "work[t] = work[t] > 0 ? work[t] / p->repetition_penalty : work[t] * p->repetition_penalty;",
+      "work[t] = work[t] > 0 ? work[t] * p->repetition_penalty : work[t] / p->repetition_penalty;",
+      [SAMPLER, GEN], "the repetition penalty raises repeated tokens"),
+    m("sampler-greedy-tie-last", "csrc/sampler.c",
+      "if (work[i] > work[best]) best = i;", "if (work[i] >= work[best]) best = i;",
+      [SAMPLER, GEN], "greedy ties go to the larger id"),
+    m("sampler-temperature-ignored", "csrc/sampler.c",
+      "const double inv_t = 1.0 / p->temperature;", "const double inv_t = 1.0;",
+      [SAMPLER, GEN], "the temperature is ignored (always 1)"),
+    m("sampler-nucleus-one-short", "csrc/sampler.c",
+      "if (cum >= p->top_p * total || want == k) {\n                n = i;",
+      "if (cum >= p->top_p * total || want == k) {\n                n = i > 1 ? i - 1 : i;",
+      [SAMPLER], "the nucleus drops its last token"),
+    # ------------------------------------------------ generate(), slide
+    m("slide-oldest-half", "bitnn/model.py",
+      "keep = history[-(ctx // 2):]", "keep = history[:ctx // 2]",
+      [SAMPLER, GEN], "the context slide keeps the oldest half"),
+    m("slide-keeps-one-more", "bitnn/model.py",
+      "keep = history[-(ctx // 2):]", "keep = history[-(ctx // 2 + 1):]",
+      [SAMPLER, GEN], "the context slide keeps one token more than half"),
+    m("prompt-truncation-oldest", "bitnn/model.py",
+      'ids = ids[-ctx:] if context_overflow == "slide" else None',
+      'ids = ids[:ctx] if context_overflow == "slide" else None',
+      [SAMPLER, GEN], "a long prompt keeps its first tokens instead of its last"),
+    m("penalty-window-empty", "bitnn/model.py",
+      "nxt = sampler.sample(scores, history[-REPEAT_LAST_N:])", "nxt = sampler.sample(scores, [])",
+      [SAMPLER, GEN], "generate() never passes recent tokens to the penalty"),
+    m("classify-top-k-zero", "bitnn/model.py",
+      'top_k = _check_int("top_k", top_k, 1)', 'top_k = _check_int("top_k", top_k, 0)',
+      [RULES, CLS], "classify(top_k=0) is accepted"),
+    m("preprocess-times-std", "bitnn/model.py",
+      "a = (a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) / std",
+      "a = (a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) * std",
+      [CLS], "uint8 preprocessing multiplies by std instead of dividing"),
+    # ------------------------------------------------ tokenizer
+    m("bpe-heap-tie-break", "csrc/tokenizer.c",
+      "if (p.rank < c.rank || (p.rank == c.rank && p.pos <= c.pos))",
+      "if (p.rank < c.rank || (p.rank == c.rank && p.pos >= c.pos))",
+      [TOK], "equal-rank BPE merges apply right to left"),
+    m("bpe-rank-ignored", "csrc/tokenizer.c",
+      "t->merges.rank[i] = (uint32_t)r;", "t->merges.rank[i] = 0;",
+      [TOK], "all merges get the same rank"),
+    # ------------------------------------------------ training layers, exporter
+    m("quantize-greater-equal", "bitnn/nn.py",
+      "return (p64 > p64.mean()).to(p.dtype)", "return (p64 >= p64.mean()).to(p.dtype)",
+      [NN], "Eq. 1 with >= instead of >"),
+    m("export-token-table-untransposed", "bitnn/exporter.py",
+      "wt = np.ascontiguousarray(_bits_of(m.binary_weight()).T)  # (rows, emb_dim)",
+      "wt = np.ascontiguousarray(_bits_of(m.binary_weight()).reshape(-1, c[\"emb_dim\"]))",
+      [LM], "the embedding tables are written without the transpose"),
+    m("export-conv-weight-layout", "bitnn/exporter.py",
+      "wb = _bits_of(m.binary_weight()).transpose(0, 2, 3, 1)  # -> (Cout, kh, kw, Cin)",
+      "wb = _bits_of(m.binary_weight()).transpose(0, 3, 2, 1)  # -> (Cout, kh, kw, Cin)",
+      [CLS], "conv weights exported with kh and kw swapped"),
+    # ------------------------------------------------ CLI
+    m("cli-classify-top-k", "bitnn/cli.py",
+      'top = model.classify(img, top_k=args.top_k, layout="NHWC")[0]',
+      'top = model.classify(img, top_k=5, layout="NHWC")[0]',
+      [CLS], "bitnn-run classify ignores -k"),
+    m("cli-bad-image-status", "bitnn/cli.py",
+      "                status = 1\n                continue", "                continue",
+      [CLS], "bitnn-run classify exits 0 when an image cannot be read"),
+    m("cli-generate-top-k", "bitnn/cli.py",
+      "top_k=args.top_k, top_p=args.top_p,", "top_k=0, top_p=args.top_p,",
+      [GEN], "bitnn-run ignores --top-k"),
+    # ------------------------------------------------ image I/O
+    m("grey-weights-swapped", "bitnn/imageio.py",
+      "np.array([0.299, 0.587, 0.114], dtype=np.float32)", "np.array([0.114, 0.587, 0.299], dtype=np.float32)",
+      [RULES, CLS], "RGB to grey with the red and blue weights swapped"),
+    m("png-paeth-tie", "bitnn/imageio.py",
+      "pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)",
+      "pred = a if (pa < pb and pa <= pc) else (b if pb <= pc else c)",
+      [IMAGES, CLS], "the PNG Paeth predictor breaks ties the wrong way"),
+    m("png-average-rounding", "bitnn/imageio.py",
+      "cur[x] = (cur[x] + ((left + prev[x]) >> 1)) & 255",
+      "cur[x] = (cur[x] + ((left + prev[x] + 1) >> 1)) & 255",
+      [IMAGES, CLS], "the PNG Average filter rounds up"),
+    m("resize-area-unnormalised", "bitnn/imageio.py",
+      "weights /= weights.sum(axis=1, keepdims=True)", "pass",
+      [IMAGES, CLS], "area-average shrinking sums instead of averaging"),
+]
+
+BUILT_SUFFIXES = (".c", ".h", ".pyx", ".pxi", ".pxd")
+
+
+def tree_files(root: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=root, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p and (root / p).is_file()]
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    for rel in tree_files(src):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
+
+
+def env_for(tree: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    if "CC" not in env and shutil.which("ccache"):
+        env["CC"] = "ccache gcc" if shutil.which("gcc") else "ccache cc"
+    return env
+
+
+def build(tree: Path, timeout: float) -> tuple[bool, str]:
+    try:
+        p = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=tree,
+                           env=env_for(tree), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, "build timed out"
+    return p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+
+
+def run_tests(tree: Path, tests, timeout: float) -> tuple[str, str]:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    try:
+        p = subprocess.run(cmd, cwd=tree, env=env_for(tree), capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"tests ran past {timeout:.0f} s"
+    out = p.stdout + p.stderr
+    failed = [ln for ln in out.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    return ("passed" if p.returncode == 0 else "failed"), (failed[0] if failed else out[-300:])
+
+
+def run(mutants, tests_for, timeout, build_timeout, log) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bitnn-mutants-") as tmp:
+        tree = Path(tmp) / "tree"
+        copy_tree(ROOT, tree)
+        log(f"scratch copy: {tree}")
+        ok, out = build(tree, build_timeout)
+        if not ok:
+            sys.exit(f"mutants: the unmutated tree does not build:\n{out}")
+        baseline_so = {p: p.read_bytes() for p in (tree / "bitnn").glob("_core*.so")}
+        union = sorted({t for mu in mutants for t in tests_for(mu)})
+        log(f"baseline: {' '.join(union)}")
+        status, detail = run_tests(tree, union, timeout * 4)
+        if status != "passed":
+            sys.exit(f"mutants: the tests fail without any mutant ({detail}); fix that first")
+        for i, mu in enumerate(mutants, 1):
+            path = tree / mu.file
+            t0 = time.perf_counter()
+            original = path.read_text() if path.exists() else None
+            count = original.count(mu.old) if original is not None else 0
+            rec = {"id": mu.id, "file": mu.file, "what": mu.what, "tests": list(tests_for(mu))}
+            if count != 1:
+                rec.update(status="not applicable",
+                           detail="snippet not found" if count == 0 else f"snippet occurs {count} times")
+            else:
+                path.write_text(original.replace(mu.old, mu.new))
+                try:
+                    needs_build = mu.file.endswith(BUILT_SUFFIXES)
+                    built, out = build(tree, build_timeout) if needs_build else (True, "")
+                    if not built:
+                        rec.update(status="killed", detail="does not build: " + out.strip()[-200:])
+                    else:
+                        status, detail = run_tests(tree, tests_for(mu), timeout)
+                        rec.update(status="survived" if status == "passed" else "killed",
+                                   detail=detail)
+                finally:
+                    path.write_text(original)
+                    if mu.file.endswith(BUILT_SUFFIXES):
+                        for so, data in baseline_so.items():  # back to the unmutated build
+                            so.write_bytes(data)
+            rec["seconds"] = round(time.perf_counter() - t0, 1)
+            results.append(rec)
+            log(f"[{i}/{len(mutants)}] {rec['status']:>14}  {mu.id}  ({rec['seconds']} s)  "
+                f"{rec.get('detail', '')[:110]}")
+    return results
+
+
+def markdown(results) -> str:
+    n = len(results)
+    applicable = [r for r in results if r["status"] != "not applicable"]
+    killed = sum(r["status"] == "killed" for r in applicable)
+    lines = [f"{killed} of {len(applicable)} applicable mutants killed "
+             f"({100.0 * killed / max(1, len(applicable)):.1f}%); {n - len(applicable)} not applicable.",
+             "", "| mutant | file | bug | result | caught by |", "|---|---|---|---|---|"]
+    for r in results:
+        by = r.get("detail", "")
+        by = by.replace("|", "\\|").split(" - ")[0][:90] if r["status"] == "killed" else by[:60]
+        lines.append(f"| `{r['id']}` | {r['file']} | {r['what']} | {r['status']} | {by} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--only", nargs="+", metavar="ID", help="run only these mutants")
+    ap.add_argument("--suite", action="store_true", help="run the whole suite for every mutant")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant's tests (300)")
+    ap.add_argument("--build-timeout", type=float, default=600, help="seconds per rebuild (600)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--markdown", help="write the summary table here")
+    args = ap.parse_args(argv)
+    ids = [mu.id for mu in MUTANTS]
+    if len(set(ids)) != len(ids):
+        sys.exit("mutants: duplicate ids")
+    mutants = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - set(ids))
+        if unknown:
+            sys.exit(f"mutants: unknown ids {unknown}")
+        mutants = [mu for mu in MUTANTS if mu.id in args.only]
+    if args.list:
+        for mu in mutants:
+            print(f"{mu.id:40} {mu.file:22} {mu.what}")
+        print(f"{len(mutants)} mutants")
+        return 0
+
+    def tests_for(mu):
+        return ("tests",) if args.suite else mu.tests
+
+    t0 = time.perf_counter()
+    results = run(mutants, tests_for, args.timeout, args.build_timeout,
+                  lambda s: print(s, flush=True))
+    table = markdown(results)
+    print(table)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
