@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ FORMAT = "tests/test_format.py"
 TOK = "tests/test_tokenizer.py"
 NN = "tests/test_nn.py"
 IMAGES = "tests/test_imageio.py"
+INT8 = "tests/test_int8.py"
 C_NATIVE = "tests/test_c_kernels.py::test_native_kernels_match_reference"
 
 
@@ -70,7 +72,8 @@ def m(id, file, old, new, tests, what):
 MUTANTS = [
     # ------------------------------------------------ kernels and dispatch
     m("dispatch-avx512-entry-is-avx2", "csrc/cpu.c",
-      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512},", "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx2},",
+      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni},",
+      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx2, bitnn_gemm_q8_avx512vnni},",
       [DISPATCH], "the AVX-512 table entry points at the AVX2 function"),
     m("dispatch-prefers-avx2", "csrc/cpu.c",
       "{BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON}", "{BITNN_ISA_AVX2, BITNN_ISA_AVX512, BITNN_ISA_NEON}",
@@ -103,8 +106,7 @@ MUTANTS = [
       "(bias[n >> 6] >> (n & 63)) & 1u", "(bias[n >> 6] >> (n & 31)) & 1u",
       [CORE], "bias bit n read from the wrong bit of its word"),
     m("gemm-split-drops-last-column", "csrc/ops.c",
-      "j->fn(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, 0, j->N, j->bias,",
-      "j->fn(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, 0, j->N - 1, j->bias,",
+      "gemm_block(j, m0, m1, 0, j->N);", "gemm_block(j, m0, m1, 0, j->N - 1);",
       [CORE], "the split over input rows skips the last output column"),
     # ------------------------------------------------ Normalize and activations
     m("norm-variance-n-plus-1", "csrc/ops.c",
@@ -143,6 +145,14 @@ MUTANTS = [
     m("softmax-unnormalised", "csrc/ops.c",
       "const double scale = 1.0 / total;", "const double scale = 1.0 / (total + 1e-3);",
       [CORE], "softmax divides by a slightly wrong total"),
+    # ------------------------------------------------ int8 mode
+    m("int8-round-half-up", "csrc/ops.c",
+      "float v = (x[k] * inv + magic) - magic;", "float v = floorf(x[k] * inv + 0.5f);",
+      [INT8], "int8 quantization rounds half up instead of half to even"),
+    m("int8-epilogue-order", "csrc/kernel_common.h",
+      "return (float)s * scale + bitnn_bias_value(bias, n);",
+      "return ((float)s + bitnn_bias_value(bias, n) / scale) * scale;",
+      [INT8], "the int8 epilogue adds the bias before scaling"),
     # ------------------------------------------------ threads
     m("pool-always-serial", "csrc/threadpool.c",
       "if (!p || p->n == 1 || n <= grain) {", "if (1) {",
@@ -158,11 +168,11 @@ MUTANTS = [
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),
     m("conv-bias-dropped", "csrc/conv.c",
-      "j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, j->bias,",
-      "j->gemm(buf, j->K, p1 - p0, j->K, j->w, bitnn_words_per_row(j->K), 0, j->Cout, NULL,",
+      "j->gemm(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, j->bias,",
+      "j->gemm(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, NULL,",
       [CLS], "the convolution ignores its bias bits"),
     m("conv-right-padding-not-zeroed", "csrc/conv.c",
-      "if (dx1 < f) memset(row + dx1 * C, 0, (f - dx1) * C * sizeof(float));", "(void)dx1;",
+      "if (dx1 < f) memset(row + dx1 * C * es, 0, (f - dx1) * C * es);", "(void)dx1;",
       [CLS], "taps right of the image keep stale values instead of 0"),
     m("conv-norm-per-position-ignored", "csrc/model.c",
       'L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;', "L[i].norm_per_position = 0;",
@@ -211,8 +221,8 @@ MUTANTS = [
       "add_rows(s->h, s->x, n * D);", "(void)0;",
       [LM], "no residual connection around attention"),
     m("lm-head-relu", "csrc/lm.c",
-      "lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_GELU, isa, pool)",
-      "lin(&m->head[i], cur, 1, bufs[i & 1], eps, BITNN_ACT_RELU, isa, pool)",
+      "lin(m, &m->head[i], cur, 1, bufs[i & 1], BITNN_ACT_GELU, isa, pool)",
+      "lin(m, &m->head[i], cur, 1, bufs[i & 1], BITNN_ACT_RELU, isa, pool)",
       [LM], "the MLP head uses relu instead of gelu"),
     # ------------------------------------------------ sampler
     m("sampler-top-k-plus-one", "csrc/sampler.c",
@@ -433,6 +443,9 @@ def main(argv=None) -> int:
             print(f"{mu.id:40} {mu.file:22} {mu.what}")
         print(f"{len(mutants)} mutants")
         return 0
+
+    # Ctrl-C or a kill: leave through the context managers (scratch copy removed).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def tests_for(mu):
         return ("tests",) if args.suite else mu.tests
