@@ -225,6 +225,11 @@ def test_cli_classify():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "Trouser" in r.stdout.splitlines()[1]
+    # exactly -k lines, the labels and probabilities of model.classify
+    with bitnn.load("fashion") as model:
+        C, H, W = model.input_shape
+        want = model.classify(fit_image(read_image(sample), C, H, W), top_k=2, layout="NHWC")[0]
+    assert r.stdout.splitlines()[1:] == [f"  {p:7.2%}  {label}" for label, p in want]
     r = subprocess.run([sys.executable, "-m", "bitnn.cli", "classify", "missing.png"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "missing.png" in r.stderr

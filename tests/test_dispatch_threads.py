@@ -188,6 +188,20 @@ def test_long_row_chunk_order_is_the_documented_one(threads):
     assert y[-1] != 0.0 and y[-1] == want[-1]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lanes_within_a_chunk_combine_in_the_documented_order(threads):
+    """Within a chunk value n goes to partial sum n % 8 and the eight are added
+    as ((0+4)+(2+6)) + ((1+5)+(3+7)) (csrc/ops.c): with +X in lane 0, -X in
+    lane 4 and 1 in lane 1 that keeps the 1 (mean 1/8 exactly); pairing lane 0
+    with lane 1 first would lose it."""
+    X = np.float32(1e30)
+    x = np.array([[X, 1.0, 0.0, 0.0, -X, 0.0, 0.0, 0.0]], dtype=np.float32)
+    w = identity_rows(8, 8)
+    y = _core.linear(x, w, 8, None, threads=threads)[0]
+    assert np.array_equal(y, exact_normalize(x[0], 1e-5, None).astype(np.float32))
+    assert y[2] < 0  # (0 - 1/8) / sd: the lost 1 would make this -0.0
+
+
 @pytest.mark.parametrize("eps", [1e-5, 0.5, 3.0])
 def test_long_row_eps_is_used_on_every_path(eps):
     x, w, b = random_layer(np.random.default_rng(8), 1, 50, 20000)

@@ -151,6 +151,7 @@ CNN_RULES = {  # rule: (edit, message the loader must give)
     "only linear after linear": (layers(lambda ls: ls + [GAP]), "only linear layers may follow"),
     "last layer linear": (layers(lambda ls: ls[:4]), "last layer must be a linear"),
     "labels one per class": (set_meta(["labels"], ["a", "b"]), "must list 4 class names"),
+    "labels not more than classes": (set_meta(["labels"], list("abcde")), "must list 4 class names"),
     "weight names a tensor": (edit_layer(0, weight=5), "\"weight\" must name a tensor"),
     "tensor present": (tensor("c1.w", None), "tensor 'c1.w' is not in the file"),
     "tensor is bits": (tensor("c1.b", np.zeros(2, dtype=np.float32)), "must be bits"),
