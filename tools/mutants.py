@@ -113,8 +113,8 @@ MUTANTS = [
       [CORE], "the split over input rows skips the last output column"),
     # ------------------------------------------------ Normalize and activations
     m("norm-variance-n-plus-1", "csrc/ops.c",
-      "const double inv = 1.0 / sqrt(ss / (double)N + eps);",
-      "const double inv = 1.0 / sqrt(ss / (double)(N + 1) + eps);",
+      "*inv_out = 1.0 / sqrt(ss / (double)N + eps);",
+      "*inv_out = 1.0 / sqrt(ss / (double)(N + 1) + eps);",
       [CORE], "Normalize divides the squared deviations by N + 1"),
     m("norm-mean-n-minus-1", "csrc/ops.c",
       "const double mean = sum / (double)N;", "const double mean = sum / (double)(N - 1);",

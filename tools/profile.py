@@ -46,7 +46,7 @@ sys.path.append(str(HERE))
 
 import numpy as np  # noqa: E402
 
-from common import cpu_name  # noqa: E402
+from common import cpu_identity  # noqa: E402
 
 
 # ---------------------------------------------------------------- workloads
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
         args.workdir = tmp.name
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     use_perf = not args.no_perf and perf_usable()
-    print(f"CPU: {cpu_name()}")
+    print(f"CPU: {cpu_identity()['summary']}")
     print(f"bitnn {bitnn.__version__}, kernel {_core.default_kernel()}, threads {args.threads}, "
           f"profiler: {'perf record (share of samples)' if use_perf else 'runtime timings (no perf)'}")
     whats = ["classifier", "lm"] if args.what == "all" else [args.what]
