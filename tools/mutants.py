@@ -308,7 +308,7 @@ MUTANTS = [
     m("png-paeth-tie", "bitnn/imageio.py",
       "pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)",
       "pred = a if (pa < pb and pa <= pc) else (b if pb <= pc else c)",
-      [IMAGES, CLS], "the PNG Paeth predictor breaks ties the wrong way"),
+      [IMAGES, CLS], "Paeth prefers b when pa == pb (equivalent: that tie means a == b or c wins)"),
     m("png-average-rounding", "bitnn/imageio.py",
       "cur[x] = (cur[x] + ((left + prev[x]) >> 1)) & 255",
       "cur[x] = (cur[x] + ((left + prev[x] + 1) >> 1)) & 255",
