@@ -157,6 +157,18 @@ _pools = {}
 _pools_lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    # Another thread of the parent may have held the lock at fork(); it does
+    # not exist here. The pools themselves restart their workers on first use
+    # (csrc/threadpool.c).
+    global _pools_lock
+    _pools_lock = threading.Lock()
+
+
+import os as _os_fork
+_os_fork.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_pool(threads=None):
     """The shared pool for a thread count (None: default_threads())."""
     if threads is None:

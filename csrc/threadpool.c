@@ -9,6 +9,12 @@
  * Workers spin briefly on the job counter before sleeping on a condition
  * variable: token-by-token decoding issues many small jobs back to back and
  * a futex wake-up per job would dominate.
+ *
+ * Fork: a child process has only the thread that called fork(), so every
+ * pool's workers are gone there. A pthread_atfork child handler walks the
+ * list of live pools, re-initialises their locks and marks them as having no
+ * workers; the next bitnn_parallel_for in the child starts them again. The
+ * parent's pools are untouched.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +41,7 @@
 
 struct bitnn_pool {
     int n;                 /* threads in total, the caller included */
+    int started;           /* workers running: n - 1, or 0 (in a forked child until first use) */
     pthread_t *workers;    /* n - 1 */
     pthread_mutex_t mu;    /* guards sleeping / waking */
     pthread_cond_t wake;   /* new job or stop */
@@ -49,7 +56,14 @@ struct bitnn_pool {
     atomic_int stop;
     atomic_int threads_used; /* distinct threads that ran a non-empty share */
     int caller_ran;          /* the caller's share counted (under run_mu) */
+    struct bitnn_pool *next, *prev; /* the list of live pools, for the fork handler */
 };
+
+/* Live pools. Guarded by pools_mu, which the fork handlers hold across fork()
+ * so that the child sees a consistent list. */
+static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+static bitnn_pool *pools_head;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 typedef struct {
     bitnn_pool *pool;
@@ -105,6 +119,61 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void fork_prepare(void) { pthread_mutex_lock(&pools_mu); }
+static void fork_parent(void) { pthread_mutex_unlock(&pools_mu); }
+
+/* In the child only the forking thread exists: no lock can be held by anyone
+ * else, and no worker is left. Reset every pool to "no workers, no job". */
+static void fork_child(void)
+{
+    pthread_mutex_init(&pools_mu, NULL);
+    for (bitnn_pool *p = pools_head; p; p = p->next) {
+        pthread_mutex_init(&p->mu, NULL);
+        pthread_mutex_init(&p->run_mu, NULL);
+        pthread_cond_init(&p->wake, NULL);
+        pthread_cond_init(&p->done, NULL);
+        atomic_store(&p->generation, 0);
+        atomic_store(&p->pending, 0);
+        atomic_store(&p->stop, 0);
+        p->started = 0;
+    }
+}
+
+static void register_atfork(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
+/* Stops and joins the running workers (all of them, or the first `started`). */
+static void stop_workers(bitnn_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->workers[i], NULL);
+    p->started = 0;
+    atomic_store(&p->stop, 0);
+}
+
+/* Starts workers 1..n-1; on failure stops the ones started and returns the error. */
+static bitnn_status start_workers(bitnn_pool *p)
+{
+    for (int i = 1; i < p->n; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        int rc = wa ? 0 : ENOMEM;
+        if (wa) {
+            wa->pool = p;
+            wa->index = i;
+            rc = pthread_create(&p->workers[i - 1], NULL, worker_main, wa);
+            if (rc) free(wa);
+        }
+        if (rc) {
+            stop_workers(p);
+            return rc == ENOMEM ? BITNN_ENOMEM : BITNN_ESYS;
+        }
+        p->started = i;
+    }
+    return BITNN_OK;
+}
+
 bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
 {
     if (!out || n < 1 || n > 1024) return BITNN_EINVAL;
@@ -127,21 +196,17 @@ bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
             return BITNN_ENOMEM;
         }
     }
-    for (int i = 1; i < n; i++) {
-        worker_arg *wa = malloc(sizeof *wa);
-        int rc = wa ? 0 : ENOMEM;
-        if (wa) {
-            wa->pool = p;
-            wa->index = i;
-            rc = pthread_create(&p->workers[i - 1], NULL, worker_main, wa);
-            if (rc) free(wa);
-        }
-        if (rc) { /* stop the ones already started */
-            p->n = i;
-            bitnn_pool_destroy(p);
-            return rc == ENOMEM ? BITNN_ENOMEM : BITNN_ESYS;
-        }
+    pthread_once(&atfork_once, register_atfork);
+    bitnn_status st = start_workers(p);
+    if (st != BITNN_OK) {
+        bitnn_pool_destroy(p);
+        return st;
     }
+    pthread_mutex_lock(&pools_mu);
+    p->next = pools_head;
+    if (pools_head) pools_head->prev = p;
+    pools_head = p;
+    pthread_mutex_unlock(&pools_mu);
     *out = p;
     return BITNN_OK;
 }
@@ -149,11 +214,12 @@ bitnn_status bitnn_pool_create(int n, bitnn_pool **out)
 void bitnn_pool_destroy(bitnn_pool *p)
 {
     if (!p) return;
-    pthread_mutex_lock(&p->mu);
-    atomic_store(&p->stop, 1);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 1; i < p->n; i++) pthread_join(p->workers[i - 1], NULL);
+    pthread_mutex_lock(&pools_mu);
+    if (p->prev) p->prev->next = p->next;
+    else if (pools_head == p) pools_head = p->next;
+    if (p->next) p->next->prev = p->prev;
+    pthread_mutex_unlock(&pools_mu);
+    stop_workers(p);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     pthread_mutex_destroy(&p->mu);
@@ -178,6 +244,12 @@ void bitnn_parallel_for(bitnn_pool *p, size_t n, size_t grain, bitnn_range_fn fn
         return;
     }
     pthread_mutex_lock(&p->run_mu);
+    if (p->started != p->n - 1 && start_workers(p) != BITNN_OK) {
+        /* a forked child that cannot start threads: run the job here */
+        pthread_mutex_unlock(&p->run_mu);
+        fn(ctx, 0, n);
+        return;
+    }
     p->fn = fn;
     p->ctx = ctx;
     p->items = n;
