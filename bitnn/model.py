@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +52,29 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
     :meth:`Model.set_threads` to change the thread count later.
     Raises :class:`bitnn.FormatError` for a malformed file.
     """
+    threads_arg, kernel_arg = threads, kernel
     threads = _core.default_threads() if threads is None else threads
     _core.get_pool(threads)  # validates the count now, not at the first predict
     kernel = _core._resolve_kernel_name(kernel)
     _core.check_precision(precision)
-    file = _core.BnbFile.open(str(resolve(path)), mmap=mmap)
+    resolved = resolve(path)
+    file = _core.BnbFile.open(str(resolved), mmap=mmap)
     try:
-        return _from_file(file, threads, kernel, precision)
+        model = _from_file(file, threads, kernel, precision)
     except BaseException:
         file.close()
         raise
+    # What pickling records (Model.__reduce__): a bundled name stays a name, so
+    # that another installation finds its own copy; a path becomes absolute;
+    # threads and kernel as given (None: the receiving machine's default).
+    source = str(path) if not Path(os.fspath(path)).exists() else os.path.abspath(resolved)
+    model._load_args = (source, threads_arg, mmap, kernel_arg, precision)
+    model._loaded_threads = threads
+    return model
+
+
+def _unpickle(source, threads, mmap, kernel, precision="fp32"):
+    return load(source, threads, mmap=mmap, kernel=kernel, precision=precision)
 
 
 def _from_file(file, threads=None, kernel=None, precision="fp32"):
@@ -88,6 +103,9 @@ class Model:
         self.meta = meta
         self.name = meta["model"].get("name")
         self.kind = meta["model"]["kind"]
+        self._load_args = None          # set by load()
+        self._calls = 0                 # compute calls in flight (close() waits for them)
+        self._calls_cv = threading.Condition(threading.Lock())
 
     def set_threads(self, threads: int) -> None:
         """Use `threads` threads for the calls that start after this one."""
@@ -103,8 +121,39 @@ class Model:
         return self._file.file_size
 
     def close(self) -> None:
-        """Release the file (unmaps it). Further calls raise ValueError."""
-        self._file.close()
+        """Release the file. Waits for compute calls running in other threads
+        to finish; calls that start afterwards (including the next step of a
+        streaming ``generate``) raise ValueError. The mapping itself goes when
+        the last object using it (a generator still alive) goes."""
+        with self._calls_cv:
+            while self._calls:
+                self._calls_cv.wait()
+            self._file.close()
+
+    @contextmanager
+    def _in_use(self):
+        """Marks one compute call in flight; ValueError if the model is closed."""
+        with self._calls_cv:
+            self._check_open()
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._calls_cv:
+                self._calls -= 1
+                if not self._calls:
+                    self._calls_cv.notify_all()
+
+    def __reduce__(self):
+        """Pickles as (path or bundled name, threads, mmap, kernel, precision);
+        unpickling reopens the file, so the file's bytes are not copied."""
+        if self._load_args is None:
+            raise TypeError("only models opened with bitnn.load can be pickled")
+        self._check_open()
+        source, threads, mmap, kernel, precision = self._load_args
+        if self.threads != self._loaded_threads:     # set_threads() since
+            threads = self.threads
+        return (_unpickle, (source, threads, mmap, kernel, precision))
 
     @property
     def closed(self) -> bool:
@@ -192,7 +241,8 @@ class ClassifierModel(Model):
         """
         self._check_open()
         a = self._to_nhwc(x, layout)
-        return self._graph.forward(a, threads=self.threads, kernel=self.kernel)
+        with self._in_use():
+            return self._graph.forward(a, threads=self.threads, kernel=self.kernel)
 
     def classify(self, x, top_k: int = 5, layout: str | None = None):
         """[[(label, probability), ...] top_k per image]."""
@@ -353,7 +403,8 @@ class LanguageModel(Model):
                 raise ValueError(f"a sequence of {len(seq)} tokens is longer than the model's "
                                  f"max_len {self.max_len}")
             state = self._graph.new_state(len(seq))
-            out[i] = _softmax(state.forward(seq, threads=self.threads, kernel=self.kernel))
+            with self._in_use():
+                out[i] = _softmax(state.forward(seq, threads=self.threads, kernel=self.kernel))
         return out
 
     # -------------------------------------------------------- perplexity
@@ -433,6 +484,10 @@ class LanguageModel(Model):
         pieces = self._text_pieces(steps, stops)
         return pieces if stream else "".join(pieces)
 
+    def _forward(self, state, ids):
+        with self._in_use():
+            return state.forward(ids, threads=self.threads, kernel=self.kernel)
+
     def _steps(self, ids, max_new_tokens, sampler, ctx, overflow):
         """Yield new token ids; fills self.last_stats."""
         stats = {"prompt_tokens": len(ids), "prompt_seconds": 0.0, "generated_tokens": 0,
@@ -443,7 +498,7 @@ class LanguageModel(Model):
         state = self._graph.new_state(ctx)
         history = list(ids)
         t0 = time.perf_counter()
-        scores = state.forward(ids, threads=self.threads, kernel=self.kernel)
+        scores = self._forward(state, ids)
         stats["prompt_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for i in range(max_new_tokens):
@@ -460,9 +515,9 @@ class LanguageModel(Model):
                 keep = history[-(ctx // 2):]
                 state.reset()
                 stats["context_shifts"] += 1
-                scores = state.forward(keep, threads=self.threads, kernel=self.kernel)
+                scores = self._forward(state, keep)
             else:
-                scores = state.forward([nxt], threads=self.threads, kernel=self.kernel)
+                scores = self._forward(state, [nxt])
         stats["generation_seconds"] = time.perf_counter() - t0
 
     def _text_pieces(self, steps, stops):
