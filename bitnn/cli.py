@@ -4,6 +4,7 @@
     bitnn-run classify [-m MODEL] [-k TOP_K] [-t THREADS] [--json] IMAGE...
     bitnn-run info          # version, CPU features, kernels, threads, bundled models
     bitnn-run perplexity [-m MODEL] -f FILE [-c N] [--stride N]   # see bitnn/perplexity.py
+    bitnn-run serve [-m MODEL]... [--host H] [--port P]   # HTTP server (bitnn/serve.py)
 """
 from __future__ import annotations
 
@@ -180,12 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     from bitnn import perplexity
 
     perplexity.add_parser(sub, DEFAULT_LM)
+    from bitnn import serve  # its options live there; Starlette is imported only when it runs
+
+    serve.add_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("classify", "info", "perplexity"):
+    if argv and argv[0] in ("classify", "info", "perplexity", "serve"):
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "classify" and args.top_k < 1:
