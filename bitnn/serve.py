@@ -445,10 +445,15 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                     if cancel.is_set():
                         break
             stopped = counted["n"] < req.max_tokens
+            # counted here, not by the request, which may be gone
+            m_tokens.labels(req.model).inc(counted["n"])
+            if cancel.is_set():
+                m_cancelled.labels(req.model).inc()
             put(("end", {"completion_tokens": counted["n"], "cancelled": cancel.is_set(),
                          "finish_reason": "stop" if stopped or _cut_by_stop(model, req, counted["ids"])
                          else "length"}, None))
         except BaseException as e:  # noqa: BLE001 - handed to the event loop
+            m_tokens.labels(req.model).inc(counted["n"])
             put(("error", e, None))
 
     def _cut_by_stop(model, req, ids):
@@ -489,9 +494,6 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                 await ctx.__aexit__(None, None, None)
 
         def finish(info):
-            m_tokens.labels(req.model).inc(info["completion_tokens"])
-            if info["cancelled"]:
-                m_cancelled.labels(req.model).inc()
             return {"prompt_tokens": len(req.ids), "completion_tokens": info["completion_tokens"],
                     "total_tokens": len(req.ids) + info["completion_tokens"]}
 
@@ -538,16 +540,19 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
 
         # not streamed: collect, stop if the client goes away
         parts, tokens, info = [], [], None
+        checked = time.monotonic()
         try:
             while info is None:
                 nxt = asyncio.ensure_future(next_event())
                 while True:
                     done, _ = await asyncio.wait({nxt}, timeout=0.25)
+                    if not done or time.monotonic() - checked > 0.25:
+                        checked = time.monotonic()
+                        if await request.is_disconnected():
+                            nxt.cancel()
+                            raise ClientDisconnect()
                     if done:
                         break
-                    if await request.is_disconnected():
-                        nxt.cancel()
-                        raise ClientDisconnect()
                 kind, payload, tok = nxt.result()
                 if kind == "text":
                     parts.append(payload)
@@ -761,6 +766,31 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _graceful_server_class():
+    import signal
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn.Server that exits with status 0 after a SIGTERM/SIGINT shutdown (uvicorn
+        itself re-raises the signal at the end, so the process would die of it)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit)
+                   for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
 def run(args) -> int:
     """Runs the server until SIGTERM/SIGINT. Returns the exit status."""
     def fail(msg):
@@ -800,7 +830,7 @@ def run(args) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, access_log=False,
                             lifespan="on")
-    server = uvicorn.Server(config)
+    server = _graceful_server_class()(config)
     print(f"bitnn-run serve: http://{args.host}:{args.port} models {', '.join(models)}"
           f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
     try:
