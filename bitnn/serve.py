@@ -596,20 +596,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                 if not files:
                     raise ApiError(400, "send one or more images as form parts named 'file'",
                                    param="file", code="missing_required_parameter")
-                C, H, W = model.input_shape
-                from bitnn.imageio import fit_image
-
-                batch, names = [], []
-                for i, f in enumerate(files):
-                    data = await f.read()
-                    try:
-                        img = decode_image(data, limits.max_image_pixels)
-                    except ValueError as e:
-                        raise ApiError(400, f"file {i} ({f.filename}): {e}", param="file",
-                                       code="invalid_image") from None
-                    batch.append(fit_image(img, C, H, W))
-                    names.append(f.filename)
-                x = np.stack(batch)
+                x = [await f.read() for f in files]     # decoded in a compute slot
+                names = [f.filename for f in files]
             finally:
                 await form.close()
             if top_k_raw is not None:
@@ -640,10 +628,27 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
         if len(x) > limits.max_images:
             raise ApiError(400, f"at most {limits.max_images} images per request", param="file",
                            code="invalid_value")
+
+        def compute():
+            batch = x
+            if isinstance(x, list):   # encoded files
+                from bitnn.imageio import fit_image
+
+                C, H, W = model.input_shape
+                batch = []
+                for i, data in enumerate(x):
+                    try:
+                        img = decode_image(data, limits.max_image_pixels)
+                    except ValueError as e:
+                        raise ApiError(400, f"file {i} ({names[i]}): {e}", param="file",
+                                       code="invalid_image") from None
+                    batch.append(fit_image(img, C, H, W))
+                batch = np.stack(batch)
+            return model.classify(batch, top_k=top_k, layout="NHWC")
+
         loop = asyncio.get_running_loop()
         async with admission():
-            top = await loop.run_in_executor(
-                state["executor"], lambda: model.classify(x, top_k=top_k, layout="NHWC"))
+            top = await loop.run_in_executor(state["executor"], compute)
         m_images.labels(mid).inc(len(x))
         return JSONResponse({"object": "list", "model": mid, "data": [
             {"index": i, "filename": names[i],

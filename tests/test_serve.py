@@ -460,3 +460,17 @@ def test_cli_help_lists_serve():
     r = subprocess.run([sys.executable, "-m", "bitnn.cli", "serve", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--api-key" in r.stdout and "127.0.0.1" in r.stdout
+
+
+def test_huge_declared_image_is_400_not_decoded(server):
+    import struct
+    import zlib
+
+    def chunk(t, body):
+        return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    r = post(server, "/v1/classify", data={"model": "fashion"},
+             files=[("file", ("bomb.png", png, "image/png"))])
+    assert r.status_code == 400 and "pixels" in r.json()["error"]["message"], r.text
