@@ -241,6 +241,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if Image is not None:
         try:
             im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise ValueError(f"the image has far more than {max_pixels} pixels") from None
         except Exception:  # noqa: BLE001 - Pillow raises many kinds for junk
             raise ValueError("not an image Pillow can read (send PNG, JPEG, PGM or PPM)") from None
         with im:
