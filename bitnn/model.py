@@ -6,6 +6,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def _from_file(file, threads=None, kernel=None, precision="fp32"):
                       f"(known: 'classifier', 'lm')")
 
 
+_live_models = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    # Threads of the parent that were inside a model's lock do not exist in
+    # the child: give every model a fresh lock and no calls in flight.
+    for m in list(_live_models):
+        m._calls = 0
+        m._calls_cv = threading.Condition(threading.Lock())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Model:
     """Common part of loaded models: metadata, threads, life cycle."""
 
@@ -106,6 +121,7 @@ class Model:
         self._load_args = None          # set by load()
         self._calls = 0                 # compute calls in flight (close() waits for them)
         self._calls_cv = threading.Condition(threading.Lock())
+        _live_models.add(self)
 
     def set_threads(self, threads: int) -> None:
         """Use `threads` threads for the calls that start after this one."""
