@@ -21,7 +21,7 @@ import pytest
 import bitnn
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 120
+TIMEOUT = 300  # generous: CI also runs this under ASan
 
 # Run as a script: python script.py MODE MODEL. Loads MODEL with a 2-thread
 # pool, computes once in the parent, then compares a child's result (and the
@@ -83,6 +83,10 @@ SCRIPT = textwrap.dedent('''
 @pytest.mark.parametrize("model", ["fashion", "shakespeare"])
 @pytest.mark.parametrize("mode", ["os.fork", "os.fork-busy", "fork", "spawn"])
 def test_model_works_in_child_and_parent(tmp_path, mode, model):
+    if mode == "os.fork-busy" and "libasan" in os.environ.get("LD_PRELOAD", ""):
+        # seen with GCC 12's ASan: a parent thread inside ASan's malloc at fork
+        # leaves the allocator's lock held in the child, whose first malloc hangs
+        pytest.skip("ASan's allocator is not fork-safe while other threads allocate")
     script = tmp_path / "fork_scenario.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
