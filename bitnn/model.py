@@ -120,6 +120,7 @@ class Model:
         self.kind = meta["model"]["kind"]
         self._load_args = None          # set by load()
         self._calls = 0                 # compute calls in flight (close() waits for them)
+        self._closing = False           # close() has begun: no new call may start
         self._calls_cv = threading.Condition(threading.Lock())
         _live_models.add(self)
 
@@ -142,6 +143,7 @@ class Model:
         streaming ``generate``) raise ValueError. The mapping itself goes when
         the last object using it (a generator still alive) goes."""
         with self._calls_cv:
+            self._closing = True      # no new call starts from now on
             while self._calls:
                 self._calls_cv.wait()
             self._file.close()
@@ -150,6 +152,8 @@ class Model:
     def _in_use(self):
         """Marks one compute call in flight; ValueError if the model is closed."""
         with self._calls_cv:
+            if self._closing:
+                raise ValueError("the model is closed")
             self._check_open()
             self._calls += 1
         try:
