@@ -6,8 +6,8 @@ CLIENTS concurrent clients each send REQUESTS requests one after another
 latency p50/p99, the throughput and the number of failed requests. Exit
 status 1 if any request failed.
 
-    python3 tools/load_test.py --start-server              # starts its own server on a free port
-    python3 tools/load_test.py --url http://127.0.0.1:8080 --clients 32 --requests 20
+    python3 -m tools.load_test --start-server              # starts its own server on a free port
+    python3 -m tools.load_test --url http://127.0.0.1:8080 --clients 32 --requests 20
 
 Only loopback addresses are accepted (the tool is not for loading other
 people's servers). Needs httpx (installed with the serve extra's tests).
