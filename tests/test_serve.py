@@ -384,19 +384,20 @@ def test_busy_server_answers_503_then_recovers():
 
 def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
     s = Server("-m", "shakespeare", "--slots", "1", "-t", "1", "--shutdown-timeout", "60")
-    result = {}
-
-    def request():
-        result["r"] = httpx.post(s.url + "/v1/completions", timeout=120, json={
-            "model": "shakespeare", "prompt": "A", "max_tokens": 400, "seed": 1})
-
-    t = threading.Thread(target=request)
-    t.start()
-    _wait(lambda: s.metrics({})["bitnn_requests_running"] == 1, "the request to start")
-    os.killpg(s.proc.pid, signal.SIGTERM)
-    t.join(120)
-    assert result["r"].status_code == 200
-    assert result["r"].json()["usage"]["completion_tokens"] == 400
+    # Streamed, so that the first event proves the generation is under way
+    # when SIGTERM arrives (a fast machine finishes a short one between polls).
+    with httpx.stream("POST", s.url + "/v1/completions", timeout=120, json={
+            "model": "shakespeare", "prompt": "A", "max_tokens": 3000, "seed": 1,
+            "stream": True}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = next(lines)
+        os.killpg(s.proc.pid, signal.SIGTERM)
+        events = [ln for ln in [first, *lines] if ln.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    finishes = [c["finish_reason"] for e in events[:-1]
+                for c in json.loads(e[len("data: "):])["choices"] if c.get("finish_reason")]
+    assert finishes == ["length"]
     assert s.proc.wait(60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/health", timeout=5)
