@@ -54,8 +54,9 @@ def load(path, threads=None, *, mmap=True, kernel=None, precision="fp32"):
     return _load(path, threads, mmap=mmap, kernel=kernel, precision=precision)
 
 
-def export(model, path, **metadata):
-    """Write a trained binary PyTorch model to a .bnb file; see :func:`bitnn.exporter.export`."""
+def export(model, path, **metadata) -> int:
+    """Write a trained binary PyTorch model to a .bnb file (returns its size in bytes);
+    see :func:`bitnn.exporter.export`."""
     from bitnn.exporter import export as _export
 
     return _export(model, path, **metadata)

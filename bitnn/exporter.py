@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bitnn.format import Bits, write_bnb
+from bitnn.format import Bits, encode_bnb, write_atomic
 from bitnn.ops import pack_bits
 
 
@@ -38,11 +38,17 @@ def _classifier_graph(model):
                 out.append(("gap", m))
             elif isinstance(m, bnn.BinaryLinear):
                 out.append(("linear", m))
+            elif isinstance(m, tnn.Flatten):
+                if m.start_dim != 1 or m.end_dim != -1:
+                    raise ValueError(f"only nn.Flatten(start_dim=1, end_dim=-1) can be exported, "
+                                     f"got {m}")
+                out.append(("flatten", m))
             elif isinstance(m, (tnn.Dropout, tnn.Identity)):
                 continue
             else:
                 raise ValueError(f"cannot export a {type(m).__name__}: the runtime runs "
-                                 "BinaryConv2d, MaxPool2d(2), GlobalAvgPool2d and BinaryLinear")
+                                 "BinaryConv2d, MaxPool2d(2), GlobalAvgPool2d, Flatten and "
+                                 "BinaryLinear")
         return out
     raise TypeError(f"cannot export a {type(model).__name__}; expected a BinaryCNN or an "
                     "nn.Sequential of bitnn.nn layers")
@@ -62,24 +68,37 @@ def _maxpool_size(m) -> int:
 
 def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None,
            preprocess: dict | None = None, name: str | None = None,
-           training: dict | None = None, tokenizer=None) -> dict:
-    """Write a binary classifier or language model to ``path`` (.bnb).
+           training: dict | None = None, tokenizer=None, calibration=None) -> int:
+    """Write a binary classifier or language model to ``path`` (.bnb); returns
+    the file's size in bytes.
+
+    Before anything is written, the file is built in memory and opened with
+    the loader's own checks (``bitnn.load``'s): a model that would not load
+    raises ValueError naming the layer, and nothing is written.
 
     A :class:`bitnn.nn.BinaryLM` goes to :func:`_export_lm` (keywords
-    ``tokenizer``, ``name``, ``training``; ``input_shape``, ``labels`` and
-    ``preprocess`` do not apply). Everything else is a classifier:
+    ``tokenizer``, ``name``, ``training``; ``input_shape``, ``labels``,
+    ``preprocess`` and ``calibration`` do not apply). Everything else is a
+    classifier:
 
     ``model`` is a :class:`bitnn.nn.BinaryCNN` (binary) or an ``nn.Sequential``
-    of bitnn.nn layers. ``input_shape`` is ``(C, H, W)`` (for a BinaryCNN,
-    ``(H, W)`` is enough). ``labels``: one name per class. ``preprocess``:
-    ``{"scale", "mean", "std"}`` applied by ``Model.predict`` to uint8 input as
-    ``(x * scale - mean[c]) / std[c]``; default scale 1/255, mean 0, std 1.
-    ``training``: free-form provenance stored in the file.
+    of BinaryConv2d, MaxPool2d, GlobalAvgPool2d, nn.Flatten and BinaryLinear
+    layers (Dropout and Identity are skipped). ``input_shape`` is ``(C, H, W)``
+    (for a BinaryCNN, ``(H, W)`` is enough). ``labels``: one name per class.
+    ``preprocess``: ``{"scale", "mean", "std"}`` applied by ``Model.predict``
+    to pixels as ``(x * scale - mean[c]) / std[c]``; default scale 1/255,
+    mean 0, std 1. ``training``: free-form provenance stored in the file.
+    ``calibration``: ``(x_val, y_val)`` held-out images (pixels, as
+    ``predict`` takes them) and class indices to fit a softmax temperature on
+    (minimum negative log-likelihood), or the temperature itself (a number >
+    0). It is stored in the file and used only by ``predict(...,
+    calibrated=True)``; the class ranking never changes.
     """
     if _is_lm(model):
-        if input_shape is not None or labels is not None or preprocess is not None:
-            raise ValueError("input_shape, labels and preprocess are for classifiers; "
-                             "a language model takes tokenizer, name and training")
+        if (input_shape is not None or labels is not None or preprocess is not None
+                or calibration is not None):
+            raise ValueError("input_shape, labels, preprocess and calibration are for "
+                             "classifiers; a language model takes tokenizer, name and training")
         return _export_lm(model, path, tokenizer=tokenizer, name=name, training=training)
     if tokenizer is not None:
         raise ValueError("tokenizer is for language models (BinaryLM)")
@@ -126,7 +145,30 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
 
     layers: list[dict[str, Any]] = []
     tensors: dict[str, Bits] = {}
+    shape: tuple = (C, H, W)  # what comes into the layer: (C, H, W), or (features,)
+    unflatten = None  # (C, H, W) that a flatten just turned into a vector (torch: C,H,W order)
     for i, (kind, m) in enumerate(graph):
+        if kind == "flatten":
+            if len(shape) == 3:  # after global_avg_pool the input is a vector already
+                layers.append({"type": "flatten"})
+                unflatten, shape = shape, (math.prod(shape),)
+            continue
+        if kind == "linear":
+            wbits = _bits_of(m.binary_weight())
+            if unflatten is not None and wbits.shape[1] == math.prod(unflatten):
+                # torch flattens (C, H, W); the runtime's activations are (H, W, C)
+                wbits = wbits.reshape(-1, *unflatten).transpose(0, 2, 3, 1).reshape(wbits.shape[0], -1)
+            unflatten = None
+            wname, bname = f"layers.{i}.weight", f"layers.{i}.bias"
+            tensors[wname] = Bits(pack_bits(np.ascontiguousarray(wbits)),
+                                  [m.out_features, m.in_features])
+            tensors[bname] = Bits(pack_bits(_bits_of(m.binary_bias())), [m.out_features])
+            layers.append({"type": "linear", "in_features": m.in_features,
+                           "out_features": m.out_features, "activation": m.activation,
+                           "weight": wname, "bias": bname})
+            shape = (m.out_features,)
+            continue
+        unflatten = None
         if kind == "conv":
             wname, bname = f"layers.{i}.weight", f"layers.{i}.bias"
             wb = _bits_of(m.binary_weight()).transpose(0, 2, 3, 1)  # -> (Cout, kh, kw, Cin)
@@ -137,18 +179,14 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
                            "out_channels": m.out_channels, "kernel_size": m.kernel_size,
                            "activation": m.activation, "norm": m.norm,
                            "weight": wname, "bias": bname})
-        elif kind == "linear":
-            wname, bname = f"layers.{i}.weight", f"layers.{i}.bias"
-            tensors[wname] = Bits(pack_bits(_bits_of(m.binary_weight())),
-                                  [m.out_features, m.in_features])
-            tensors[bname] = Bits(pack_bits(_bits_of(m.binary_bias())), [m.out_features])
-            layers.append({"type": "linear", "in_features": m.in_features,
-                           "out_features": m.out_features, "activation": m.activation,
-                           "weight": wname, "bias": bname})
+            shape = (m.out_channels,) + shape[1:]
         elif kind == "maxpool":
-            layers.append({"type": "maxpool2d", "size": _maxpool_size(m)})
+            size = _maxpool_size(m)
+            layers.append({"type": "maxpool2d", "size": size})
+            shape = shape[:1] + tuple(v // size for v in shape[1:])
         elif kind == "gap":
             layers.append({"type": "global_avg_pool"})
+            shape = shape[:1]
     meta = {
         "model": {"kind": "classifier", "name": name or "classifier"},
         "eps": eps,
@@ -158,7 +196,76 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
     }
     if training is not None:
         meta["training"] = training
-    return write_bnb(path, meta, tensors)
+    data = _validated(meta, tensors)
+    if calibration is not None:
+        meta["calibration"] = _fit_calibration(data, calibration)
+        data = _validated(meta, tensors)
+    write_atomic(path, [data])
+    return len(data)
+
+
+def _validated(meta: dict, tensors: dict) -> bytes:
+    """The file's bytes, after ``bitnn.load``'s checks passed on them (else ValueError)."""
+    from bitnn import _core
+    from bitnn.model import open_model
+
+    data = encode_bnb(meta, tensors)
+    try:
+        open_model(_core.BnbFile.from_bytes(data)).close()
+    except ValueError as e:  # bitnn.FormatError included
+        raise ValueError(f"cannot export: the file would not load: {e}") from None
+    return data
+
+
+def _fit_calibration(data: bytes, calibration) -> dict:
+    """The header's "calibration" object: a temperature given, or fitted on (x, y)."""
+    if isinstance(calibration, (int, float, np.number)) and not isinstance(calibration, bool):
+        t = float(calibration)
+        if not (math.isfinite(t) and 0 < t <= 1e6):
+            raise ValueError(f"calibration temperature must be in (0, 1e6], got {calibration!r}")
+        return {"temperature": t}
+    if not (isinstance(calibration, (tuple, list)) and len(calibration) == 2):
+        raise TypeError("calibration must be (x_val, y_val) or a temperature (a number > 0)")
+    from bitnn import _core
+    from bitnn.model import open_model
+
+    x, y = calibration
+    with open_model(_core.BnbFile.from_bytes(data)) as model:
+        probs = model.predict(x).astype(np.float64)
+        classes = model.num_classes
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu" or y.shape != (probs.shape[0],):
+        raise ValueError(f"calibration y_val must be {probs.shape[0]} integer class indices, "
+                         f"got {y.dtype} of shape {y.shape}")
+    if y.min() < 0 or y.max() >= classes:
+        raise ValueError(f"calibration y_val has class indices outside 0..{classes - 1}")
+    with np.errstate(divide="ignore"):
+        logp = np.log(probs)
+    logp = np.maximum(logp, np.log(np.finfo(np.float64).tiny))
+    rows = np.arange(len(y))
+
+    def nll(log_beta):  # mean -log softmax(logp * beta)[y]; convex in beta = 1/T
+        z = logp * math.exp(log_beta)
+        zmax = z.max(axis=1)
+        lse = zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1))
+        return float(np.mean(lse - z[rows, y]))
+
+    lo, hi = math.log(1e-3), math.log(1e3)  # golden-section search on log(1/T)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    log_beta = (lo + hi) / 2
+    return {"temperature": math.exp(-log_beta), "method": "temperature scaling (min NLL)",
+            "examples": int(len(y)), "nll": nll(log_beta), "nll_uncalibrated": nll(0.0)}
 
 
 # --------------------------------------------------------------------------
@@ -214,7 +321,7 @@ def _linear_bits(m, prefix: str, tensors: dict) -> None:
 
 
 def _export_lm(model, path, *, tokenizer=None, name: str | None = None,
-               training: dict | None = None) -> dict:
+               training: dict | None = None) -> int:
     """Write a :class:`bitnn.nn.BinaryLM` to ``path`` as csrc/lm.c reads it.
 
     Tensors (all bits): ``embed.token.weight [vocab, emb_dim]`` (the token
@@ -270,4 +377,6 @@ def _export_lm(model, path, *, tokenizer=None, name: str | None = None,
         meta["tokenizer"] = spec
     if training is not None:
         meta["training"] = training
-    return write_bnb(path, meta, tensors)
+    data = _validated(meta, tensors)
+    write_atomic(path, [data])
+    return len(data)

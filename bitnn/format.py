@@ -43,8 +43,8 @@ _U64 = (1 << 64) - 1
 _PREAMBLE = struct.Struct("<8sIIQQQQ")
 assert _PREAMBLE.size == PREAMBLE_SIZE
 
-__all__ = ["Bits", "Preamble", "write_bnb", "read_header", "read_preamble", "encode_tensors",
-           "pack_file", "fix_checksum", "fnv1a64", "align64"]
+__all__ = ["Bits", "Preamble", "write_bnb", "encode_bnb", "write_atomic", "read_header",
+           "read_preamble", "encode_tensors", "pack_file", "fix_checksum", "fnv1a64", "align64"]
 
 
 def align64(n: int) -> int:
@@ -246,11 +246,11 @@ def write_bnb(path, meta: dict, tensors: dict) -> int:
     """Write a .bnb file atomically; returns its size in bytes.
 
     ``meta``: the header's keys other than "tensors" (docs/format.md: model,
-    eps, input, labels, layers, tokenizer, training); numpy scalars and
-    arrays are converted to JSON numbers and lists. ``tensors``: name ->
-    :class:`Bits` or float32 numpy array, stored in this order. The file is
-    written to a temporary file in the same directory, fsync'ed and renamed
-    over ``path``, so readers never see a partial file.
+    eps, input, labels, layers, tokenizer, calibration, training); numpy
+    scalars and arrays are converted to JSON numbers and lists. ``tensors``:
+    name -> :class:`Bits` or float32 numpy array, stored in this order. The
+    file is written to a temporary file in the same directory, fsync'ed and
+    renamed over ``path``, so readers never see a partial file.
     """
     entries, chunks, data_len = _layout(tensors)
     header = _header_bytes(meta, entries)
@@ -260,17 +260,31 @@ def write_bnb(path, meta: dict, tensors: dict) -> int:
     for c in chunks:
         h = fnv1a64(c, h)
     preamble = _PREAMBLE.pack(MAGIC, VERSION, 0, len(header), data_offset, data_len, h)
+    write_atomic(path, [preamble, header, pad] + chunks)
+    return data_offset + data_len
 
+
+def encode_bnb(meta: dict, tensors: dict) -> bytes:
+    """The bytes :func:`write_bnb` would write, in memory (to validate before writing)."""
+    entries, chunks, _ = _layout(tensors)
+    return pack_file(_header_bytes(meta, entries), b"".join(chunks))
+
+
+def write_atomic(path, pieces) -> None:
+    """Write bytes-like ``pieces`` to ``path`` through a temporary file in the same
+    directory, fsync'ed and renamed over ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: the directory {directory!r} does not "
+                                "exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a directory")
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(preamble)
-            f.write(header)
-            f.write(pad)
-            for c in chunks:
+            for c in pieces:
                 f.write(c)
             f.flush()
             os.fsync(f.fileno())
@@ -283,7 +297,6 @@ def write_bnb(path, meta: dict, tensors: dict) -> int:
             pass
         raise
     _fsync_dir(directory)
-    return data_offset + data_len
 
 
 def _new_file_mode(path) -> int:

@@ -1,12 +1,30 @@
-"""Reading images for the CLI without extra dependencies.
+"""Reading images into arrays a classifier takes, with no extra dependencies.
 
-PNG (8-bit, any colour type, non-interlaced), binary PGM/PPM and ``.npy``
-are read with the standard library and numpy; other formats use Pillow when
-it is installed. ``write_png`` writes 8-bit grey or RGB PNGs (used to make the
-shipped sample images).
+Public functions (used by ``Model.predict``/``classify`` for paths and PIL
+images, and by ``bitnn-run classify``):
+
+- :func:`read_image`: a file's pixels as uint8 ``(H, W, C)``. PNG (8-bit, any
+  colour type, non-interlaced), binary PGM/PPM and ``.npy`` are read with the
+  standard library and numpy; other formats, and 16-bit or interlaced PNGs,
+  go through Pillow when it is installed (else a ValueError says so).
+- :func:`from_pil`: the pixels of a PIL image (Pillow is not imported here).
+- :func:`fit_image`: an image converted to the model's channels and size.
+- :func:`load_image`: a path or a PIL image, read and fitted in one step.
+
+Conversion rules (:func:`fit_image`): alpha is dropped (not composited);
+RGB becomes grey with the ITU-R 601 weights 0.299, 0.587, 0.114 for
+one-channel models; grey is repeated for three-channel models. The size is
+changed per axis, without keeping the aspect ratio, by area averaging when
+shrinking and bilinear interpolation (pixel centres aligned) when growing.
+Nothing is inverted: the shipped Fashion-MNIST model expects a light object
+on a dark background.
+
+``write_png`` writes 8-bit grey or RGB PNGs (used to make the shipped sample
+images).
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -14,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+class _NeedsPillow(ValueError):
+    """A valid file the built-in readers do not decode."""
 
 
 def _unfilter(raw: bytes, width: int, height: int, bpp: int) -> np.ndarray:
@@ -81,7 +103,8 @@ def read_png(data: bytes) -> np.ndarray:
     if width == 0 or height == 0 or width * height > 1 << 28:
         raise ValueError(f"PNG size {width}x{height} is not supported")
     if depth != 8 or interlace != 0:
-        raise ValueError("only 8-bit, non-interlaced PNGs are read without Pillow")
+        raise _NeedsPillow(f"{depth}-bit{', interlaced' if interlace else ''} PNG: only 8-bit, "
+                           "non-interlaced PNGs are read without Pillow")
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
     if channels is None:
         raise ValueError(f"PNG colour type {color} is invalid")
@@ -138,34 +161,91 @@ def _read_pnm(data: bytes) -> np.ndarray:
     return pixels.reshape(h, w, c)
 
 
-def read_image(path) -> np.ndarray:
-    """uint8 (H, W, C) pixels of an image file (or float/uint8 array from .npy)."""
-    p = Path(path)
-    data = p.read_bytes()
-    if data.startswith(_PNG_SIG):
-        return read_png(data)
-    if data[:2] in (b"P5", b"P6"):
-        return _read_pnm(data)
-    if p.suffix == ".npy":
-        a = np.load(p, allow_pickle=False)
-        return a if a.ndim == 3 else a[:, :, None]
+def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise ValueError(f"{path}: not a PNG, PGM/PPM or .npy file, and Pillow is not installed "
-                         "for other formats (pip install pillow)") from None
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB" if im.mode not in ("L", "LA") else "L"))
+        return None
+    return Image
+
+
+def read_image(path) -> np.ndarray:
+    """The pixels of an image file as uint8 ``(H, W, C)`` (C = 1, 2, 3 or 4).
+
+    A ``.npy`` file is returned as stored (any numeric dtype; a 2-D array gets
+    a channel axis): float arrays there are pixels 0..255 like any others.
+    Raises OSError when the file cannot be read and ValueError when it is not
+    an image this can decode.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{str(p)!r} is a directory, not an image file")
+    data = p.read_bytes()
+    Image = _pillow()
+    if data.startswith(_PNG_SIG):
+        try:
+            return read_png(data)
+        except _NeedsPillow as e:
+            if Image is None:
+                raise ValueError(f"{e}; install Pillow (pip install pillow) to read it, or "
+                                 "save it as an 8-bit non-interlaced PNG") from None
+    elif data[:2] in (b"P5", b"P6"):
+        return _read_pnm(data)
+    elif p.suffix == ".npy":
+        a = np.load(p, allow_pickle=False)
+        if a.ndim not in (2, 3):
+            raise ValueError(f"an image in a .npy file has 2 or 3 dimensions, got shape {a.shape}")
+        return a if a.ndim == 3 else a[:, :, None]
+    elif Image is None:
+        raise ValueError("not a PNG, PGM/PPM or .npy file, and Pillow is not installed "
+                         "for other formats (pip install pillow)")
+    try:
+        with Image.open(p) as im:
+            return from_pil(im)
+    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read the image: {e}") from None
+
+
+def from_pil(im) -> np.ndarray:
+    """uint8 ``(H, W, C)`` pixels of a PIL image: grey (C=1) for modes 1, L, LA, I, I;16
+    and F (16-bit values scaled to 8 bits), else RGB (C=3); alpha is dropped."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.float64)  # 16-bit grey (PNG): 0..65535
+        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+    elif mode == "F":
+        a = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+    else:
+        a = np.asarray(im.convert("L" if mode in ("1", "L", "LA") else "RGB"))
+    return a if a.ndim == 3 else a[:, :, None]
+
+
+def load_image(source, channels: int, height: int, width: int) -> np.ndarray:
+    """A path (str or os.PathLike) or a PIL image as ``(height, width, channels)``
+    pixels for a model (:func:`read_image` or :func:`from_pil`, then :func:`fit_image`)."""
+    if isinstance(source, (str, os.PathLike)):
+        img = read_image(source)
+    elif hasattr(source, "getbands") and hasattr(source, "mode"):
+        img = from_pil(source)
+    else:
+        raise TypeError(f"expected a path or a PIL image, got {type(source).__name__}")
+    return fit_image(img, channels, height, width)
 
 
 def fit_image(img: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
-    """Convert an (H, W, C) uint8 image to the model's channels and size.
+    """Convert an ``(H, W, C)`` (or ``(H, W)``) image to the model's channels and size.
 
     Alpha is dropped; RGB becomes grey with ITU-R 601 weights for one-channel
     models, grey is repeated for three. The size is changed with area
-    averaging when shrinking and bilinear interpolation when growing.
+    averaging when shrinking and bilinear interpolation when growing. uint8
+    input gives uint8 (rounded); float input gives float32 (not rounded or
+    clipped, so that float pixels keep their values).
     """
     a = np.asarray(img)
+    if a.dtype == object or a.dtype.kind not in "uif" or a.ndim not in (2, 3):
+        raise ValueError(f"an image is a numeric (H, W) or (H, W, C) array, got "
+                         f"{a.dtype} of shape {a.shape}")
+    floating = a.dtype.kind == "f"
     if a.ndim == 2:
         a = a[:, :, None]
     if a.shape[2] in (2, 4):
@@ -178,6 +258,8 @@ def fit_image(img: np.ndarray, channels: int, height: int, width: int) -> np.nda
     if a.shape[2] != channels:
         raise ValueError(f"cannot convert a {a.shape[2]}-channel image to {channels} channels")
     a = _resize_axis(_resize_axis(a, height, 0), width, 1)
+    if floating:
+        return np.ascontiguousarray(a, dtype=np.float32)
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 

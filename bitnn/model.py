@@ -6,6 +6,7 @@ import math
 import os
 import threading
 import time
+import warnings
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,11 @@ from bitnn.errors import FormatError
 
 _MODELS_DIR = Path(__file__).resolve().parent / "models"
 
+# Defaults shared by the Python API and bitnn-run (bitnn/cli.py shows them).
+CLASSIFY_TOP_K = 5
+SAMPLING_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.8, "top_k": 40, "top_p": 0.95,
+                     "repetition_penalty": 1.0}
+
 
 def bundled_models() -> dict[str, Path]:
     """Models that ship inside the package: name -> path."""
@@ -26,13 +32,18 @@ def bundled_models() -> dict[str, Path]:
 
 
 def resolve(path_or_name) -> Path:
-    """A path to an existing file, or the name of a bundled model."""
+    """A path to an existing file, or the name of a bundled model ("fashion" or "fashion.bnb")."""
     p = Path(os.fspath(path_or_name))
+    if p.is_dir():
+        raise IsADirectoryError(f"{str(p)!r} is a directory, not a .bnb model file")
     if p.exists():
         return p
     bundled = bundled_models()
-    if str(path_or_name) in bundled:
-        return bundled[str(path_or_name)]
+    name = str(path_or_name)
+    if name.endswith(".bnb") and os.sep not in name:
+        name = name[:-4]
+    if name in bundled:
+        return bundled[name]
     known = ", ".join(bundled) or "none"
     raise FileNotFoundError(f"no model file {str(p)!r} and no bundled model of that name "
                             f"(bundled: {known})")
@@ -59,12 +70,7 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
     kernel = _core._resolve_kernel_name(kernel)
     _core.check_precision(precision)
     resolved = resolve(path)
-    file = _core.BnbFile.open(str(resolved), mmap=mmap)
-    try:
-        model = _from_file(file, threads, kernel, precision)
-    except BaseException:
-        file.close()
-        raise
+    model = open_model(_core.BnbFile.open(str(resolved), mmap=mmap), threads, kernel, precision)
     # What pickling records (Model.__reduce__): a bundled name stays a name, so
     # that another installation finds its own copy; a path becomes absolute;
     # threads and kernel as given (None: the receiving machine's default).
@@ -72,6 +78,20 @@ def load(path, threads: int | None = None, *, mmap: bool = True, kernel: str | N
     model._load_args = (source, threads_arg, mmap, kernel_arg, precision)
     model._loaded_threads = threads
     return model
+
+
+def open_model(file, threads: int | None = None, kernel: str | None = None,
+               precision: str = "fp32"):
+    """The model of an open, validated ``_core.BnbFile`` (closed again on failure).
+
+    ``bitnn.load`` and the exporter (which checks a file in memory before
+    writing it) both go through here, so they apply the same rules.
+    """
+    try:
+        return _from_file(file, threads, kernel, precision)
+    except BaseException:
+        file.close()
+        raise
 
 
 def _unpickle(source, threads, mmap, kernel, precision="fp32"):
@@ -190,6 +210,20 @@ class Model:
             raise ValueError("the model is closed")
 
 
+# Images per forward call are capped so that Ctrl-C is seen between chunks and
+# the float copy of a huge uint8 batch is never made all at once.
+_CHUNK_FLOATS = 1 << 20
+
+
+def _is_pil_image(x) -> bool:
+    """A PIL.Image.Image, recognised without importing Pillow."""
+    return hasattr(x, "getbands") and hasattr(x, "mode") and hasattr(x, "convert")
+
+
+def _is_picture(x) -> bool:
+    return isinstance(x, (str, os.PathLike)) or _is_pil_image(x)
+
+
 class ClassifierModel(Model):
     """A binary normalized CNN image classifier (docs/maths.md, The image classifier)."""
 
@@ -201,29 +235,49 @@ class ClassifierModel(Model):
         self.input_shape = (C, H, W)
         self.labels = self._graph.labels or [str(i) for i in range(self._graph.classes)]
         self.preprocess = self._graph.preprocess  # float32 values (docs/arithmetic.md)
+        cal = self.meta.get("calibration")
+        # the C builder checked it: {"temperature": a finite number > 0, ...}
+        self.temperature = float(cal["temperature"]) if cal is not None else None
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def _to_nhwc(self, x, layout):
+    def _pictures(self, x):
+        """Paths / PIL images (one or a list) -> uint8 NHWC fitted to the input, else None."""
+        from bitnn.imageio import load_image
+
         C, H, W = self.input_shape
+        if _is_picture(x):
+            return load_image(x, C, H, W)[None]
+        if isinstance(x, (list, tuple)) and x and all(_is_picture(v) for v in x):
+            return np.stack([load_image(v, C, H, W) for v in x])
+        return None
+
+    def _batch(self, x, layout):
+        """(a (N, ...) array, its layout "NCHW"/"NHWC") after the shape rules of predict."""
+        C, H, W = self.input_shape
+        pics = self._pictures(x)
+        if pics is not None:
+            return pics, "NHWC"
         a = np.asarray(x)
         if a.dtype == object or a.dtype.kind not in "uf" or (a.dtype.kind == "u" and a.dtype != np.uint8):
-            raise TypeError(f"images must be uint8 (raw pixels) or float (preprocessed), "
+            raise TypeError(f"images must be uint8 or float pixels (or float already "
+                            f"preprocessed, with preprocessed=True), a path or a PIL image; "
                             f"got dtype {a.dtype}")
         if layout is not None and layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         if a.ndim == 2 and C == 1 and a.shape == (H, W):
-            a = a[None, :, :, None]
-            layout = "NHWC"
-        elif a.ndim == 3:
+            return a[None, :, :, None], "NHWC"
+        if a.ndim == 3 and C == 1 and a.shape[1:] == (H, W) and layout is None:
+            return a[:, :, :, None], "NHWC"  # a batch of grey images (N, H, W)
+        if a.ndim == 3:
             a = a[None]
         elif a.ndim != 4:
-            raise ValueError(f"expected an image (C,H,W)/(H,W,C) or a batch (N,C,H,W)/(N,H,W,C), "
-                             f"got shape {np.shape(x)}")
+            raise ValueError(f"expected an image (C,H,W)/(H,W,C) or a batch (N,C,H,W)/(N,H,W,C)"
+                             f"{'/(N,H,W)' if C == 1 else ''}, got shape {np.shape(x)}")
         if a.shape[0] == 0:
-            raise ValueError("empty batch: pass at least one image")
+            return a, layout or "NHWC"
         nchw = a.shape[1:] == (C, H, W)
         nhwc = a.shape[1:] == (H, W, C)
         if layout is None:
@@ -237,37 +291,92 @@ class ClassifierModel(Model):
         elif (layout == "NCHW" and not nchw) or (layout == "NHWC" and not nhwc):
             want = (C, H, W) if layout == "NCHW" else (H, W, C)
             raise ValueError(f"layout {layout} needs images of shape {want}, got {tuple(a.shape[1:])}")
+        return a, layout
+
+    def _check_statistics(self, a, preprocessed):
+        """Warn when the values clearly are not what the chosen contract expects."""
+        if a.dtype == np.uint8:
+            if preprocessed:
+                raise TypeError("preprocessed=True needs float input (uint8 is always pixels)")
+            return
+        if not np.isfinite(a).all():
+            raise ValueError("images contain NaN or infinity")
+        lo, hi = float(a.min()), float(a.max())
+        p = self.preprocess
+        top = 255.0 * p["scale"]  # what the brightest pixel becomes before mean/std
+        if not preprocessed:
+            if p["scale"] < 0.5 and 0.0 < hi <= 1.0 and lo >= 0.0:
+                warnings.warn(
+                    f"float pixels all in [{lo:.3g}, {hi:.3g}], but this model expects pixel "
+                    f"values 0..255 (it applies x * {p['scale']:.6g}, then mean/std): scale "
+                    "them back (x * 255), or pass preprocessed=True if they are already "
+                    "normalized for the model", UserWarning, stacklevel=3)
+            elif lo < 0:
+                warnings.warn(
+                    f"float pixels below 0 (min {lo:.3g}): predict applies the model's "
+                    "preprocessing to pixels; pass preprocessed=True for tensors that are "
+                    "already normalized", UserWarning, stacklevel=3)
+        else:
+            ends = [(v - m) / s for m, s in zip(p["mean"], p["std"]) for v in (0.0, top)]
+            reach = max(abs(v) for v in ends)
+            if max(abs(lo), abs(hi)) > 10 * reach:
+                warnings.warn(
+                    f"preprocessed=True but the values reach {max(abs(lo), abs(hi)):.3g}, while "
+                    f"the model's preprocessing gives values within +-{reach:.3g}: these look "
+                    "like raw pixels; leave preprocessed=False", UserWarning, stacklevel=3)
+
+    def _to_float(self, a, layout, preprocessed):
+        """float32 NHWC of a chunk, preprocessed unless it already is."""
         if layout == "NCHW":
             a = a.transpose(0, 2, 3, 1)
-        if a.dtype == np.uint8:
-            p = self.preprocess
-            mean = np.asarray(p["mean"], dtype=np.float32)
-            std = np.asarray(p["std"], dtype=np.float32)
-            a = (a.astype(np.float32) * np.float32(p["scale"]) - mean) / std
-        else:
-            a = a.astype(np.float32)
-            if not np.isfinite(a).all():
-                raise ValueError("images contain NaN or infinity")
-        return np.ascontiguousarray(a, dtype=np.float32)
+        if preprocessed:
+            return np.ascontiguousarray(a, dtype=np.float32)
+        p = self.preprocess
+        mean = np.asarray(p["mean"], dtype=np.float32)
+        std = np.asarray(p["std"], dtype=np.float32)
+        return np.ascontiguousarray((a.astype(np.float32) * np.float32(p["scale"]) - mean) / std)
 
-    def predict(self, x, layout: str | None = None) -> np.ndarray:
+    def predict(self, x, layout: str | None = None, *, preprocessed: bool = False,
+                calibrated: bool = False) -> np.ndarray:
         """Class probabilities ``(N, classes)``.
 
-        ``x``: one image or a batch, uint8 (raw pixels: the file's
-        preprocessing is applied) or float (used as is), NCHW or NHWC; the
-        layout is inferred from the model's input shape when unambiguous,
-        else pass ``layout="NCHW"`` or ``"NHWC"``. A single ``(H, W)`` image is
-        accepted for one-channel models.
+        ``x``: one image or a batch: a numpy array of pixels (uint8 or float in
+        0..255; the file's preprocessing is applied), a path to an image file,
+        a PIL image, or a list of paths / PIL images (read, converted and
+        resized by :func:`bitnn.imageio.load_image`). Arrays may be NCHW or
+        NHWC; the layout is inferred from the model's input shape when
+        unambiguous, else pass ``layout="NCHW"`` or ``"NHWC"``. One-channel
+        models also take an ``(H, W)`` image or an ``(N, H, W)`` batch.
+
+        ``preprocessed=True``: ``x`` is float and already normalized as the
+        model expects; it is used as is. A UserWarning says when the values
+        clearly do not fit the contract chosen (float pixels all in [0, 1],
+        say). ``calibrated=True``: probabilities with the temperature stored
+        at export (``export(..., calibration=...)``); the ranking is the same.
         """
         self._check_open()
-        a = self._to_nhwc(x, layout)
+        a, layout = self._batch(x, layout)
+        if a.shape[0] == 0:
+            raise ValueError("empty batch: pass at least one image")
+        self._check_statistics(a, preprocessed)
+        if calibrated and self.temperature is None:
+            raise ValueError("this model has no calibration: export it with "
+                             "bitnn.export(..., calibration=(x_val, y_val)) to store one")
+        N = a.shape[0]
+        chunk = max(1, _CHUNK_FLOATS // math.prod(self.input_shape))
+        out = np.empty((N, self._graph.classes), dtype=np.float32)
         with self._in_use():
-            return self._graph.forward(a, threads=self.threads, kernel=self.kernel)
+            for i in range(0, N, chunk):  # Python runs signal handlers (Ctrl-C) between chunks
+                part = self._to_float(a[i:i + chunk], layout, preprocessed)
+                out[i:i + chunk] = self._graph.forward(part, threads=self.threads,
+                                                       kernel=self.kernel)
+        return apply_temperature(out, self.temperature) if calibrated else out
 
-    def classify(self, x, top_k: int = 5, layout: str | None = None):
-        """[[(label, probability), ...] top_k per image]."""
+    def classify(self, x, top_k: int = CLASSIFY_TOP_K, layout: str | None = None, *,
+                 preprocessed: bool = False, calibrated: bool = False):
+        """[[(label, probability), ...] top_k per image]; ``x`` as for :meth:`predict`."""
         top_k = _check_int("top_k", top_k, 1)
-        probs = self.predict(x, layout)
+        probs = self.predict(x, layout, preprocessed=preprocessed, calibrated=calibrated)
         k = min(top_k, probs.shape[1])
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
@@ -295,6 +404,9 @@ class ClassifierModel(Model):
             elif t == "global_avg_pool":
                 shape = (cout,)
                 desc = "global_avg_pool"
+            elif t == "flatten":
+                shape = (math.prod(shape),)
+                desc = "flatten"
             else:
                 shape = (cout,)
                 params = cout * (cin + 1)
@@ -330,6 +442,20 @@ def _check_float(name, value, ok, what):
     if not (math.isfinite(v) and ok(v)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return v
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """Softmax probabilities recomputed at ``temperature``: ``softmax(log(p) / T)``.
+
+    Since ``log(softmax(z)) = z - logsumexp(z)``, this equals ``softmax(z / T)``
+    of the scores ``z`` the probabilities came from; the ranking is unchanged.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logp = np.log(p) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    e = np.exp(logp)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _softmax(scores):
@@ -407,6 +533,9 @@ class LanguageModel(Model):
         array); sequences may differ in length, each at most ``max_len``.
         """
         self._check_open()
+        if isinstance(ids, (str, bytes, bytearray)):
+            raise TypeError("predict takes token ids, not text: pass lm.tokenize(text) "
+                            "(or a list of such lists for a batch)")
         if isinstance(ids, np.ndarray) and ids.ndim == 2:
             seqs = list(ids)
         elif isinstance(ids, (list, tuple)) and ids and all(
@@ -446,8 +575,10 @@ class LanguageModel(Model):
         return evaluate(self, text_or_ids, ctx_size, stride, progress)
 
     # ---------------------------------------------------------- generate
-    def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, repetition_penalty: float = 1.0,
+    def generate(self, prompt, max_new_tokens: int = SAMPLING_DEFAULTS["max_new_tokens"], *,
+                 temperature: float = SAMPLING_DEFAULTS["temperature"],
+                 top_k: int = SAMPLING_DEFAULTS["top_k"], top_p: float = SAMPLING_DEFAULTS["top_p"],
+                 repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"],
                  seed: int | None = None, stop=None, stream: bool = False,
                  ctx_size: int | None = None, context_overflow: str = "slide"):
         """Continue ``prompt``.
@@ -465,6 +596,9 @@ class LanguageModel(Model):
         """
         self._check_open()
         text_mode = isinstance(prompt, str)
+        if isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("the prompt must be a str (text) or a list of token ids, not bytes: "
+                            "decode it first, e.g. prompt.decode('utf-8')")
         if text_mode:
             tok = self._need_tokenizer()
             if prompt == "":
@@ -501,7 +635,7 @@ class LanguageModel(Model):
         steps = self._steps(ids, max_new_tokens, sampler, ctx, context_overflow)
         if not text_mode:
             return steps if stream else list(steps)
-        pieces = self._text_pieces(steps, stops)
+        pieces = self._text_pieces(steps, stops, ids)
         return pieces if stream else "".join(pieces)
 
     def _forward(self, state, ids):
@@ -540,9 +674,16 @@ class LanguageModel(Model):
                 scores = self._forward(state, [nxt])
         stats["generation_seconds"] = time.perf_counter() - t0
 
-    def _text_pieces(self, steps, stops):
-        """Text pieces from ids: complete UTF-8 only, cut before a stop string."""
+    def _text_pieces(self, steps, stops, prompt_ids):
+        """Text pieces from ids: complete UTF-8 only, cut before a stop string.
+
+        The decoder first reads the prompt's ids (their text is dropped), so the
+        pieces are exactly what ``detokenize(prompt_ids + new_ids)`` adds to
+        ``detokenize(prompt_ids)`` (a WordPiece "##" piece joins the prompt's
+        last word; any other token after the prompt starts with its space).
+        """
         dec = self.tokenizer.stream()
+        dec.feed(list(prompt_ids))
         held = ""  # text that might be the start of a stop string
         longest = max((len(s) for s in stops), default=0)
         for nxt in steps:

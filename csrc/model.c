@@ -372,12 +372,19 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
                 s = fail(err, errlen, "%s (global_avg_pool): the input is no longer an image", path);
             L[i].kind = BITNN_LAYER_GLOBAL_AVG_POOL, L[i].out = c;
             spatial = 0;
+        } else if (strcmp(t, "flatten") == 0) {
+            if ((s = bitnn_meta_object(ly, path, GAP_KEYS, err, errlen))) break;
+            if (!spatial)
+                s = fail(err, errlen, "%s (flatten): the input is already a vector", path);
+            L[i].kind = BITNN_LAYER_FLATTEN, L[i].out = h * w * c;
+            c = h * w * c;
+            spatial = 0;
         } else if (strcmp(t, "linear") == 0) {
             size_t fin, fout;
             if ((s = bitnn_meta_object(ly, path, LINEAR_KEYS, err, errlen))) break;
             if (spatial)
                 s = fail(err, errlen, "%s (linear): needs a vector input (add global_avg_pool "
-                         "before it)", path);
+                         "or flatten before it)", path);
             else if ((s = bitnn_meta_int(ly, path, "in_features", 1, 1u << 24, &fin, err, errlen)) ||
                      (s = bitnn_meta_int(ly, path, "out_features", 1, 1u << 24, &fout, err, errlen)))
                 break;
@@ -412,6 +419,15 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
     if (s == BITNN_OK) {
         m->scratch = calloc(1, sizeof *m->scratch);
         if (!m->scratch) s = BITNN_ENOMEM;
+    }
+    const bjson *cal = bjson_get(meta, "calibration");
+    if (s == BITNN_OK && cal) {
+        const bjson *temp = bjson_get(cal, "temperature");
+        if (cal->type != BJSON_OBJECT || !temp || temp->type != BJSON_NUMBER ||
+            !(temp->number > 0) || !(temp->number <= 1e6))
+            s = fail(err, errlen, "calibration.temperature must be a number in (0, 1e6]");
+        else if (L[layers->count - 1].act != BITNN_ACT_SOFTMAX)
+            s = fail(err, errlen, "calibration: needs a last layer with softmax activation");
     }
     if (s != BITNN_OK) {
         bitnn_classifier_free(m);
@@ -488,6 +504,8 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
             case BITNN_LAYER_GLOBAL_AVG_POOL:
                 bitnn_global_avgpool(a, L->H, L->W, L->in, b, acc);
                 tmp = a, a = b, b = tmp;
+                break;
+            case BITNN_LAYER_FLATTEN: /* the (H, W, C) activation is already contiguous */
                 break;
             default: s = BITNN_EINVAL; break;
             }

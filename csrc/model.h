@@ -14,7 +14,8 @@ typedef enum {
     BITNN_LAYER_CONV2D = 0,
     BITNN_LAYER_MAXPOOL2D = 1,
     BITNN_LAYER_GLOBAL_AVG_POOL = 2,
-    BITNN_LAYER_LINEAR = 3
+    BITNN_LAYER_LINEAR = 3,
+    BITNN_LAYER_FLATTEN = 4 /* image (H, W, C) -> vector of H*W*C in that memory order */
 } bitnn_layer_kind;
 
 typedef struct {

@@ -40,8 +40,9 @@ def test_runtime_matches_pytorch(tmp_path, case, threads):
     with torch.no_grad():
         ref = m(x).numpy()
     with bitnn.load(path, threads=threads) as model:
-        out = model.predict(x.numpy())  # NCHW float
-        out_nhwc = model.predict(x.numpy().transpose(0, 2, 3, 1), layout="NHWC")
+        out = model.predict(x.numpy(), preprocessed=True)  # NCHW float
+        out_nhwc = model.predict(x.numpy().transpose(0, 2, 3, 1), layout="NHWC",
+                                     preprocessed=True)
     assert out.shape == ref.shape
     np.testing.assert_array_equal(out, out_nhwc)
     # measured: at most 9.0e-7 over these cases and thread counts
@@ -60,7 +61,7 @@ def test_kernels_and_threads_bit_identical(tmp_path):
     for kernel in bitnn._core.kernels_supported():
         for threads in (1, 2, 3):
             with bitnn.load(path, threads=threads, kernel=kernel) as model:
-                outs.append(model.predict(x))
+                outs.append(model.predict(x, preprocessed=True))
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 
@@ -94,7 +95,7 @@ def test_uint8_preprocessing_matches_float(small_model):
     pre = (img.astype(np.float32) / 255 - 0.5) / 0.25
     with bitnn.load(path, mmap=False) as model:
         a = model.predict(img[:, None])           # uint8 NCHW, preprocessing applied
-        b = model.predict(pre[:, None])           # float used as is
+        b = model.predict(pre[:, None], preprocessed=True)  # float used as is
         c = model.predict(img[0])                 # a single (H, W) image
         d = model.predict(img[:, :, :, None])     # NHWC
     np.testing.assert_allclose(a, b, atol=1e-6)
@@ -131,9 +132,9 @@ def test_ambiguous_layout_needs_argument(tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 3, 3, 3)).astype(np.float32)
     with bitnn.load(path) as model:
         with pytest.raises(ValueError, match="ambiguous"):
-            model.predict(x)
-        a = model.predict(x, layout="NCHW")
-        b = model.predict(x.transpose(0, 2, 3, 1), layout="NHWC")
+            model.predict(x, preprocessed=True)
+        a = model.predict(x, layout="NCHW", preprocessed=True)
+        b = model.predict(x.transpose(0, 2, 3, 1), layout="NHWC", preprocessed=True)
         with pytest.raises(ValueError, match="layout"):
             model.predict(x, layout="CHWN")
     np.testing.assert_array_equal(a, b)

@@ -11,8 +11,9 @@ results):
 
 - bitnn fp32 / bitnn int8: the model exported with ``bitnn.export`` to a
   temporary .bnb, opened with ``bitnn.load(path, threads=t, precision=p)``,
-  timed as ``model.predict(x, layout="NCHW")`` on float32 NCHW input: the
-  input checks of ``predict`` (dtype, shape, NaN), the NCHW -> NHWC copy, the
+  timed as ``model.predict(x, layout="NCHW", preprocessed=True)`` on float32
+  NCHW input: the input checks of ``predict`` (dtype, shape, NaN, value range),
+  the NCHW -> NHWC copy, the
   network and the softmax; int8 also quantizes the activations entering each
   binary layer (inside the C graph).
 - torch fp32: a plain ``nn.Sequential`` twin whose Conv2d/Linear weights and
@@ -77,7 +78,8 @@ ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "ort_fp32", "ort_int8")
 ORT_ENGINES = ("ort_fp32", "ort_int8")
 EXACT = ("bitnn_fp32", "torch_fp32", "ort_fp32")  # agree with BinaryCNN.forward to rounding
 TIMED_CALL = {
-    "bitnn_fp32": "model.predict(x, layout='NCHW'): input checks (dtype, shape, NaN), "
+    "bitnn_fp32": "model.predict(x, layout='NCHW', preprocessed=True): input checks (dtype, "
+                  "shape, NaN, value range), "
                   "NCHW -> NHWC copy, the C graph, softmax",
     "bitnn_int8": "the same with precision='int8' (activations quantized inside the C graph)",
     "torch_fp32": "twin(torch.from_numpy(x)) under inference_mode (no input copy, no checks), "
@@ -345,7 +347,7 @@ class Engines:
             if raw and hasattr(m, "_graph"):
                 xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
                 return lambda: m._graph.forward(xh, threads=threads)
-            return lambda: m.predict(x, layout="NCHW")
+            return lambda: m.predict(x, layout="NCHW", preprocessed=True)
         if engine == "torch_fp32":
             xt = torch.from_numpy(x)
             torch.set_num_threads(threads)  # torch is the only user of its thread setting
