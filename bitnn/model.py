@@ -243,6 +243,23 @@ class ClassifierModel(Model):
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def max_probability(self) -> float | None:
+        """The largest probability ``predict`` can return (uncalibrated), or None when
+        the last layer is not a softmax.
+
+        The last layer's Normalize makes the n scores have mean 0 and variance
+        (at most) 1, so the softmax peaks when one score is sqrt(n-1) and the
+        others -1/sqrt(n-1): about 0.757 for 10 classes (PAPER.md section 2).
+        """
+        if self.meta["layers"][-1].get("activation") != "softmax":
+            return None
+        n = self._graph.classes
+        if n < 2:
+            return 1.0
+        r = math.sqrt(n - 1)
+        return 1.0 / (1.0 + (n - 1) * math.exp(-1.0 / r - r))
+
     def _pictures(self, x):
         """Paths / PIL images (one or a list) -> uint8 NHWC fitted to the input, else None."""
         from bitnn.imageio import load_image

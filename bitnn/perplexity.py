@@ -145,8 +145,8 @@ def add_parser(subparsers, default_model: str):
                         "int8 (activations quantized per row)")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (default: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: off: a bar)")
     p.set_defaults(func=run)
     return p
 
