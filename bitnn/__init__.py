@@ -5,6 +5,18 @@
 """
 from bitnn._version import __version__
 from bitnn.errors import FormatError, KernelError
+
+try:
+    from bitnn import _core  # noqa: F401  (the compiled C core)
+except ImportError as _e:
+    import os as _os
+
+    raise ImportError(
+        f"bitnn's compiled core (bitnn._core) is missing in {_os.path.dirname(__file__)}: "
+        "Python found this source tree before an installed bitnn (running from the "
+        "repository root does that). Build it in place with 'python3 setup.py build_ext "
+        "--inplace', or run from another directory."
+        + ("" if "partially initialized" in str(_e) else f" ({_e})")) from None
 from bitnn.ops import linear, pack_bits, unpack_bits
 
 __all__ = ["__version__", "FormatError", "KernelError", "linear", "pack_bits", "unpack_bits",

@@ -31,7 +31,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-import torch
+try:
+    import torch
+except ImportError as _e:  # torch is an optional dependency: say how to get it
+    raise ImportError('bitnn.nn (training and export) needs PyTorch: pip install "bitnn[torch]" '
+                      f"(it pins torch==2.13.0) ({_e})") from None
 import torch.nn.functional as F
 from torch import nn
 

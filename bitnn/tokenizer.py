@@ -230,6 +230,13 @@ def _single(component, what):
     return component
 
 
+_BPE_HOWTO = (": train a tokenizers.ByteLevelBPETokenizer (or give Tokenizer(BPE()) "
+              "pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False), decoder = "
+              "decoders.ByteLevel() and BpeTrainer(initial_alphabet="
+              "pre_tokenizers.ByteLevel.alphabet())), or a BertWordPieceTokenizer; "
+              "see docs/tokenizer.md")
+
+
 def _bpe_spec(j, model):
     for key, ok in (("dropout", None), ("continuing_subword_prefix", (None, "")),
                     ("end_of_word_suffix", (None, "")), ("byte_fallback", (False, None))):
@@ -241,10 +248,11 @@ def _bpe_spec(j, model):
     pre = _single(j.get("pre_tokenizer"), "pre-tokenizer")
     if not pre or pre.get("type") != "ByteLevel":
         raise ValueError(f"BPE needs the ByteLevel pre-tokenizer, got "
-                         f"{pre and pre.get('type')!r}")
+                         f"{pre and pre.get('type')!r}{_BPE_HOWTO}")
     dec = _single(j.get("decoder"), "decoder")
     if not dec or dec.get("type") != "ByteLevel":
-        raise ValueError(f"BPE needs the ByteLevel decoder, got {dec and dec.get('type')!r}")
+        raise ValueError(f"BPE needs the ByteLevel decoder, got {dec and dec.get('type')!r}"
+                         f"{_BPE_HOWTO}")
     norm = _single(j.get("normalizer"), "normalizer")
     if norm and norm.get("type") != "Lowercase":
         raise ValueError(f"normalizer {norm.get('type')!r} is not supported with byte-level "
