@@ -86,6 +86,12 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
         if out_features is None:
             out_features = w.shape[0] if w.ndim == 2 else 0
         n = out_features
+        k = xa.shape[-1]
+        if (w.ndim == 2 and k % 64 and w.shape[1] == (k + 63) // 64
+                and (w[:, -1] >> np.uint64(k % 64)).any()):
+            raise ValueError(f"the packed weight is wider than x: it has bits set beyond column "
+                             f"{k}, but x has {k} features (pack a weight of shape "
+                             f"(out_features, {k}))")
     b = None
     if bias is not None:
         b = np.asarray(bias)
