@@ -156,7 +156,8 @@ def add_generate(sub) -> None:
     p.add_argument("-c", "--ctx-size", type=_ranged(int, lambda v: v >= 2, "at least 2"), default=None,
                    help="context size in tokens, 2 to the model's max_len (default: max_len); "
                         "when it is full, the last half is kept and generation goes on")
-    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"), default=None,
+    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
+                   default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
     p.add_argument("--temp", type=_ranged(float, lambda v: v >= 0, "a finite number >= 0"),
                    default=d["temperature"], help="temperature; 0 = greedy (default: %(default)s)")
@@ -233,7 +234,8 @@ def add_classify(sub) -> None:
                    help="a .bnb file or the name of a bundled model (default: %(default)s)")
     p.add_argument("-k", "--top-k", type=_ranged(int, lambda v: v >= 1, "at least 1"),
                    default=CLASSIFY_TOP_K, help="labels to print per image (default: %(default)s)")
-    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"), default=None,
+    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
+                   default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
     p.add_argument("--json", action="store_true", help="print results as JSON (default: off)")
     p.add_argument("--preprocessed", action="store_true",
@@ -256,17 +258,24 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
 
-    def listed(v):
-        return ", ".join(v) if v else "none"
+    def text(v):
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(str, v)) or "none"
+        return "none" if v is None else str(v)
 
-    kernel = info["kernel"] or f"none ({info.get('kernel_error')})"
-    threads = info["threads"] if info["threads"] is not None else f"none ({info.get('threads_error')})"
+    shown = {"version", "bundled_models", "kernel_error", "threads_error", "available_cpus"}
     print(f"bitnn {info['version']}")
-    print(f"  CPU features:       {listed(info['cpu_features'])}")
-    print(f"  kernels compiled:   {listed(info['kernels_compiled'])}")
-    print(f"  kernels supported:  {listed(info['kernels_supported'])}")
-    print(f"  kernel in use:      {kernel}")
-    print(f"  default threads:    {threads} (usable CPUs: {info['available_cpus']})")
+    for key, value in info.items():
+        if key in shown:
+            continue
+        if key == "kernel" and value is None:
+            value = f"none ({info.get('kernel_error')})"
+        elif key == "threads":
+            value = (f"{value} (usable CPUs: {info['available_cpus']})" if value is not None
+                     else f"none ({info.get('threads_error')})")
+        label = {"cpu_features": "CPU features", "kernel": "kernel in use",
+                 "threads": "default threads"}.get(key, key.replace("_", " "))
+        print(f"  {label + ':':<20}{text(value)}")
     print("  bundled models:" + ("" if info["bundled_models"] else "     none"))
     for name, path in info["bundled_models"].items():
         print(f"    {name:<16}  {path}")
