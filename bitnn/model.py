@@ -336,9 +336,10 @@ class ClassifierModel(Model):
         else:
             ends = [(v - m) / s for m, s in zip(p["mean"], p["std"]) for v in (0.0, top)]
             reach = max(abs(v) for v in ends)
-            if max(abs(lo), abs(hi)) > 10 * reach:
+            # whole numbers >= 0 far beyond what preprocessing gives: pixel values
+            if lo >= 0 and hi > max(2.0, 10 * reach) and np.array_equal(a, np.rint(a)):
                 warnings.warn(
-                    f"preprocessed=True but the values reach {max(abs(lo), abs(hi)):.3g}, while "
+                    f"preprocessed=True but the values are whole numbers up to {hi:.3g}, while "
                     f"the model's preprocessing gives values within +-{reach:.3g}: these look "
                     "like raw pixels; leave preprocessed=False", UserWarning, stacklevel=3)
 
