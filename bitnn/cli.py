@@ -153,7 +153,8 @@ def add_generate(sub) -> None:
                                         "(default: none)")
     p.add_argument("-n", "--n-predict", type=_ranged(int, lambda v: v >= 0, ">= 0"),
                    default=d["max_new_tokens"], help="tokens to generate (default: %(default)s)")
-    p.add_argument("-c", "--ctx-size", type=_ranged(int, lambda v: v >= 2, "at least 2"), default=None,
+    p.add_argument("-c", "--ctx-size", type=_ranged(int, lambda v: v >= 2, "at least 2"),
+                   default=None,
                    help="context size in tokens, 2 to the model's max_len (default: max_len); "
                         "when it is full, the last half is kept and generation goes on")
     p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
@@ -163,7 +164,8 @@ def add_generate(sub) -> None:
                    default=d["temperature"], help="temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=_ranged(int, lambda v: v >= 0, ">= 0"), default=d["top_k"],
                    help="top-k sampling, 0 = off (default: %(default)s)")
-    p.add_argument("--top-p", type=_ranged(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=d["top_p"],
+    p.add_argument("--top-p", type=_ranged(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+                   default=d["top_p"],
                    help="top-p (nucleus) sampling, 1 = off (default: %(default)s)")
     p.add_argument("-s", "--seed", type=_ranged(int, lambda v: 0 <= v < 2**64, "from 0 to 2^64-1"),
                    default=None, help="random seed (default: random, printed on stderr)")

@@ -157,7 +157,8 @@ def export(model, path, *, input_shape: Sequence[int] | None = None, labels=None
             wbits = _bits_of(m.binary_weight())
             if unflatten is not None and wbits.shape[1] == math.prod(unflatten):
                 # torch flattens (C, H, W); the runtime's activations are (H, W, C)
-                wbits = wbits.reshape(-1, *unflatten).transpose(0, 2, 3, 1).reshape(wbits.shape[0], -1)
+                rows = wbits.shape[0]
+                wbits = wbits.reshape(rows, *unflatten).transpose(0, 2, 3, 1).reshape(rows, -1)
             unflatten = None
             wname, bname = f"layers.{i}.weight", f"layers.{i}.bias"
             tensors[wname] = Bits(pack_bits(np.ascontiguousarray(wbits)),

@@ -145,8 +145,8 @@ def _png(path, pixels, depth, interlace):
     def chunk(t, body):
         return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
 
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n"
-                           + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, interlace))
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, interlace)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
                            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
