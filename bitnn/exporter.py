@@ -298,23 +298,6 @@ def _tokenizer_spec(tokenizer):
     return spec_from_hf(tokenizer)
 
 
-def _check_tokenizer(spec: dict, vocab_size: int) -> None:
-    """The spec must load (bitnn.tokenizer.Tokenizer) and fit the model's vocabulary."""
-    try:
-        from bitnn.tokenizer import Tokenizer
-    except ImportError:  # pragma: no cover - the runtime tokenizer is not there
-        return
-    tok = Tokenizer(spec)
-    n = tok.vocab_size
-    if n > vocab_size:
-        raise ValueError(f"the tokenizer has {n} tokens but the model's vocabulary only "
-                         f"{vocab_size}")
-    missing = tok._core.missing_byte()
-    if missing is not None:  # the loader requires all 256 (docs/format.md 3.3)
-        raise ValueError(f"the byte-level tokenizer has no token for byte 0x{missing:02x}: "
-                         "a model's tokenizer must encode any text")
-
-
 def _linear_bits(m, prefix: str, tensors: dict) -> None:
     tensors[f"{prefix}.weight"] = Bits(pack_bits(_bits_of(m.binary_weight())),
                                        [m.out_features, m.in_features])
@@ -373,8 +356,7 @@ def _export_lm(model, path, *, tokenizer=None, name: str | None = None,
                "ff_dim": c["ff_dim"], "mlp_units": list(c["mlp_units"])},
     }
     spec = _tokenizer_spec(tokenizer)
-    if spec is not None:
-        _check_tokenizer(spec, c["vocab_size"])
+    if spec is not None:  # checked with the rest of the file by _validated
         meta["tokenizer"] = spec
     if training is not None:
         meta["training"] = training
