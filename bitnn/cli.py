@@ -203,7 +203,7 @@ def _classify(args) -> int:
                 continue
             for w in caught:
                 print(f"bitnn-run: {path}: warning: {w.message}", file=sys.stderr)
-            results.append({"image": path, "top": [{"label": l, "prob": p} for l, p in top],
+            results.append({"image": path, "top": [{"label": lab, "prob": p} for lab, p in top],
                             "ms": ms})
             if not args.json:
                 print(f"{path}:")

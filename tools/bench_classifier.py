@@ -13,8 +13,8 @@ results):
   temporary .bnb, opened with ``bitnn.load(path, threads=t, precision=p)``,
   timed as ``model.predict(x, layout="NCHW", preprocessed=True)`` on float32
   NCHW input: the input checks of ``predict`` (dtype, shape, NaN, value range),
-  the NCHW -> NHWC copy, the network and the softmax; int8 also quantizes the activations entering each
-  binary layer (inside the C graph).
+  the NCHW -> NHWC copy, the network and the softmax; int8 also quantizes the
+  activations entering each binary layer (inside the C graph).
 - torch fp32: a plain ``nn.Sequential`` twin whose Conv2d/Linear weights and
   biases are the 0/1 floats of the binary model, with parameter-free
   LayerNorm as Normalize (over C,H,W for convolutions, over features for
