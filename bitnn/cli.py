@@ -356,4 +356,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: commands living in other
+    # modules (bitnn.perplexity) import bitnn.cli, and its UserError must be the one caught.
+    from bitnn.cli import main as _main
+
+    sys.exit(_main())
