@@ -5,6 +5,7 @@ cdef extern from "model.h" nogil:
         BITNN_LAYER_CONV2D
         BITNN_LAYER_MAXPOOL2D
         BITNN_LAYER_GLOBAL_AVG_POOL
+        BITNN_LAYER_FLATTEN
         BITNN_LAYER_LINEAR
     ctypedef struct bitnn_layer:
         bitnn_layer_kind kind
@@ -100,6 +101,8 @@ cdef class Classifier:
                 d.update(type="maxpool2d", size=L.size)
             elif L.kind == BITNN_LAYER_GLOBAL_AVG_POOL:
                 d.update(type="global_avg_pool")
+            elif L.kind == BITNN_LAYER_FLATTEN:
+                d.update(type="flatten")
             else:
                 d.update(type="linear", activation=_ACT_NAMES[L.act])
             out.append(d)

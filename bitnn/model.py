@@ -423,7 +423,7 @@ class ClassifierModel(Model):
                 shape = (cout,)
                 desc = "global_avg_pool"
             elif t == "flatten":
-                shape = (math.prod(shape),)
+                shape = (cout,)
                 desc = "flatten"
             else:
                 shape = (cout,)

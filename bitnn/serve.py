@@ -442,7 +442,7 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                     put(("text", "", t))
             else:
                 # the same text pieces as generate(text, stream=True): complete UTF-8, cut at stop
-                for piece in model._text_pieces(steps, req.stop):
+                for piece in model._text_pieces(steps, req.stop, req.ids):
                     put(("text", piece, None))
                     if cancel.is_set():
                         break
@@ -754,7 +754,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait for a slot; more get 503 (default: 64)")
     p.add_argument("--mmap", action="store_true",
                    help="memory-map the model files instead of reading them (saves memory; a "
-                        "file truncated while served then kills the server with SIGBUS)")
+                        "file truncated while served then kills the server with SIGBUS; default: off, "
+                        "the files are read)")
     d = Limits()
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
                    help=f"largest request body (default: {d.max_body_bytes})")

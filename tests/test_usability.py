@@ -181,10 +181,10 @@ def test_export_refuses_what_load_would_refuse(torch, tmp_path):
     from bitnn.nn import BinaryCNN, BinaryLinear
 
     mlp = torch.nn.Sequential(BinaryLinear(64, 16, "relu"), BinaryLinear(16, 3, "softmax"))
-    with pytest.raises(ValueError, match=r"layer 0 \(linear\).*flatten"):
+    with pytest.raises(ValueError, match=r"layers\[0\] \(linear\).*flatten"):
         bitnn.export(mlp, tmp_path / "a.bnb", input_shape=(1, 8, 8))
     cnn = BinaryCNN(in_channels=3, num_classes=3, channels=(4,), fc_units=())
-    with pytest.raises(ValueError, match=r"layer 0 \(conv2d\): in_channels 3"):
+    with pytest.raises(ValueError, match=r"layers\[0\]\.in_channels 3"):
         bitnn.export(cnn, tmp_path / "b.bnb", input_shape=(1, 12, 12))
     assert os.listdir(tmp_path) == []  # nothing written, no temporary file left
 
@@ -225,7 +225,7 @@ def test_loader_rejects_flatten_of_a_vector(tmp_path):
     tensors = {"w": Bits.from_array(np.ones((2, 4), np.uint8)),
                "b": Bits.from_array(np.ones(2, np.uint8))}
     write_bnb(tmp_path / "f.bnb", meta, tensors)
-    with pytest.raises(bitnn.FormatError, match=r"layer 1 \(flatten\)"):
+    with pytest.raises(bitnn.FormatError, match=r"layers\[1\] \(flatten\)"):
         bitnn.load(tmp_path / "f.bnb")
 
 
