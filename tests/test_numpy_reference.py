@@ -73,7 +73,7 @@ def test_classifier_bit_for_bit(tmp_path, case):
             with bitnn.load(path, threads=threads, kernel=kernel) as m:
                 np.testing.assert_array_equal(m.predict(raw, layout="NHWC"), want_raw,
                                               err_msg=f"{kernel}, {threads} threads")
-                np.testing.assert_array_equal(m.predict(floats, layout="NHWC"), want_float,
+                np.testing.assert_array_equal(m.predict(floats, layout="NHWC", preprocessed=True), want_float,
                                               err_msg=f"{kernel}, {threads} threads")
 
 
