@@ -63,7 +63,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+# The engines alternate in one process: PyTorch's idle OpenMP threads must not
+# spin on the cores the next engine runs on (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tools"):
@@ -205,6 +209,9 @@ def ort_session(path: str, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The engines alternate in one process: ORT's idle intra-op threads must not
+    # spin on the cores the next engine runs on.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 

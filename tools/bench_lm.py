@@ -74,7 +74,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+# The engines alternate in one process: PyTorch's idle OpenMP threads must not
+# spin on the cores the next engine runs on (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tools"):
