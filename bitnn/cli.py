@@ -100,7 +100,8 @@ def _read_prompt(args) -> str:
 
 def _generate(args) -> int:
     prompt = _read_prompt(args)
-    model = _open_model(args, "lm", "is not a language model (for images use 'bitnn-run classify')")
+    model = _open_model(args, "lm", "is not a language model (for images use 'bitnn-run classify')",
+                        precision=args.precision)
     with model:
         if args.ctx_size is not None and args.ctx_size > model.max_len:
             raise UserError(f"-c/--ctx-size {args.ctx_size} is larger than the model's max_len "
@@ -160,6 +161,9 @@ def add_generate(sub) -> None:
     p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
                    default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="numeric mode: fp32 (exact) or int8 (activations quantized to int8, "
+                        "faster; docs/packing.md) (default: %(default)s)")
     p.add_argument("--temp", type=_ranged(float, lambda v: v >= 0, "a finite number >= 0"),
                    default=d["temperature"], help="temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=_ranged(int, lambda v: v >= 0, ">= 0"), default=d["top_k"],
@@ -179,7 +183,8 @@ def add_generate(sub) -> None:
 def _classify(args) -> int:
     from bitnn.imageio import load_image
 
-    model = _open_model(args, "classifier", "is not an image classifier")
+    model = _open_model(args, "classifier", "is not an image classifier",
+                        precision=args.precision)
     with model:
         if args.calibrated and model.temperature is None:
             raise UserError(f"{args.model} has no calibration (export it with "
@@ -239,6 +244,9 @@ def add_classify(sub) -> None:
     p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
                    default=None,
                    help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="numeric mode: fp32 (exact) or int8 (activations quantized to int8, "
+                        "faster; docs/packing.md) (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print results as JSON (default: off)")
     p.add_argument("--preprocessed", action="store_true",
                    help=".npy inputs are float tensors already normalized for the model "

@@ -190,3 +190,21 @@ def test_single_row_normalize_paths_are_thread_invariant(precision, N):
         ys = [bitnn.linear(x, W, activation=act, threads=t, precision=precision)
               for t in (1, 2, 3)]
         assert all(np.array_equal(y, ys[0]) for y in ys), act
+
+
+def test_cli_precision_on_every_model_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = str(Path(bitnn.__file__).parent / "models" / "samples" / "ankle-boot.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bitnn.cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run("classify", "--precision", "int8", "--json", sample)
+    assert r.returncode == 0 and "Ankle boot" in r.stdout, r.stderr
+    with bitnn.load("shakespeare", precision="int8") as lm:
+        want = lm.generate("ROMEO:", 12, seed=5)
+    r = run("-p", "ROMEO:", "-n", "12", "-s", "5", "--precision", "int8")
+    assert r.returncode == 0 and r.stdout.rstrip("\n").endswith(want.rstrip("\n")), (r.stdout, want)
+    r = run("classify", "--precision", "int4", sample)
+    assert r.returncode != 0 and "precision" in r.stderr and "Traceback" not in r.stderr
