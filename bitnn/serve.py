@@ -414,13 +414,18 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
     async def metrics(request):
         return Response(prom.generate_latest(reg), media_type=prom.CONTENT_TYPE_LATEST)
 
+    def _stopped(cancel):
+        """The request's cancel, or the server stopping (after the shutdown timeout
+        uvicorn cancels the request tasks, but a compute thread only sees this)."""
+        return cancel.is_set() or state["stopping"].is_set()
+
     def generation_thread(req, model, loop, queue, cancel):
         """Runs in a compute thread: puts ("text", str), then ("end", info) or ("error", exc)."""
         counted = {"n": 0, "ids": []}
 
         def counting(steps):
             for t in steps:
-                if cancel.is_set():
+                if _stopped(cancel):
                     return
                 counted["n"] += 1
                 counted["ids"].append(t)
@@ -444,14 +449,14 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                 # the same text pieces as generate(text, stream=True): complete UTF-8, cut at stop
                 for piece in model._text_pieces(steps, req.stop, req.ids):
                     put(("text", piece, None))
-                    if cancel.is_set():
+                    if _stopped(cancel):
                         break
             stopped = counted["n"] < req.max_tokens
             # counted here, not by the request, which may be gone
             m_tokens.labels(req.model).inc(counted["n"])
-            if cancel.is_set():
+            if _stopped(cancel):
                 m_cancelled.labels(req.model).inc()
-            put(("end", {"completion_tokens": counted["n"], "cancelled": cancel.is_set(),
+            put(("end", {"completion_tokens": counted["n"], "cancelled": _stopped(cancel),
                          "finish_reason": "stop" if stopped or _cut_by_stop(model, req, counted["ids"])
                          else "length"}, None))
         except BaseException as e:  # noqa: BLE001 - handed to the event loop
