@@ -442,7 +442,12 @@ def test_source_tree_without_core_says_so(tmp_path):
     (tmp_path / "bitnn").mkdir()
     for f in (ROOT / "bitnn").glob("*.py"):
         (tmp_path / "bitnn" / f.name).write_bytes(f.read_bytes())
-    r = subprocess.run([sys.executable, "-c", "import bitnn"], capture_output=True, text=True,
+    # An editable install (CI's `pip install -e .`) adds an import hook that would
+    # find the built package instead of the copy here: leave it out.
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+            "import bitnn\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=tmp_path, timeout=60)
     assert r.returncode != 0
     assert "build_ext --inplace" in r.stderr and "circular" not in r.stderr
