@@ -17,9 +17,9 @@ except ImportError as _e:
         "repository root does that). Build it in place with 'python3 setup.py build_ext "
         "--inplace', or run from another directory."
         + ("" if "partially initialized" in str(_e) else f" ({_e})")) from None
-from bitnn.ops import linear, pack_bits, unpack_bits
+from bitnn.ops import PackedWeights, linear, pack_bits, unpack_bits
 
-__all__ = ["__version__", "FormatError", "KernelError", "linear", "pack_bits", "unpack_bits",
+__all__ = ["__version__", "FormatError", "KernelError", "linear", "PackedWeights", "pack_bits", "unpack_bits",
            "system_info", "load", "export"]
 
 

@@ -46,6 +46,18 @@ cdef extern from "bitnn.h" nogil:
                                    const uint64_t *w, size_t N, const uint64_t *bias,
                                    float *z, size_t ldz, bitnn_precision prec, int isa,
                                    bitnn_pool *pool)
+    ctypedef struct bitnn_weights:
+        const uint64_t *bits
+        size_t N, K
+        uint32_t *tiles
+    bitnn_status bitnn_weights_pack(bitnn_weights *wt)
+    void bitnn_weights_release(bitnn_weights *wt)
+    bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M,
+                                     const bitnn_weights *wt, const uint64_t *bias, float *z,
+                                     size_t ldz, bitnn_precision prec, int isa, bitnn_pool *pool)
+    bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
+                                const uint64_t *bias, float eps, bitnn_act act, float *y,
+                                size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool)
     bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,
                                      float eps, bitnn_act act, bitnn_pool *pool)
     bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K,
@@ -56,6 +68,12 @@ cdef extern from "bitnn.h" nogil:
 
 cdef extern from "kernels.h" nogil:
     const char *bitnn_q8_kernel_name(int isa)
+
+
+cdef class PackedWeights:
+    cdef bitnn_weights w
+    cdef readonly object bits
+    cdef readonly size_t out_features, in_features
 
 
 cdef class ThreadPool:

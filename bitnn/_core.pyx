@@ -250,6 +250,8 @@ cdef float _eps(eps) except *:
 
 
 cdef _check(bitnn_status s):
+    if s == BITNN_ENOMEM:
+        raise MemoryError(f"bitnn core: {bitnn_status_str(s).decode()}")
     if s != BITNN_OK:
         raise RuntimeError(f"bitnn core: {bitnn_status_str(s).decode()}")
 
@@ -269,6 +271,35 @@ def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
                       precision)
 
 
+cdef class PackedWeights:
+    """A binary weight matrix prepared once for the kernels: the packed rows
+    (``bits``, uint64 ``(out_features, ceil(in_features / 64))``) and their
+    tiles for the fp32 table kernels (docs/packing.md). ``linear`` and
+    ``binary_gemm`` take it in place of ``weight`` and then skip the per-call
+    preparation, as a loaded model does for its layers."""
+
+    def __cinit__(self, weight, out_features, in_features):
+        cdef size_t N = _count(out_features, "out_features"), K = _count(in_features, "in_features")
+        if N == 0 or K == 0:
+            raise ValueError("out_features and in_features must be at least 1")
+        self.bits = _as_bits(weight, N, K, "weight")
+        cdef const uint64_t[:, ::1] wv = self.bits
+        self.w.bits = &wv[0, 0]
+        self.w.N, self.w.K, self.w.tiles = N, K, NULL
+        self.out_features, self.in_features = N, K
+        if bitnn_weights_pack(&self.w) != BITNN_OK:
+            raise MemoryError(f"cannot prepare a {N} x {K} weight matrix")
+
+    def __dealloc__(self):
+        bitnn_weights_release(&self.w)
+
+    def __reduce__(self):
+        return (PackedWeights, (self.bits, self.out_features, self.in_features))
+
+    def __repr__(self):
+        return f"PackedWeights(out_features={self.out_features}, in_features={self.in_features})"
+
+
 cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, eps, threads,
                        kernel, precision):
     """Checks every argument, then runs the raw GEMM or the fused layer without the GIL."""
@@ -278,7 +309,18 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
         raise ValueError("x must have at least one feature")
     if N == 0:
         raise ValueError("out_features must be at least 1")
-    wa = _as_bits(weight, N, K, "weight")
+    cdef bitnn_weights wt
+    cdef PackedWeights pw
+    cdef const uint64_t[:, ::1] wv
+    if isinstance(weight, PackedWeights):
+        pw = weight
+        if pw.out_features != N or pw.in_features != K:
+            raise ValueError(f"the PackedWeights are {pw.out_features} x {pw.in_features} "
+                             f"(out x in), but the call needs {N} x {K}")
+        wt = pw.w
+    else:
+        wv = _as_bits(weight, N, K, "weight")
+        wt.bits, wt.N, wt.K, wt.tiles = &wv[0, 0], N, K, NULL
     ba = None if bias is None else _as_bias(bias, N)
     cdef bitnn_act act = _act(activation)
     cdef float e = _eps(eps)
@@ -289,7 +331,6 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     if M == 0:
         return out
     cdef const float[:, ::1] xv = xa
-    cdef const uint64_t[:, ::1] wv = wa
     cdef const uint64_t[:, ::1] bv
     cdef float[:, ::1] ov = out
     cdef const uint64_t *bp = NULL
@@ -299,11 +340,10 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     cdef bitnn_status s
     with nogil:
         if fused:
-            s = bitnn_linear(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, e, act, &ov[0, 0], N, prec,
-                             isa, pool.pool)
+            s = bitnn_linear_w(&xv[0, 0], K, M, &wt, bp, e, act, &ov[0, 0], N, prec, isa,
+                               pool.pool)
         else:
-            s = bitnn_binary_gemm(&xv[0, 0], K, M, K, &wv[0, 0], N, bp, &ov[0, 0], N, prec,
-                                  isa, pool.pool)
+            s = bitnn_binary_gemm_w(&xv[0, 0], K, M, &wt, bp, &ov[0, 0], N, prec, isa, pool.pool)
     _check(s)
     return out
 

@@ -9,6 +9,9 @@ import numpy as np
 
 from bitnn import _core
 
+# Weights prepared once for the kernels (a loaded model prepares its layers the same way).
+PackedWeights = _core.PackedWeights
+
 
 def pack_bits(bits) -> np.ndarray:
     """Pack a {0,1} array into uint64 words along its last axis.
@@ -63,8 +66,9 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
     """Binary normalized fully connected layer: ``act(Normalize(x @ W.T + b))``.
 
     ``x`` is ``(M, K)`` or ``(K,)`` (converted to float32); ``weight`` is the
-    packed ``(N, ceil(K/64))`` uint64 output of :func:`pack_bits`, or a {0,1}
-    array ``(N, K)`` that is packed here; ``bias`` likewise ``(N,)`` bits or
+    packed ``(N, ceil(K/64))`` uint64 output of :func:`pack_bits`, a {0,1}
+    array ``(N, K)`` that is packed here, or a :class:`PackedWeights` (the
+    weights prepared once for the kernels, for repeated calls); ``bias`` likewise ``(N,)`` bits or
     ``ceil(N/64)`` packed words. ``activation`` is None/'linear', 'relu',
     'gelu' or 'softmax'. ``precision`` is ``"fp32"`` (exact) or ``"int8"``
     (each row of x quantized to int8 with one scale; docs/packing.md).
@@ -74,8 +78,10 @@ def linear(x, weight, bias=None, *, out_features: int | None = None, activation=
     single = xa.ndim == 1
     if single:
         xa = xa.reshape(1, -1)
-    w = np.asarray(weight)
-    if w.dtype != np.uint64:
+    if isinstance(weight, _core.PackedWeights):
+        w = weight
+        n = weight.out_features if out_features is None else out_features
+    elif (w := np.asarray(weight)).dtype != np.uint64:
         # Unpacked bits: the shapes are known exactly, so check them exactly.
         if w.ndim != 2 or w.shape[1] != xa.shape[-1]:
             raise ValueError(f"weight of shape {w.shape} does not fit x with {xa.shape[-1]} "

@@ -145,6 +145,29 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                float *z, size_t ldz, bitnn_precision prec, int isa,
                                bitnn_pool *pool);
 
+/* A binary weight matrix of N rows of K inputs as the kernels use it: the
+ * packed rows of the file (bits: N rows of ceil(K/64) words, not owned) and,
+ * for the fp32 mode, the same bits regrouped for the table kernels (tiles,
+ * docs/packing.md), made once by bitnn_weights_pack and freed by
+ * bitnn_weights_release. A model packs its layers at load; the raw calls
+ * (bitnn_binary_gemm, bitnn_linear) pack for the call. */
+typedef struct {
+    const uint64_t *bits;
+    size_t N, K;
+    uint32_t *tiles; /* owned; NULL until packed */
+} bitnn_weights;
+
+bitnn_status bitnn_weights_pack(bitnn_weights *wt);
+void bitnn_weights_release(bitnn_weights *wt);
+
+/* bitnn_binary_gemm and bitnn_linear on a bitnn_weights. */
+bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
+                                 const uint64_t *bias, float *z, size_t ldz, bitnn_precision prec,
+                                 int isa, bitnn_pool *pool);
+bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
+                            const uint64_t *bias, float eps, bitnn_act act, float *y, size_t ldy,
+                            bitnn_precision prec, int isa, bitnn_pool *pool);
+
 /* Normalize each row of z (M rows of N values, leading dimension ldz) in
  * place, then apply act: y = act((z - mean) / sqrt(var + eps)). eps > 0. */
 bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,

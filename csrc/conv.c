@@ -9,6 +9,7 @@
  * every output value is computed whole by one thread, so results do not depend
  * on the thread count. Out-of-image taps ('same' padding) contribute 0.0.
  */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,8 +23,8 @@ typedef struct {
     const int8_t *qx; /* int8: the quantized input map (one scale for the image) */
     float scale;
     size_t H, W, C, f, K, ld, tile; /* ld: elements per im2col row */
-    const uint64_t *w;
-    size_t Cout;
+    const bitnn_weights *w;
+    size_t Cout, kc, ldt; /* fp32: the tables of a tile's rows, ldt floats each */
     const uint64_t *bias;
     float *z;
     bitnn_gemm_f32_fn gemm;
@@ -65,11 +66,12 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     conv_job *j = ctx;
     const size_t P = j->H * j->W, wpr = bitnn_words_per_row(j->K);
     const size_t es = j->qx ? 1 : sizeof(float);
-    void *buf = malloc(j->tile * j->ld * es);
+    void *buf = malloc(j->tile * j->ld * es), *tab = NULL;
     float *scale = j->qx ? malloc(j->tile * sizeof(float)) : NULL;
-    if (!buf || (j->qx && !scale)) {
+    if (!j->qx && posix_memalign(&tab, 64, j->tile * j->ldt * sizeof(float)) != 0) tab = NULL;
+    if (!buf || (j->qx ? !scale : !tab)) {
         j->failed = 1; /* benign race: every writer stores 1 */
-        free(buf), free(scale);
+        free(buf), free(scale), free(tab);
         return;
     }
     for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
@@ -77,15 +79,17 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
         if (j->qx) {
             im2col(j, j->qx, 1, p0, p1, buf);
-            j->gemm_q8(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, scale, j->bias,
+            j->gemm_q8(buf, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale, j->bias,
                        j->z + p0 * j->Cout, j->Cout);
         } else {
             im2col(j, j->x, sizeof(float), p0, p1, buf);
-            j->gemm(buf, j->ld, p1 - p0, j->K, j->w, wpr, 0, j->Cout, j->bias,
+            for (size_t p = 0; p < p1 - p0; p++)
+                bitnn_build_tables((const float *)buf + p * j->ld, j->K, (float *)tab + p * j->ldt);
+            j->gemm(tab, j->ldt, p1 - p0, j->kc, j->w->tiles, 0, j->Cout, j->bias,
                     j->z + p0 * j->Cout, j->Cout);
         }
     }
-    free(buf), free(scale);
+    free(buf), free(scale), free(tab);
 }
 
 /* Quantizing an input map: the maxima of fixed chunks (max is exact, so the
@@ -113,17 +117,19 @@ static void quantize_chunks(void *ctx, size_t c0, size_t c1)
     }
 }
 
-bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
-                              size_t Cout, size_t f, const uint64_t *bias, float *z,
+bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
+                              const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool)
 {
-    if (!x || !w || !z || H == 0 || W == 0 || C == 0 || Cout == 0 || f == 0 || f % 2 == 0 ||
-        (unsigned)prec >= BITNN_PRECISION_COUNT)
+    if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
+        f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
+        (prec == BITNN_PRECISION_FP32 && !w->tiles))
         return BITNN_EINVAL;
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
     const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
-    conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, bias, z,
-                  ks->gemm_f32, ks->gemm_q8, 0};
+    const size_t Cout = w->N, kc = bitnn_tile_chunks(f * f * C);
+    conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, kc, 128 * kc, bias,
+                  z, ks->gemm_f32, ks->gemm_q8, 0};
     int8_t *qx = NULL;
     if (prec == BITNN_PRECISION_INT8) {
         /* One scale for the whole input map: quantize it once, then gather
@@ -144,7 +150,8 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, cons
         j.qx = qx, j.scale = q.amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
     }
     const size_t P = H * W;
-    size_t tile = TILE_BYTES / (j.ld * (qx ? 1 : sizeof(float)));
+    /* fp32: a row's tables (16 floats per 4 inputs) are what a tile holds */
+    size_t tile = TILE_BYTES / (qx ? j.ld : j.ldt * sizeof(float));
     if (tile < 16) tile = 16;
     /* Enough tiles for every thread to get some work on small images. */
     const size_t threads = (size_t)bitnn_pool_size(pool);

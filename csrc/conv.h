@@ -5,12 +5,13 @@
 #include "bitnn.h"
 
 /* z (H*W, Cout) = raw binary 'same' convolution of x (H, W, C), stride 1, odd
- * f, weights packed as rows [Cout][f*f*C] ordered (dy, dx, c), plus bias bits
+ * f, weights w of Cout = w->N rows [Cout][f*f*C] ordered (dy, dx, c) (packed
+ * with bitnn_weights_pack for the fp32 mode), plus bias bits
  * (may be NULL). No Normalize. With BITNN_PRECISION_INT8 the input map is
  * quantized with one scale for the image (amax / 127) and the sums are exact
  * integers (docs/packing.md). */
-bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C, const uint64_t *w,
-                              size_t Cout, size_t f, const uint64_t *bias, float *z,
+bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
+                              const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool);
 
 /* k x k max-pool with stride k, floor: y is (H/k, W/k, C). Output rows are

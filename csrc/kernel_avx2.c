@@ -2,10 +2,8 @@
  * kernel_avx2.c - AVX2 kernels. Compiled with -mavx2 (setup.py) and only
  * called after bitnn_cpu_features() reported AVX2 with OS support.
  *
- * Two 8-lane accumulators per (input row, output row): lanes k%16 in 0..7 and
- * in 8..15, so the order is the 16-lane order of docs/packing.md. AVX2 has no
- * mask registers: the 16 weight bits of a chunk become two lane masks by
- * broadcast + AND + compare, and x AND mask is added (+0.0 where the bit is 0).
+ * fp32: the table lookups of docs/packing.md on 8 output rows per register;
+ * int8: 32 weights expanded to bytes and multiplied with vpmaddubsw.
  */
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -14,82 +12,67 @@
 #include "kernel_common.h"
 
 
-ALWAYS_INLINE float reduce16(__m256 lo, __m256 hi)
+/* MB input rows x one block of 16 output rows (two 8-lane halves): for each
+ * group of 4 inputs, the 16-entry table is two 8-entry halves; vpermps reads
+ * both with the low 3 bits of each row's index and bit 3 (moved to the sign)
+ * chooses between them, then one add: the chain of docs/packing.md. */
+ALWAYS_INLINE void tblock(const float *tab, size_t ldt, size_t kc, const uint32_t *tile,
+                          const int MB, __m256 acc[4][2])
 {
-    __m256 s8 = _mm256_add_ps(lo, hi);
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    return _mm_cvtss_f32(s1);
-}
-
-ALWAYS_INLINE void block(const float *x, size_t ldx, size_t K, const uint64_t *w,
-                         size_t wpr, size_t n, const int R, const int MB,
-                         const uint64_t *bias, float *z, size_t ldz)
-{
-    const __m256i sel_lo = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i sel_hi = _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768);
-    __m256 lo[2][4], hi[2][4];
-    const uint64_t *rows[4];
-    for (int r = 0; r < R; r++) rows[r] = w + (n + r) * wpr;
-    for (int i = 0; i < MB; i++)
-        for (int r = 0; r < R; r++) lo[i][r] = hi[i][r] = _mm256_setzero_ps();
-
-    const size_t chunks = (K + 15) / 16;
-    float tail[2][16];
-    for (size_t c = 0; c < chunks; c++) {
-        __m256 xl[2], xh[2];
-        if (16 * c + 16 <= K) {
-            for (int i = 0; i < MB; i++) {
-                xl[i] = _mm256_loadu_ps(x + i * ldx + 16 * c);
-                xh[i] = _mm256_loadu_ps(x + i * ldx + 16 * c + 8);
+    for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (size_t c = 0; c < kc; c++) {
+        const __m256i v[2] = {_mm256_loadu_si256((const __m256i *)(tile + 16 * c)),
+                              _mm256_loadu_si256((const __m256i *)(tile + 16 * c + 8))};
+        const float *t = tab + 128 * c;
+        for (int g = 0; g < 8; g++)
+            for (int h = 0; h < 2; h++) {
+                const __m256i ix = _mm256_srli_epi32(v[h], 4 * g);
+                const __m256 hi_sel = _mm256_castsi256_ps(_mm256_slli_epi32(ix, 28));
+                for (int i = 0; i < MB; i++) {
+                    const float *tg = t + i * ldt + 16 * g;
+                    const __m256 e = _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg), ix),
+                        _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg + 8), ix), hi_sel);
+                    acc[i][h] = _mm256_add_ps(acc[i][h], e);
+                }
             }
-        } else {
-            /* Last partial chunk: copy into a zero-padded buffer (padding bits of
-             * w are zero, so the extra lanes add +0.0). */
-            for (int i = 0; i < MB; i++) {
-                memset(tail[i], 0, sizeof tail[i]);
-                memcpy(tail[i], x + i * ldx + 16 * c, (K - 16 * c) * sizeof(float));
-                xl[i] = _mm256_loadu_ps(tail[i]);
-                xh[i] = _mm256_loadu_ps(tail[i] + 8);
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            __m256i b = _mm256_set1_epi32(chunk16(rows[r], c));
-            __m256 ml = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, sel_lo), sel_lo));
-            __m256 mh = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, sel_hi), sel_hi));
-            for (int i = 0; i < MB; i++) {
-                lo[i][r] = _mm256_add_ps(lo[i][r], _mm256_and_ps(ml, xl[i]));
-                hi[i][r] = _mm256_add_ps(hi[i][r], _mm256_and_ps(mh, xh[i]));
-            }
-        }
     }
-    for (int i = 0; i < MB; i++)
-        for (int r = 0; r < R; r++)
-            z[i * ldz + n + r] = reduce16(lo[i][r], hi[i][r]) + bitnn_bias_value(bias, n + r);
 }
 
+ALWAYS_INLINE void run_block(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+                             size_t blk, const int MB, size_t n0, size_t n1, const uint64_t *bias,
+                             float *z, size_t ldz)
+{
+    __m256 acc[4][2];
+    tblock(tab, ldt, kc, tiles + blk * kc * 16, MB, acc);
+    const uint32_t bb = bias_bits_block(bias, blk, n1), in = rows_in_block(blk, n0, n1);
+    for (int i = 0; i < MB; i++) {
+        float v[16];
+        _mm256_storeu_ps(v, acc[i][0]);
+        _mm256_storeu_ps(v + 8, acc[i][1]);
+        for (int r = 0; r < 16; r++)
+            if ((in >> r) & 1u) z[i * ldz + 16 * blk + r] = v[r] + (float)((bb >> r) & 1u);
+    }
+}
 
-void bitnn_gemm_f32_avx2(const float *x, size_t ldx, size_t M, size_t K,
-                         const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                         const uint64_t *bias, float *z, size_t ldz)
+void bitnn_gemm_f32_avx2(const float *tab, size_t ldt, size_t M, size_t kc,
+                         const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
+                         float *z, size_t ldz)
 {
     BITNN_COUNT_CALL(BITNN_ISA_AVX2);
-    size_t slab = SLAB_BYTES / (wpr * 8);
-    if (slab < 4) slab = 4;
-    for (size_t s0 = n0; s0 < n1; s0 += slab) {
-        const size_t s1 = (n1 - s0 > slab) ? s0 + slab : n1;
+    if (n0 >= n1) return;
+    size_t slab = SLAB_BYTES / (kc * 64);
+    if (slab < 1) slab = 1;
+    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
+    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
+        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
         size_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            size_t n = s0;
-            for (; n + 2 <= s1; n += 2) block(x + m * ldx, ldx, K, w, wpr, n, 2, 2, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) block(x + m * ldx, ldx, K, w, wpr, n, 1, 2, bias, z + m * ldz, ldz);
-        }
-        for (; m < M; m++) {
-            size_t n = s0;
-            for (; n + 4 <= s1; n += 4) block(x + m * ldx, ldx, K, w, wpr, n, 4, 1, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) block(x + m * ldx, ldx, K, w, wpr, n, 1, 1, bias, z + m * ldz, ldz);
-        }
+        for (; m + 4 <= M; m += 4)
+            for (size_t b = s0; b < s1; b++)
+                run_block(tab + m * ldt, ldt, kc, tiles, b, 4, n0, n1, bias, z + m * ldz, ldz);
+        for (; m < M; m++)
+            for (size_t b = s0; b < s1; b++)
+                run_block(tab + m * ldt, ldt, kc, tiles, b, 1, n0, n1, bias, z + m * ldz, ldz);
     }
 }
 

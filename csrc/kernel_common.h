@@ -23,6 +23,12 @@ ALWAYS_INLINE uint16_t chunk16(const uint64_t *row, size_t c)
     return v;
 }
 
+/* The 4-bit table index of group g of output row n in the tiles (kernels.h). */
+ALWAYS_INLINE unsigned tile_index(const uint32_t *tiles, size_t kc, size_t n, size_t g)
+{
+    return (tiles[((n / 16) * kc + g / 8) * 16 + n % 16] >> (4 * (g % 8))) & 15u;
+}
+
 /* The int8 epilogue, the same in every kernel: exact integer sum to fp32,
  * times the row's scale, plus the bias bit (two roundings, no FMA). */
 ALWAYS_INLINE float bitnn_q8_out(int32_t s, float scale, const uint64_t *bias, size_t n)
@@ -40,6 +46,26 @@ ALWAYS_INLINE uint32_t bias_bits16(const uint64_t *bias, size_t n)
     uint64_t v = bias[wi] >> sh;
     if (sh > 48) v |= bias[wi + 1] << (64 - sh);
     return (uint32_t)(v & 0xffffu);
+}
+
+/* The bias bits of rows [16 blk, 16 blk + 16) below n1 (rows from n1 on may
+ * not exist: their bits are not read). */
+ALWAYS_INLINE uint32_t bias_bits_block(const uint64_t *bias, size_t blk, size_t n1)
+{
+    const size_t n = 16 * blk;
+    if (!bias) return 0;
+    if (n + 16 <= n1) return bias_bits16(bias, n);
+    uint32_t v = 0;
+    for (size_t r = 0; n + r < n1; r++) v |= (uint32_t)((bias[(n + r) >> 6] >> ((n + r) & 63)) & 1u) << r;
+    return v;
+}
+
+/* Lanes r of block blk whose row 16 blk + r lies in [n0, n1). */
+ALWAYS_INLINE uint32_t rows_in_block(size_t blk, size_t n0, size_t n1)
+{
+    const size_t b = 16 * blk;
+    const size_t lo = n0 > b ? n0 - b : 0, hi = n1 < b + 16 ? n1 - b : 16;
+    return hi > lo ? (uint32_t)(((1u << (hi - lo)) - 1u) << lo) : 0u;
 }
 
 #endif

@@ -2,10 +2,8 @@
  * kernel_neon.c - NEON kernels for 64-bit ARM (NEON is part of the AArch64
  * baseline, so no extra flags are needed).
  *
- * Four 4-lane accumulators per (input row, output row): lanes k%16 in 0..3,
- * 4..7, 8..11 and 12..15, the 16-lane order of docs/packing.md. Each chunk's
- * 16 weight bits become lane masks with a bit test (vtst), and x AND mask is
- * added (+0.0 where the bit is 0).
+ * fp32: the table lookups of docs/packing.md (tbl over a table's bytes) on
+ * 4 output rows per register; int8: widening adds of bit-selected bytes.
  */
 #if defined(__aarch64__) || defined(_M_ARM64)
 #include <arm_neon.h>
@@ -14,81 +12,65 @@
 #include "kernel_common.h"
 
 
-ALWAYS_INLINE float reduce16(const float32x4_t a[4])
+/* The 4 float entries of a 16-entry table (64 bytes) for 4 lanes of 4-bit
+ * indices: tbl over the table's bytes at 4 idx + 0..3. */
+ALWAYS_INLINE float32x4_t lookup(const float *t, uint32x4_t idx)
 {
-    float32x4_t s8a = vaddq_f32(a[0], a[2]); /* a[j] + a[j+8], j = 0..3 */
-    float32x4_t s8b = vaddq_f32(a[1], a[3]); /* a[j] + a[j+8], j = 4..7 */
-    float32x4_t s4 = vaddq_f32(s8a, s8b);    /* + a[j+4]               */
-    float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
-    return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
+    const uint8x16x4_t tb = vld1q_u8_x4((const uint8_t *)t);
+    const uint32x4_t bytes = vmlaq_n_u32(vdupq_n_u32(0x03020100u), idx, 0x04040404u);
+    return vreinterpretq_f32_u8(vqtbl4q_u8(tb, vreinterpretq_u8_u32(bytes)));
 }
 
-ALWAYS_INLINE float32x4_t masked(float32x4_t xv, uint32x4_t bits, uint32x4_t sel)
+/* MB input rows x one block of 16 output rows (four 4-lane quarters), the
+ * chain of docs/packing.md. */
+ALWAYS_INLINE void run_block(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+                             size_t blk, const int MB, size_t n0, size_t n1, const uint64_t *bias,
+                             float *z, size_t ldz)
 {
-    return vreinterpretq_f32_u32(vandq_u32(vtstq_u32(bits, sel), vreinterpretq_u32_f32(xv)));
-}
-
-ALWAYS_INLINE void block(const float *x, size_t ldx, size_t K, const uint64_t *w,
-                         size_t wpr, size_t n, const int R, const int MB,
-                         const uint64_t *bias, float *z, size_t ldz)
-{
-    static const uint32_t sel_init[16] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
-                                          2048, 4096, 8192, 16384, 32768};
-    uint32x4_t sel[4];
-    for (int q = 0; q < 4; q++) sel[q] = vld1q_u32(sel_init + 4 * q);
-    float32x4_t acc[2][4][4];
-    const uint64_t *rows[4];
-    for (int r = 0; r < R; r++) rows[r] = w + (n + r) * wpr;
+    float32x4_t acc[4][4];
+    const uint32_t *tile = tiles + blk * kc * 16;
+    const uint32x4_t nib = vdupq_n_u32(15u);
     for (int i = 0; i < MB; i++)
-        for (int r = 0; r < R; r++)
-            for (int q = 0; q < 4; q++) acc[i][r][q] = vdupq_n_f32(0.0f);
-
-    const size_t chunks = (K + 15) / 16;
-    float tail[2][16];
-    for (size_t c = 0; c < chunks; c++) {
-        float32x4_t xv[2][4];
-        for (int i = 0; i < MB; i++) {
-            const float *src = x + i * ldx + 16 * c;
-            if (16 * c + 16 > K) {
-                memset(tail[i], 0, sizeof tail[i]);
-                memcpy(tail[i], src, (K - 16 * c) * sizeof(float));
-                src = tail[i];
+        for (int h = 0; h < 4; h++) acc[i][h] = vdupq_n_f32(0.0f);
+    for (size_t c = 0; c < kc; c++) {
+        uint32x4_t v[4];
+        for (int h = 0; h < 4; h++) v[h] = vld1q_u32(tile + 16 * c + 4 * h);
+        for (int g = 0; g < 8; g++) {
+            for (int h = 0; h < 4; h++) {
+                const uint32x4_t ix = vandq_u32(v[h], nib);
+                for (int i = 0; i < MB; i++)
+                    acc[i][h] = vaddq_f32(acc[i][h], lookup(tab + i * ldt + 128 * c + 16 * g, ix));
+                v[h] = vshrq_n_u32(v[h], 4);
             }
-            for (int q = 0; q < 4; q++) xv[i][q] = vld1q_f32(src + 4 * q);
-        }
-        for (int r = 0; r < R; r++) {
-            uint32x4_t b = vdupq_n_u32(chunk16(rows[r], c));
-            for (int i = 0; i < MB; i++)
-                for (int q = 0; q < 4; q++)
-                    acc[i][r][q] = vaddq_f32(acc[i][r][q], masked(xv[i][q], b, sel[q]));
         }
     }
-    for (int i = 0; i < MB; i++)
-        for (int r = 0; r < R; r++)
-            z[i * ldz + n + r] = reduce16(acc[i][r]) + bitnn_bias_value(bias, n + r);
+    const uint32_t bb = bias_bits_block(bias, blk, n1), in = rows_in_block(blk, n0, n1);
+    for (int i = 0; i < MB; i++) {
+        float v[16];
+        for (int h = 0; h < 4; h++) vst1q_f32(v + 4 * h, acc[i][h]);
+        for (int r = 0; r < 16; r++)
+            if ((in >> r) & 1u) z[i * ldz + 16 * blk + r] = v[r] + (float)((bb >> r) & 1u);
+    }
 }
 
-
-void bitnn_gemm_f32_neon(const float *x, size_t ldx, size_t M, size_t K,
-                         const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                         const uint64_t *bias, float *z, size_t ldz)
+void bitnn_gemm_f32_neon(const float *tab, size_t ldt, size_t M, size_t kc,
+                         const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
+                         float *z, size_t ldz)
 {
     BITNN_COUNT_CALL(BITNN_ISA_NEON);
-    size_t slab = SLAB_BYTES / (wpr * 8);
-    if (slab < 4) slab = 4;
-    for (size_t s0 = n0; s0 < n1; s0 += slab) {
-        const size_t s1 = (n1 - s0 > slab) ? s0 + slab : n1;
+    if (n0 >= n1) return;
+    size_t slab = SLAB_BYTES / (kc * 64);
+    if (slab < 1) slab = 1;
+    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
+    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
+        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
         size_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            size_t n = s0;
-            for (; n + 2 <= s1; n += 2) block(x + m * ldx, ldx, K, w, wpr, n, 2, 2, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) block(x + m * ldx, ldx, K, w, wpr, n, 1, 2, bias, z + m * ldz, ldz);
-        }
-        for (; m < M; m++) {
-            size_t n = s0;
-            for (; n + 4 <= s1; n += 4) block(x + m * ldx, ldx, K, w, wpr, n, 4, 1, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) block(x + m * ldx, ldx, K, w, wpr, n, 1, 1, bias, z + m * ldz, ldz);
-        }
+        for (; m + 4 <= M; m += 4)
+            for (size_t b = s0; b < s1; b++)
+                run_block(tab + m * ldt, ldt, kc, tiles, b, 4, n0, n1, bias, z + m * ldz, ldz);
+        for (; m < M; m++)
+            for (size_t b = s0; b < s1; b++)
+                run_block(tab + m * ldt, ldt, kc, tiles, b, 1, n0, n1, bias, z + m * ldz, ldz);
     }
 }
 

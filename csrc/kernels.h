@@ -12,13 +12,37 @@
 
 #include "bitnn.h"
 
-/* Raw binary GEMM over output rows [n0, n1):
- *   z[m*ldz + n] = sum_{k: W[n,k]=1} x[m*ldx + k] + bias_bit(n)
- * for m < M. w holds all N rows (wpr words each); bias is NULL or ceil(N/64)
- * words. Must follow the summation order of docs/packing.md exactly. */
-typedef void (*bitnn_gemm_f32_fn)(const float *x, size_t ldx, size_t M, size_t K,
-                                  const uint64_t *w, size_t wpr, size_t n0, size_t n1,
+/* The fp32 binary GEMM works on two derived forms of its operands
+ * (docs/packing.md, "Summation order"):
+ *
+ * - tables: for each input row, group g (inputs 4g .. 4g+3, +0.0 past K) has a
+ *   table of 16 subset sums, tab[16 g + s] = (((0 + x0.s0) + x1.s1) + x2.s2) + x3.s3
+ *   where x_b.s_b is x[4g+b] if bit b of s is set and +0.0 if not
+ *   (bitnn_build_tables). A row has 8 * kc groups; ldt >= 128 * kc floats.
+ * - tiles: the weight bits regrouped in blocks of 16 output rows:
+ *   tiles[(b * kc + c) * 16 + r] is the 32-bit word c (inputs 32c .. 32c+31,
+ *   bit i = input 32c+i) of row 16b + r; rows past N are zero
+ *   (bitnn_pack_tiles, once per weight matrix). Group g of row n is the 4-bit
+ *   index (tiles[...c = g / 8...] >> 4 (g % 8)) & 15.
+ *
+ * Raw binary GEMM over output rows [n0, n1):
+ *   z[m*ldz + n] = (...((0 + tab_m[0][s_0]) + tab_m[1][s_1]) + ... + tab_m[G-1][s_G-1]) + bias_bit(n)
+ * for m < M, with s_g the index of group g of row n, G = 8 kc, added in
+ * increasing g: one chain per (m, n). Every kernel follows this order exactly. */
+typedef void (*bitnn_gemm_f32_fn)(const float *tab, size_t ldt, size_t M, size_t kc,
+                                  const uint32_t *tiles, size_t n0, size_t n1,
                                   const uint64_t *bias, float *z, size_t ldz);
+
+/* 32-input chunks of a row of K inputs, and the size of the tiles of N rows. */
+static inline size_t bitnn_tile_chunks(size_t K) { return (K + 31) / 32; }
+static inline size_t bitnn_tiles_words(size_t N, size_t K)
+{
+    return (N + 15) / 16 * 16 * bitnn_tile_chunks(K);
+}
+/* Fill tiles (bitnn_tiles_words(N, K) words) from the packed rows w. */
+void bitnn_pack_tiles(const uint64_t *w, size_t N, size_t K, uint32_t *tiles);
+/* The subset-sum tables of one input row x[0..K) into tab[0 .. 128 kc). */
+void bitnn_build_tables(const float *x, size_t K, float *tab);
 
 /* Integer binary GEMM over output rows [n0, n1) (BITNN_PRECISION_INT8):
  *   S = sum_{k: W[n,k]=1} q[m*ldq + k]          (exact, int32)
@@ -78,18 +102,14 @@ static inline float bitnn_bias_value(const uint64_t *bias, size_t n)
     return bias ? (float)((bias[n >> 6] >> (n & 63)) & 1u) : 0.0f;
 }
 
-void bitnn_gemm_f32_ref(const float *x, size_t ldx, size_t M, size_t K,
-                        const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                        const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx2(const float *x, size_t ldx, size_t M, size_t K,
-                         const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                         const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx512(const float *x, size_t ldx, size_t M, size_t K,
-                           const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                           const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_neon(const float *x, size_t ldx, size_t M, size_t K,
-                         const uint64_t *w, size_t wpr, size_t n0, size_t n1,
-                         const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_f32_ref(const float *tab, size_t ldt, size_t M, size_t kc,
+    const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_f32_avx2(const float *tab, size_t ldt, size_t M, size_t kc,
+    const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_f32_avx512(const float *tab, size_t ldt, size_t M, size_t kc,
+    const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_f32_neon(const float *tab, size_t ldt, size_t M, size_t kc,
+    const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
 
 void bitnn_gemm_q8_ref(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
                        size_t wpr, size_t n0, size_t n1, const float *scale,

@@ -32,10 +32,14 @@ static bitnn_status get_linear(const bnb_file *f, const char *prefix, size_t in,
     const uint64_t ws[2] = {out, in}, bs[1] = {out};
     L->in = in, L->out = out;
     snprintf(name, sizeof name, "%s.weight", prefix);
-    bitnn_status s = bitnn_model_bits(f, name, 2, ws, &L->w, prefix, err, errlen);
+    const uint64_t *bits;
+    bitnn_status s = bitnn_model_bits(f, name, 2, ws, &bits, prefix, err, errlen);
     if (s != BITNN_OK) return s;
     snprintf(name, sizeof name, "%s.bias", prefix);
-    return bitnn_model_bits(f, name, 1, bs, &L->b, prefix, err, errlen);
+    s = bitnn_model_bits(f, name, 1, bs, &L->b, prefix, err, errlen);
+    if (s != BITNN_OK) return s;
+    L->w = (bitnn_weights){bits, out, in, NULL};
+    return bitnn_weights_pack(&L->w);
 }
 
 static const char *const LM_KEYS[] = {"vocab_size", "max_len", "emb_dim", "num_heads",
@@ -155,6 +159,13 @@ void bitnn_lm_free(bitnn_lm *m)
 {
     if (!m) return;
     bitnn_tokenizer_free(m->tok);
+    for (size_t i = 0; m->block && i < m->blocks; i++) {
+        bitnn_lm_block *B = &m->block[i];
+        bitnn_lm_linear *lins[6] = {&B->q, &B->k, &B->v, &B->o, &B->ff1, &B->ff2};
+        for (int j = 0; j < 6; j++) bitnn_weights_release(&lins[j]->w);
+    }
+    for (size_t i = 0; m->head && i < m->n_head; i++) bitnn_weights_release(&m->head[i].w);
+    bitnn_weights_release(&m->output.w);
     free(m->block);
     free(m->head);
     free(m);
@@ -289,8 +300,8 @@ BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 static bitnn_status lin(const bitnn_lm *m, const bitnn_lm_linear *L, const float *x, size_t M,
                         float *y, bitnn_act act, int isa, bitnn_pool *pool)
 {
-    return bitnn_linear(x, L->in, M, L->in, L->w, L->out, L->b, m->eps, act, y, L->out,
-                        m->precision, isa, pool);
+    return bitnn_linear_w(x, L->in, M, &L->w, L->b, m->eps, act, y, L->out, m->precision, isa,
+                          pool);
 }
 
 static void add_rows(float *a, const float *b, size_t n)

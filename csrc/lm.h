@@ -10,7 +10,8 @@
 #include "tokenizer.h"
 
 typedef struct {
-    const uint64_t *w, *b;     /* packed [out][in] and [out] */
+    bitnn_weights w;           /* [out][in], packed for the kernels at build */
+    const uint64_t *b;         /* [out] */
     size_t in, out;
 } bitnn_lm_linear;
 

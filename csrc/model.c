@@ -349,7 +349,8 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
                 const uint64_t ws[4] = {cout, k, k, cin}, bs[1] = {cout};
                 L[i].kind = BITNN_LAYER_CONV2D, L[i].out = cout, L[i].size = k;
                 L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;
-                s = get_bits(f, ly, "weight", path, 4, ws, &L[i].w, err, errlen);
+                L[i].w = (bitnn_weights){NULL, cout, k * k * cin, NULL};
+                s = get_bits(f, ly, "weight", path, 4, ws, &L[i].w.bits, err, errlen);
                 if (s == BITNN_OK) s = get_bits(f, ly, "bias", path, 1, bs, &L[i].b, err, errlen);
                 c = cout;
             }
@@ -398,7 +399,8 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
                 const uint64_t ws[2] = {fout, fin}, bs[1] = {fout};
                 L[i].kind = BITNN_LAYER_LINEAR, L[i].out = fout;
                 if (m->first_linear == layers->count) m->first_linear = i;
-                s = get_bits(f, ly, "weight", path, 2, ws, &L[i].w, err, errlen);
+                L[i].w = (bitnn_weights){NULL, fout, fin, NULL};
+                s = get_bits(f, ly, "weight", path, 2, ws, &L[i].w.bits, err, errlen);
                 if (s == BITNN_OK) s = get_bits(f, ly, "bias", path, 1, bs, &L[i].b, err, errlen);
                 c = fout;
             }
@@ -416,6 +418,8 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
         m->classes = c;
         s = read_labels(meta, m, err, errlen);
     }
+    for (size_t i = 0; i < layers->count && s == BITNN_OK; i++)
+        if (L[i].w.bits) s = bitnn_weights_pack(&L[i].w);
     if (s == BITNN_OK) {
         m->scratch = calloc(1, sizeof *m->scratch);
         if (!m->scratch) s = BITNN_ENOMEM;
@@ -443,6 +447,7 @@ void bitnn_classifier_free(bitnn_classifier *m)
     if (!m) return;
     if (m->scratch) free(m->scratch->a), free(m->scratch->b), free(m->scratch->acc);
     free(m->scratch);
+    for (size_t i = 0; m->layers && i < m->n_layers; i++) bitnn_weights_release(&m->layers[i].w);
     free(m->layers);
     free(m->pre_mean);
     free(m->pre_std);
@@ -486,7 +491,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
             float *tmp;
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
-                s = bitnn_conv2d_raw(a, L->H, L->W, L->in, L->w, L->out, L->size, L->b, b,
+                s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
                                      m->precision, isa, pool);
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
@@ -515,8 +520,8 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
     for (size_t i = m->first_linear; i < m->n_layers && s == BITNN_OK; i++) {
         const bitnn_layer *L = &m->layers[i];
         float *dst = (i + 1 == m->n_layers) ? probs : vb;
-        s = bitnn_linear(va, L->in, N, L->in, L->w, L->out, L->b, m->eps, L->act, dst, L->out,
-                         m->precision, isa, pool);
+        s = bitnn_linear_w(va, L->in, N, &L->w, L->b, m->eps, L->act, dst, L->out, m->precision,
+                           isa, pool);
         float *tmp = va;
         va = vb, vb = tmp;
     }

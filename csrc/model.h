@@ -25,7 +25,7 @@ typedef struct {
     size_t in, out;         /* channels (conv2d) or features (linear) */
     size_t size;            /* conv2d: kernel f; maxpool2d: window and stride */
     size_t H, W;            /* spatial size of the layer's input (1 x 1 for vectors) */
-    const uint64_t *w;      /* packed [out][size*size*in] or [out][in] */
+    bitnn_weights w;        /* [out][size*size*in] or [out][in], packed for the kernels */
     const uint64_t *b;      /* packed [out] bits */
 } bitnn_layer;
 

@@ -4,6 +4,7 @@
  * Normalize and the activations are shared by every kernel, so only the GEMM
  * differs between instruction sets.
  */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,9 @@ typedef struct {
     size_t ldz;
     bitnn_gemm_f32_fn f32; /* exactly one of f32 / q8 is set */
     bitnn_gemm_q8_fn q8;
+    const uint32_t *tiles; /* fp32: the weights as tiles, and the tables of x */
+    float *tab;
+    size_t ldt, kc;
     int8_t *q;             /* int8: quantized rows of x, ldq bytes each */
     size_t ldq;
     float *scale;          /* int8: one scale per row */
@@ -32,7 +36,7 @@ static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_
         j->q8(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->scale + m0,
               j->bias, j->z + m0 * j->ldz, j->ldz);
     else
-        j->f32(j->x + m0 * j->ldx, j->ldx, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->bias,
+        j->f32(j->tab + m0 * j->ldt, j->ldt, m1 - m0, j->kc, j->tiles, n0, n1, j->bias,
                j->z + m0 * j->ldz, j->ldz);
 }
 
@@ -46,6 +50,72 @@ static void gemm_rows_m(void *ctx, size_t m0, size_t m1)
 {
     const gemm_job *j = ctx;
     gemm_block(j, m0, m1, 0, j->N);
+}
+
+static void table_rows(void *ctx, size_t m0, size_t m1)
+{
+    const gemm_job *j = ctx;
+    for (size_t m = m0; m < m1; m++) bitnn_build_tables(j->x + m * j->ldx, j->K, j->tab + m * j->ldt);
+}
+
+/* ------------------------------------------------------ the fp32 operands */
+void bitnn_pack_tiles(const uint64_t *w, size_t N, size_t K, uint32_t *tiles)
+{
+    const size_t kc = bitnn_tile_chunks(K), wpr = bitnn_words_per_row(K);
+    for (size_t b = 0; b < (N + 15) / 16; b++)
+        for (size_t c = 0; c < kc; c++)
+            for (size_t r = 0; r < 16; r++) {
+                const size_t n = 16 * b + r;
+                tiles[(b * kc + c) * 16 + r] =
+                    n < N ? (uint32_t)(w[n * wpr + c / 2] >> (32 * (c % 2))) : 0u;
+            }
+}
+
+/* One group's table: entry s adds x_b for each set bit b of s, in increasing
+ * b, starting from +0.0. A running sum that starts at +0.0 is never -0.0, so
+ * adding +0.0 for a clear bit changes nothing: the selects below are the
+ * definition of docs/packing.md, and vectorize. */
+BITNN_INLINE void group_table(float x0, float x1, float x2, float x3, float *t)
+{
+    for (int s = 0; s < 16; s++) {
+        float a = 0.0f;
+        a += (s & 1) ? x0 : 0.0f;
+        a += (s & 2) ? x1 : 0.0f;
+        a += (s & 4) ? x2 : 0.0f;
+        a += (s & 8) ? x3 : 0.0f;
+        t[s] = a;
+    }
+}
+
+BITNN_MULTIVERSION void bitnn_build_tables(const float *x, size_t K, float *tab)
+{
+    const size_t G = 8 * bitnn_tile_chunks(K);
+    size_t g = 0;
+    for (; 4 * g + 4 <= K; g++) group_table(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], tab + 16 * g);
+    for (; g < G; g++) {
+        float v[4];
+        for (size_t b = 0; b < 4; b++) v[b] = 4 * g + b < K ? x[4 * g + b] : 0.0f;
+        group_table(v[0], v[1], v[2], v[3], tab + 16 * g);
+    }
+}
+
+bitnn_status bitnn_weights_pack(bitnn_weights *wt)
+{
+    if (!wt || !wt->bits || wt->N == 0 || wt->K == 0) return BITNN_EINVAL;
+    if (wt->tiles) return BITNN_OK;
+    const size_t words = bitnn_tiles_words(wt->N, wt->K);
+    void *p = NULL;
+    if (posix_memalign(&p, 64, words * sizeof(uint32_t)) != 0) return BITNN_ENOMEM;
+    bitnn_pack_tiles(wt->bits, wt->N, wt->K, p);
+    wt->tiles = p;
+    return BITNN_OK;
+}
+
+void bitnn_weights_release(bitnn_weights *wt)
+{
+    if (!wt) return;
+    free(wt->tiles);
+    wt->tiles = NULL;
 }
 
 static void quantize_rows(void *ctx, size_t m0, size_t m1)
@@ -100,19 +170,21 @@ float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq)
     return amax / 127.0f;
 }
 
-bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
-                               const uint64_t *w, size_t N, const uint64_t *bias,
-                               float *z, size_t ldz, bitnn_precision prec, int isa,
-                               bitnn_pool *pool)
+bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
+                                 const uint64_t *bias, float *z, size_t ldz, bitnn_precision prec,
+                                 int isa, bitnn_pool *pool)
 {
+    if (!wt) return BITNN_EINVAL;
+    const size_t K = wt->K, N = wt->N;
     if (K == 0 || N == 0 || ldx < K || ldz < N || (unsigned)prec >= BITNN_PRECISION_COUNT)
         return BITNN_EINVAL;
     if (M == 0) return BITNN_OK;
-    if (!x || !w || !z) return BITNN_EINVAL;
+    if (!x || !wt->bits || !z) return BITNN_EINVAL;
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
     const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
-    gemm_job j = {x, ldx, M, K, w, bitnn_words_per_row(K), N, bias, z, ldz, NULL, NULL, NULL, 0,
-                  NULL};
+    gemm_job j = {x, ldx, M, K, wt->bits, bitnn_words_per_row(K), N, bias, z, ldz};
+    bitnn_weights tmp = *wt;
+    void *buf = NULL;
     if (prec == BITNN_PRECISION_INT8) {
         j.q8 = ks->gemm_q8;
         j.ldq = 64 * j.wpr;
@@ -124,7 +196,21 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
         }
         bitnn_parallel_for(pool, M, 16, quantize_rows, &j);
     } else {
+        /* Weights not packed at load (a raw call) are packed for this call. */
+        if (!tmp.tiles) {
+            bitnn_status s = bitnn_weights_pack(&tmp);
+            if (s != BITNN_OK) return s;
+        }
         j.f32 = ks->gemm_f32;
+        j.tiles = tmp.tiles;
+        j.kc = bitnn_tile_chunks(K);
+        j.ldt = 128 * j.kc;
+        if (posix_memalign(&buf, 64, M * j.ldt * sizeof(float)) != 0) {
+            if (!wt->tiles) bitnn_weights_release(&tmp);
+            return BITNN_ENOMEM;
+        }
+        j.tab = buf;
+        bitnn_parallel_for(pool, M, 4, table_rows, &j);
     }
     const size_t threads = (size_t)bitnn_pool_size(pool);
     /* Split over whichever axis gives every thread a fair share; each z[m,n]
@@ -133,8 +219,18 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
         bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
     else
         bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
-    free(j.q), free(j.scale);
+    free(j.q), free(j.scale), free(buf);
+    if (!wt->tiles) bitnn_weights_release(&tmp);
     return BITNN_OK;
+}
+
+bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
+                               const uint64_t *w, size_t N, const uint64_t *bias,
+                               float *z, size_t ldz, bitnn_precision prec, int isa,
+                               bitnn_pool *pool)
+{
+    const bitnn_weights wt = {w, N, K, NULL};
+    return bitnn_binary_gemm_w(x, ldx, M, &wt, bias, z, ldz, prec, isa, pool);
 }
 
 /* ------------------------------------------------------------- Normalize */
@@ -349,12 +445,20 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
     return BITNN_OK;
 }
 
+bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
+                            const uint64_t *bias, float eps, bitnn_act act, float *y, size_t ldy,
+                            bitnn_precision prec, int isa, bitnn_pool *pool)
+{
+    if (!(eps > 0.0f) || isinf(eps) || (unsigned)act >= BITNN_ACT_COUNT) return BITNN_EINVAL;
+    bitnn_status s = bitnn_binary_gemm_w(x, ldx, M, wt, bias, y, ldy, prec, isa, pool);
+    if (s != BITNN_OK) return s;
+    return bitnn_normalize_act(y, ldy, M, wt->N, eps, act, pool);
+}
+
 bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K, const uint64_t *w,
                           size_t N, const uint64_t *bias, float eps, bitnn_act act, float *y,
                           size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool)
 {
-    if (!(eps > 0.0f) || isinf(eps) || (unsigned)act >= BITNN_ACT_COUNT) return BITNN_EINVAL;
-    bitnn_status s = bitnn_binary_gemm(x, ldx, M, K, w, N, bias, y, ldy, prec, isa, pool);
-    if (s != BITNN_OK) return s;
-    return bitnn_normalize_act(y, ldy, M, N, eps, act, pool);
+    const bitnn_weights wt = {w, N, K, NULL};
+    return bitnn_linear_w(x, ldx, M, &wt, bias, eps, act, y, ldy, prec, isa, pool);
 }

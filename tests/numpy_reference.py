@@ -57,24 +57,24 @@ def read_bnb(raw: bytes):
 
 # ------------------------------------------------------------------ arithmetic
 def binary_linear_raw(x, w, b):
-    """z[m, n] = sum of x[m, k] over w[n, k] = 1, plus b[n] (packing.md): sixteen fp32
-    lanes, k going to lane k % 16 in increasing k, reduced 8-4-2-1, then + b."""
+    """z[m, n] = sum of x[m, k] over w[n, k] = 1, plus b[n] (packing.md): per group of 4
+    inputs the subset sum in increasing input order from +0.0, then one chain over the
+    groups in increasing order from +0.0, then + b."""
     x = np.asarray(x, F32)
     M, K = x.shape
     N = w.shape[0]
-    K16 = -(-K // 16) * 16
-    xp = np.zeros((M, K16), F32)
+    G = -(-K // 32) * 8  # groups of 4 inputs in whole 32-input chunks
+    xp = np.zeros((M, 4 * G), F32)
     xp[:, :K] = x
-    wp = np.zeros((N, K16), bool)
+    wp = np.zeros((N, 4 * G), bool)
     wp[:, :K] = w.reshape(N, K).astype(bool)
-    a = np.zeros((M, N, 16), F32)
-    for k0 in range(0, K16, 16):  # a bit of 0 adds +0.0, which the contract allows
-        a += np.where(wp[None, :, k0:k0 + 16], xp[:, None, k0:k0 + 16], F32(0))
-    a = a[..., :8] + a[..., 8:]
-    a = a[..., :4] + a[..., 4:]
-    a = a[..., :2] + a[..., 2:]
-    s = a[..., 0] + a[..., 1]
-    return s + b.reshape(N).astype(F32)
+    acc = np.zeros((M, N), F32)
+    for g in range(G):
+        t = np.zeros((M, N), F32)  # a clear bit adds +0.0, which never changes t
+        for k in range(4 * g, 4 * g + 4):
+            t = t + np.where(wp[None, :, k], xp[:, None, k], F32(0))
+        acc = acc + t
+    return acc + b.reshape(N).astype(F32)
 
 
 def _seq_sum(v, axis=-1):

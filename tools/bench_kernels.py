@@ -224,6 +224,8 @@ class Layer:
     def __init__(self, np, bitnn, rng, k_in: int, n_out: int):
         self.k_in, self.n_out, self._np, self._rng = k_in, n_out, np, rng
         self.w = bitnn.pack_bits(rng.integers(0, 2, (n_out, k_in), dtype=np.uint8))
+        # prepared once, as a loaded model prepares its layers (docs/packing.md)
+        self.pw = bitnn.PackedWeights(self.w, n_out, k_in)
         self.b = bitnn.pack_bits(rng.integers(0, 2, n_out, dtype=np.uint8))
         self.weight_bytes = self.w.nbytes
         self._w32 = None
@@ -241,8 +243,8 @@ class Layer:
     def ops(self, core, x, kernel: str, precision: str, threads: int) -> dict:
         """{"gemm": fn, "linear": fn}: no-argument calls of the two ops."""
         common = {"bias": self.b, "threads": threads, "kernel": kernel, "precision": precision}
-        return {"gemm": partial(core.binary_gemm, x, self.w, self.n_out, **common),
-                "linear": partial(core.linear, x, self.w, self.n_out, activation=None, **common)}
+        return {"gemm": partial(core.binary_gemm, x, self.pw, self.n_out, **common),
+                "linear": partial(core.linear, x, self.pw, self.n_out, activation=None, **common)}
 
 
 def measure_peaks(np, bitnn, core, kernels, precisions, batches, args, cpu_clock) -> dict:

@@ -184,6 +184,21 @@ static void run_case(const case_t *c)
             }
         CHECK(ok, "ref gemm vs exact integer sum M=%zu N=%zu K=%zu", M, N, K);
     }
+    if (prec == BITNN_PRECISION_FP32) { /* the summation order, from the unpacked bits */
+        int ok = 1;
+        for (size_t m = 0; m < M && ok; m++)
+            for (size_t n = 0; n < N && ok; n++) {
+                float acc = 0.0f;
+                for (size_t g = 0; g < 8 * bitnn_tile_chunks(K); g++) {
+                    float t = 0.0f; /* group g's subset sum, inputs in increasing order */
+                    for (size_t k = 4 * g; k < 4 * g + 4 && k < K; k++)
+                        if (wu[n * K + k]) t += x[m * ldx + k];
+                    acc += t;
+                }
+                ok = zref[m * ldz + n] == acc + (float)(bu ? bu[n] : 0);
+            }
+        CHECK(ok, "ref gemm vs the summation order M=%zu N=%zu K=%zu", M, N, K);
+    }
     if (prec == BITNN_PRECISION_INT8) { /* the definition, from the unpacked bits */
         int ok = 1;
         for (size_t m = 0; m < M && ok; m++) {
@@ -232,9 +247,15 @@ static void run_case(const case_t *c)
             if (prec == BITNN_PRECISION_INT8)
                 bitnn_kernels_for(isa)->gemm_q8(q, ldq, M, K, w, bitnn_words_per_row(K), n0, n1,
                                                 scale, bias, z, ldz);
-            else
-                bitnn_kernels_for(isa)->gemm_f32(x, ldx, M, K, w, bitnn_words_per_row(K), n0, n1,
-                                                 bias, z, ldz);
+            else {
+                const size_t kc = bitnn_tile_chunks(K), ldt = 128 * kc;
+                uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
+                float *tab = xmalloc((M ? M : 1) * ldt * sizeof *tab);
+                bitnn_pack_tiles(w, N, K, tiles);
+                for (size_t m = 0; m < M; m++) bitnn_build_tables(x + m * ldx, K, tab + m * ldt);
+                bitnn_kernels_for(isa)->gemm_f32(tab, ldt, M, kc, tiles, n0, n1, bias, z, ldz);
+                free(tiles), free(tab);
+            }
             int ok = 1;
             for (size_t m = 0; m < M; m++)
                 for (size_t n = 0; n < ldz; n++) {
