@@ -103,13 +103,15 @@ static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
 };
 
 /* The int8 entry of the AVX-512 isa depends on extensions beyond F and BW:
- * VNNI + VBMI + GFNI (Ice Lake, Sapphire Rapids, Zen 4+): the gfni kernel;
+ * VNNI + VBMI + GFNI (Ice Lake, Sapphire Rapids, Zen 4+): the gfni kernel,
+ * and vpermb tables on the tiles for linear layers;
  * VNNI only (Cascade Lake): the vnni kernel; neither: the AVX2 one. */
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
 static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2};
 #endif
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512GFNI)
-static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni};
+static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
+                                             bitnn_gemm_q8t_avx512vbmi};
 #endif
 
 static int avx512_q8_variant(void) /* 2: gfni, 1: vnni, 0: neither */

@@ -27,4 +27,84 @@
 #define Q8_NAME(x) gfni_##x
 #define Q8_KERNEL bitnn_gemm_q8_avx512gfni
 #include "kernel_q8_avx512.h"
+
+/* ------------------------------------------------------- int8 on the tiles */
+/* MB input rows x RB blocks of 16 output rows (kernels.h, bitnn_gemm_q8t_fn).
+ * A tile word holds the 4-bit indices of groups 0..7 of a chunk, nibble g at
+ * bits 4g: masking the low nibble of each byte gives groups 0, 2, 4, 6 (byte
+ * j: group 2j), shifting first gives 1, 3, 5, 7; OR-ing j into bits 4-5 makes
+ * byte j index section j of a 64-byte table. One vpermb thus looks up 64
+ * groups (16 rows x 4 groups, 256 weights) and vpdpbusd against ones sums
+ * each row's 4 bytes into its 32-bit lane; low and high bytes of the biased
+ * sums are looked up and summed apart, and recombined at the end. */
+ALWAYS_INLINE void q8t_blocks(const uint8_t *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+                              size_t b0, const int RB, const int MB, size_t n0, size_t n1,
+                              const float *scale, const uint64_t *bias, float *z, size_t ldz)
+{
+    const __m512i low4 = _mm512_set1_epi8(0x0f), sel = _mm512_set1_epi32(0x30201000);
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i lo[4][4], hi[4][4];
+    const uint32_t *tb[4];
+    for (int r = 0; r < RB; r++) tb[r] = tiles + (b0 + r) * kc * 16;
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < RB; r++) lo[i][r] = hi[i][r] = _mm512_setzero_si512();
+    for (size_t c = 0; c < kc; c++) {
+        for (int r = 0; r < RB; r++) {
+            const __m512i v = _mm512_loadu_si512(tb[r] + 16 * c);
+            const __m512i a = _mm512_ternarylogic_epi32(v, low4, sel, 0xEA); /* (v & low4) | sel */
+            const __m512i b = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 4), low4, sel, 0xEA);
+            for (int i = 0; i < MB; i++) {
+                const uint8_t *t = tab + i * ldt + 256 * c;
+                lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t)), ones);
+                hi[i][r] = _mm512_dpbusd_epi32(hi[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t + 64)), ones);
+                lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(b, _mm512_loadu_si512(t + 128)), ones);
+                hi[i][r] = _mm512_dpbusd_epi32(hi[i][r], _mm512_permutexvar_epi8(b, _mm512_loadu_si512(t + 192)), ones);
+            }
+        }
+    }
+    /* 8 lookups a chunk, each biased by 512 */
+    const __m512i unbias = _mm512_set1_epi32((int)(4096 * kc));
+    for (int r = 0; r < RB; r++) {
+        const size_t blk = b0 + r;
+        const __mmask16 bb = _cvtu32_mask16(bias_bits_block(bias, blk, n1));
+        const __mmask16 in = _cvtu32_mask16(rows_in_block(blk, n0, n1));
+        const __m512 bv = _mm512_maskz_mov_ps(bb, _mm512_set1_ps(1.0f));
+        for (int i = 0; i < MB; i++) {
+            const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(lo[i][r], _mm512_slli_epi32(hi[i][r], 8)), unbias);
+            /* bitnn_q8_out: (float)s * scale + bias bit, two roundings */
+            const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale[i])), bv);
+            _mm512_mask_storeu_ps(z + i * ldz + 16 * blk, in, y);
+        }
+    }
+}
+
+ALWAYS_INLINE void q8t_rows(const uint8_t *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+                            size_t b0, size_t b1, const int RB, const int MB, size_t n0, size_t n1,
+                            const float *scale, const uint64_t *bias, float *z, size_t ldz)
+{
+    size_t b = b0;
+    for (; b + RB <= b1; b += RB)
+        q8t_blocks(tab, ldt, kc, tiles, b, RB, MB, n0, n1, scale, bias, z, ldz);
+    for (; b < b1; b++) q8t_blocks(tab, ldt, kc, tiles, b, 1, MB, n0, n1, scale, bias, z, ldz);
+}
+
+void bitnn_gemm_q8t_avx512vbmi(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
+                               const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
+                               const uint64_t *bias, float *z, size_t ldz)
+{
+    if (n0 >= n1) return;
+    size_t slab = SLAB_BYTES / (kc * 64);
+    if (slab < 1) slab = 1;
+    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
+    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
+        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
+        size_t m = 0;
+        for (; m + 4 <= M; m += 4)
+            q8t_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 2, 4, n0, n1, scale + m, bias,
+                     z + m * ldz, ldz);
+        for (; m < M; m++)
+            q8t_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 4, 1, n0, n1, scale + m, bias,
+                     z + m * ldz, ldz);
+    }
+}
 #endif

@@ -55,9 +55,22 @@ typedef void (*bitnn_gemm_q8_fn)(const int8_t *q, size_t ldq, size_t M, size_t K
                                  const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                                  const float *scale, const uint64_t *bias, float *z, size_t ldz);
 
+/* Integer binary GEMM on the tiles (kernels.h above) with int8 tables: for
+ * each input row and 32-input chunk c, 256 bytes at tab + m*ldt + 256c: four
+ * 64-byte tables, [A lo][A hi][B lo][B hi]; section j (16 bytes) of A holds
+ * group 8c + 2j, of B group 8c + 2j + 1, entry s being e = 512 + the sum of
+ * the group's q values that s selects, split e = lo + 256 hi
+ * (bitnn_build_tables_q8). Same result as bitnn_gemm_q8_fn (exact sums, the
+ * bitnn_q8_out epilogue): where a kernel set has one, linear layers use it. */
+typedef void (*bitnn_gemm_q8t_fn)(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
+                                  const uint32_t *tiles, size_t n0, size_t n1,
+                                  const float *scale, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t *tab);
+
 typedef struct {
-    bitnn_gemm_f32_fn gemm_f32; /* BITNN_PRECISION_FP32 */
-    bitnn_gemm_q8_fn gemm_q8;   /* BITNN_PRECISION_INT8 */
+    bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
+    bitnn_gemm_q8_fn gemm_q8;     /* BITNN_PRECISION_INT8 */
+    bitnn_gemm_q8t_fn gemm_q8t;   /* BITNN_PRECISION_INT8 on tiles, or NULL */
 } bitnn_kernel_set;
 
 /* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
@@ -123,6 +136,9 @@ void bitnn_gemm_q8_avx512vnni(const int8_t *q, size_t ldq, size_t M, size_t K,
 void bitnn_gemm_q8_avx512gfni(const int8_t *q, size_t ldq, size_t M, size_t K,
                               const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz);
+void bitnn_gemm_q8t_avx512vbmi(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
+                               const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
+                               const uint64_t *bias, float *z, size_t ldz);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
                         size_t wpr, size_t n0, size_t n1, const float *scale,
                         const uint64_t *bias, float *z, size_t ldz);

@@ -21,6 +21,8 @@ typedef struct {
     size_t ldz;
     bitnn_gemm_f32_fn f32; /* exactly one of f32 / q8 is set */
     bitnn_gemm_q8_fn q8;
+    bitnn_gemm_q8t_fn q8t; /* int8 on the tiles (then tab8 holds the int8 tables) */
+    uint8_t *tab8;
     const uint32_t *tiles; /* fp32: the weights as tiles, and the tables of x */
     float *tab;
     size_t ldt, kc;
@@ -32,7 +34,10 @@ typedef struct {
 /* Rows [m0, m1) x outputs [n0, n1): the one place that calls a GEMM kernel. */
 static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_t n1)
 {
-    if (j->q8)
+    if (j->q8t)
+        j->q8t(j->tab8 + m0 * j->ldt, j->ldt, m1 - m0, j->kc, j->tiles, n0, n1, j->scale + m0,
+               j->bias, j->z + m0 * j->ldz, j->ldz);
+    else if (j->q8)
         j->q8(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->scale + m0,
               j->bias, j->z + m0 * j->ldz, j->ldz);
     else
@@ -99,6 +104,22 @@ BITNN_MULTIVERSION void bitnn_build_tables(const float *x, size_t K, float *tab)
     }
 }
 
+BITNN_MULTIVERSION void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t *tab)
+{
+    /* q is zero-padded to whole 64-byte words (kernels.h), past every chunk */
+    for (size_t c = 0; c < bitnn_tile_chunks(K); c++)
+        for (int g = 0; g < 8; g++) {
+            const int8_t *x = q + 32 * c + 4 * g;
+            uint8_t *lo = tab + 256 * c + 128 * (g & 1) + 16 * (g >> 1), *hi = lo + 64;
+            for (int s = 0; s < 16; s++) {
+                const int e = 512 + ((s & 1) ? x[0] : 0) + ((s & 2) ? x[1] : 0) +
+                              ((s & 4) ? x[2] : 0) + ((s & 8) ? x[3] : 0);
+                lo[s] = (uint8_t)(e & 255);
+                hi[s] = (uint8_t)(e >> 8);
+            }
+        }
+}
+
 bitnn_status bitnn_weights_pack(bitnn_weights *wt)
 {
     if (!wt || !wt->bits || wt->N == 0 || wt->K == 0) return BITNN_EINVAL;
@@ -121,8 +142,10 @@ void bitnn_weights_release(bitnn_weights *wt)
 static void quantize_rows(void *ctx, size_t m0, size_t m1)
 {
     const gemm_job *j = ctx;
-    for (size_t m = m0; m < m1; m++)
+    for (size_t m = m0; m < m1; m++) {
         j->scale[m] = bitnn_quantize_row(j->x + m * j->ldx, j->K, j->q + m * j->ldq, j->ldq);
+        if (j->tab8) bitnn_build_tables_q8(j->q + m * j->ldq, j->K, j->tab8 + m * j->ldt);
+    }
 }
 
 BITNN_MULTIVERSION float bitnn_absmax(const float *x, size_t n)
@@ -185,25 +208,34 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
     gemm_job j = {x, ldx, M, K, wt->bits, bitnn_words_per_row(K), N, bias, z, ldz};
     bitnn_weights tmp = *wt;
     void *buf = NULL;
+    /* Weights not packed at load (a raw call) are packed for this call. */
+    const int tiled = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
+    if (tiled && !tmp.tiles) {
+        bitnn_status s = bitnn_weights_pack(&tmp);
+        if (s != BITNN_OK) return s;
+    }
+    j.tiles = tmp.tiles;
+    j.kc = bitnn_tile_chunks(K);
     if (prec == BITNN_PRECISION_INT8) {
-        j.q8 = ks->gemm_q8;
         j.ldq = 64 * j.wpr;
         j.q = malloc(M * j.ldq);
         j.scale = malloc(M * sizeof(float));
-        if (!j.q || !j.scale) {
-            free(j.q), free(j.scale);
+        if (ks->gemm_q8t) {
+            j.q8t = ks->gemm_q8t;
+            j.ldt = 256 * j.kc;
+            if (posix_memalign(&buf, 64, M * j.ldt) != 0) buf = NULL;
+            j.tab8 = buf;
+        } else {
+            j.q8 = ks->gemm_q8;
+        }
+        if (!j.q || !j.scale || (j.q8t && !buf)) {
+            free(j.q), free(j.scale), free(buf);
+            if (!wt->tiles) bitnn_weights_release(&tmp);
             return BITNN_ENOMEM;
         }
         bitnn_parallel_for(pool, M, 16, quantize_rows, &j);
     } else {
-        /* Weights not packed at load (a raw call) are packed for this call. */
-        if (!tmp.tiles) {
-            bitnn_status s = bitnn_weights_pack(&tmp);
-            if (s != BITNN_OK) return s;
-        }
         j.f32 = ks->gemm_f32;
-        j.tiles = tmp.tiles;
-        j.kc = bitnn_tile_chunks(K);
         j.ldt = 128 * j.kc;
         if (posix_memalign(&buf, 64, M * j.ldt * sizeof(float)) != 0) {
             if (!wt->tiles) bitnn_weights_release(&tmp);

@@ -244,9 +244,18 @@ static void run_case(const case_t *c)
         if (N >= 3) {
             const size_t n0 = 1 + (size_t)(rnd() % (N / 2)), n1 = N - (size_t)(rnd() % (N - n0));
             for (size_t i = 0; i < M * ldz + 1; i++) z[i] = CANARY;
-            if (prec == BITNN_PRECISION_INT8)
-                bitnn_kernels_for(isa)->gemm_q8(q, ldq, M, K, w, bitnn_words_per_row(K), n0, n1,
-                                                scale, bias, z, ldz);
+            const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
+            if (prec == BITNN_PRECISION_INT8 && ks->gemm_q8t && (rnd() & 1)) {
+                /* the int8 kernel on tiles (linear layers), on its own */
+                const size_t kc = bitnn_tile_chunks(K), ldt = 256 * kc;
+                uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
+                uint8_t *tab = xmalloc((M ? M : 1) * ldt);
+                bitnn_pack_tiles(w, N, K, tiles);
+                for (size_t m = 0; m < M; m++) bitnn_build_tables_q8(q + m * ldq, K, tab + m * ldt);
+                ks->gemm_q8t(tab, ldt, M, kc, tiles, n0, n1, scale, bias, z, ldz);
+                free(tiles), free(tab);
+            } else if (prec == BITNN_PRECISION_INT8)
+                ks->gemm_q8(q, ldq, M, K, w, bitnn_words_per_row(K), n0, n1, scale, bias, z, ldz);
             else {
                 const size_t kc = bitnn_tile_chunks(K), ldt = 128 * kc;
                 uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
