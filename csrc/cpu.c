@@ -111,7 +111,8 @@ static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gem
 #endif
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512GFNI)
 static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
-                                             bitnn_gemm_q8t_avx512vbmi};
+                                             bitnn_gemm_q8t_avx512vbmi,
+                                             bitnn_build_tables_q8_avx512vbmi};
 #endif
 
 static int avx512_q8_variant(void) /* 2: gfni, 1: vnni, 0: neither */

@@ -89,7 +89,7 @@ void bitnn_gemm_f32_avx512(const float *tab, size_t ldt, size_t M, size_t kc,
         const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
         size_t m = 0;
         for (; m + 4 <= M; m += 4)
-            run_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 2, 4, n0, n1, bias, z + m * ldz, ldz);
+            run_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 4, 4, n0, n1, bias, z + m * ldz, ldz);
         for (; m < M; m++)
             run_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 4, 1, n0, n1, bias, z + m * ldz, ldz);
     }

@@ -8,6 +8,7 @@
  */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernel_common.h"
 
@@ -74,6 +75,46 @@ ALWAYS_INLINE void q8t_blocks(const uint8_t *tab, size_t ldt, size_t kc, const u
             /* bitnn_q8_out: (float)s * scale + bias bit, two roundings */
             const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale[i])), bv);
             _mm512_mask_storeu_ps(z + i * ldz + 16 * blk, in, y);
+        }
+    }
+}
+
+/* The tables of bitnn_build_tables_q8, 32 inputs at a time: vpdpbusd of a
+ * constant (dword lane s holds bit b of s in byte b) with the group's 4
+ * bytes broadcast gives the 16 entries 512 + sum as dwords (4..1020); two
+ * vpermt2b then gather the low (byte 0) or high (byte 1) bytes of 2 groups'
+ * dwords each, and a blend joins the halves of a 64-byte table. */
+void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab)
+{
+    const __m512i bits = _mm512_setr_epi32(0x00000000, 0x00000001, 0x00000100, 0x00000101,
+                                           0x00010000, 0x00010001, 0x00010100, 0x00010101,
+                                           0x01000000, 0x01000001, 0x01000100, 0x01000101,
+                                           0x01010000, 0x01010001, 0x01010100, 0x01010101);
+    const __m512i base = _mm512_set1_epi32(512);
+    /* byte i of a table: section i / 16 (groups a, b, c, d of a table), entry
+     * i % 16; sections 0 and 1 from the first vpermt2b's two sources, 2 and 3
+     * from the second's: byte 4s (+1 for the high byte) of entry s */
+    uint8_t ix[64];
+    for (int i = 0; i < 64; i++) ix[i] = (uint8_t)(((i / 16) % 2) * 64 + 4 * (i % 16));
+    const __m512i ilo = _mm512_loadu_si512(ix), ihi = _mm512_add_epi8(ilo, _mm512_set1_epi8(1));
+    const __mmask64 upper = 0xFFFFFFFF00000000ull;
+    for (size_t c = 0; c < bitnn_tile_chunks(K); c++) {
+        __m512i e[8];
+        for (int g = 0; g < 8; g++) {
+            int32_t w;
+            memcpy(&w, q + 32 * c + 4 * g, 4);
+            e[g] = _mm512_dpbusd_epi32(base, bits, _mm512_set1_epi32(w));
+        }
+        uint8_t *t = tab + 256 * c;
+        for (int h = 0; h < 2; h++) { /* table A: groups 0, 2, 4, 6; B: 1, 3, 5, 7 */
+            const __m512i lo = _mm512_mask_blend_epi8(
+                upper, _mm512_permutex2var_epi8(e[h], ilo, e[2 + h]),
+                _mm512_permutex2var_epi8(e[4 + h], ilo, e[6 + h]));
+            const __m512i hi = _mm512_mask_blend_epi8(
+                upper, _mm512_permutex2var_epi8(e[h], ihi, e[2 + h]),
+                _mm512_permutex2var_epi8(e[4 + h], ihi, e[6 + h]));
+            _mm512_storeu_si512(t + 128 * h, lo);
+            _mm512_storeu_si512(t + 128 * h + 64, hi);
         }
     }
 }

@@ -71,6 +71,8 @@ typedef struct {
     bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
     bitnn_gemm_q8_fn gemm_q8;     /* BITNN_PRECISION_INT8 */
     bitnn_gemm_q8t_fn gemm_q8t;   /* BITNN_PRECISION_INT8 on tiles, or NULL */
+    void (*tables_q8)(const int8_t *q, size_t K, uint8_t *tab); /* with gemm_q8t: its
+                                     tables, the same bytes as bitnn_build_tables_q8 */
 } bitnn_kernel_set;
 
 /* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
@@ -139,6 +141,7 @@ void bitnn_gemm_q8_avx512gfni(const int8_t *q, size_t ldq, size_t M, size_t K,
 void bitnn_gemm_q8t_avx512vbmi(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz);
+void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
                         size_t wpr, size_t n0, size_t n1, const float *scale,
                         const uint64_t *bias, float *z, size_t ldz);

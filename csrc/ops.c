@@ -22,6 +22,7 @@ typedef struct {
     bitnn_gemm_f32_fn f32; /* exactly one of f32 / q8 is set */
     bitnn_gemm_q8_fn q8;
     bitnn_gemm_q8t_fn q8t; /* int8 on the tiles (then tab8 holds the int8 tables) */
+    void (*tables_q8)(const int8_t *q, size_t K, uint8_t *tab);
     uint8_t *tab8;
     const uint32_t *tiles; /* fp32: the weights as tiles, and the tables of x */
     float *tab;
@@ -144,7 +145,7 @@ static void quantize_rows(void *ctx, size_t m0, size_t m1)
     const gemm_job *j = ctx;
     for (size_t m = m0; m < m1; m++) {
         j->scale[m] = bitnn_quantize_row(j->x + m * j->ldx, j->K, j->q + m * j->ldq, j->ldq);
-        if (j->tab8) bitnn_build_tables_q8(j->q + m * j->ldq, j->K, j->tab8 + m * j->ldt);
+        if (j->tab8) j->tables_q8(j->q + m * j->ldq, j->K, j->tab8 + m * j->ldt);
     }
 }
 
@@ -222,6 +223,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
         j.scale = malloc(M * sizeof(float));
         if (ks->gemm_q8t) {
             j.q8t = ks->gemm_q8t;
+            j.tables_q8 = ks->tables_q8;
             j.ldt = 256 * j.kc;
             if (posix_memalign(&buf, 64, M * j.ldt) != 0) buf = NULL;
             j.tab8 = buf;
