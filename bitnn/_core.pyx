@@ -258,17 +258,21 @@ cdef _check(bitnn_status s):
 
 # ----------------------------------------------------------------- the ops
 def binary_gemm(x, weight, out_features, bias=None, threads=None, kernel=None,
-                precision="fp32"):
-    """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64))."""
+                precision="fp32", repeat=1):
+    """Raw z = x @ W_b.T + b_b (no Normalize) for packed W (out_features, ceil(K/64)).
+    ``repeat``: run the op that many times in one call from C (for benchmarks:
+    the cost of a layer called from C, as a model calls it, without the
+    Python call around each one); the result is the same."""
     return _linear_op(x, weight, out_features, bias, False, None, 1e-5, threads, kernel,
-                      precision)
+                      precision, repeat)
 
 
 def linear(x, weight, out_features, bias=None, activation=None, eps=1e-5,
-           threads=None, kernel=None, precision="fp32"):
-    """y = act(Normalize(x @ W_b.T + b_b)) (BNFCL, docs/maths.md Layers), x (M, K) float32."""
+           threads=None, kernel=None, precision="fp32", repeat=1):
+    """y = act(Normalize(x @ W_b.T + b_b)) (BNFCL, docs/maths.md Layers), x (M, K) float32.
+    ``repeat`` as in binary_gemm."""
     return _linear_op(x, weight, out_features, bias, True, activation, eps, threads, kernel,
-                      precision)
+                      precision, repeat)
 
 
 cdef class PackedWeights:
@@ -301,7 +305,7 @@ cdef class PackedWeights:
 
 
 cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, eps, threads,
-                       kernel, precision):
+                       kernel, precision, repeat):
     """Checks every argument, then runs the raw GEMM or the fused layer without the GIL."""
     xa = _as_input(x)
     cdef size_t M = xa.shape[0], K = xa.shape[1], N = _count(out_features, "out_features")
@@ -309,6 +313,9 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
         raise ValueError("x must have at least one feature")
     if N == 0:
         raise ValueError("out_features must be at least 1")
+    cdef size_t reps = _count(repeat, "repeat")
+    if reps == 0:
+        raise ValueError("repeat must be at least 1")
     cdef bitnn_weights wt
     cdef PackedWeights pw
     cdef const uint64_t[:, ::1] wv
@@ -337,13 +344,18 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     if ba is not None:
         bv = ba
         bp = &bv[0, 0]
-    cdef bitnn_status s
+    cdef bitnn_status s = BITNN_OK
+    cdef size_t r
     with nogil:
-        if fused:
-            s = bitnn_linear_w(&xv[0, 0], K, M, &wt, bp, e, act, &ov[0, 0], N, prec, isa,
-                               pool.pool)
-        else:
-            s = bitnn_binary_gemm_w(&xv[0, 0], K, M, &wt, bp, &ov[0, 0], N, prec, isa, pool.pool)
+        for r in range(reps):
+            if fused:
+                s = bitnn_linear_w(&xv[0, 0], K, M, &wt, bp, e, act, &ov[0, 0], N, prec, isa,
+                                   pool.pool)
+            else:
+                s = bitnn_binary_gemm_w(&xv[0, 0], K, M, &wt, bp, &ov[0, 0], N, prec, isa,
+                                        pool.pool)
+            if s != BITNN_OK:
+                break
     _check(s)
     return out
 

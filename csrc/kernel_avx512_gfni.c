@@ -38,6 +38,8 @@
  * groups (16 rows x 4 groups, 256 weights) and vpdpbusd against ones sums
  * each row's 4 bytes into its 32-bit lane; low and high bytes of the biased
  * sums are looked up and summed apart, and recombined at the end. */
+#ifndef PF_DIST
+#endif
 ALWAYS_INLINE void q8t_blocks(const uint8_t *tab, size_t ldt, size_t kc, const uint32_t *tiles,
                               size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz)

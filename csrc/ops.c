@@ -282,25 +282,48 @@ BITNN_INLINE double combine8(const double a[8])
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
+/* The 8 partial sums live in one vector (GCC vector extensions: one zmm, two
+ * ymm or four xmm per clone); lane l still adds the values n0 + l, n0 + l + 8,
+ * ... in increasing order, exactly as the scalar statement would. */
+typedef double bitnn_v8d __attribute__((vector_size(64)));
+typedef float bitnn_v8f __attribute__((vector_size(32)));
+
+/* 8 floats from z, widened (a macro: a vector-returning function would
+ * change the ABI of the clones without AVX-512) */
+#define LOAD8(dst, z)                                \
+    do {                                             \
+        bitnn_v8f f_;                                \
+        memcpy(&f_, (z), sizeof f_);                 \
+        (dst) = __builtin_convertvector(f_, bitnn_v8d); \
+    } while (0)
+
 BITNN_INLINE double sum_range(const float *z, size_t n0, size_t n1)
 {
-    double a[8] = {0};
+    bitnn_v8d v = {0};
     size_t n = n0;
-    for (; n + 8 <= n1; n += 8)
-        for (int l = 0; l < 8; l++) a[l] += z[n + l];
+    for (; n + 8 <= n1; n += 8) {
+        bitnn_v8d x;
+        LOAD8(x, z + n);
+        v += x;
+    }
+    double a[8];
+    memcpy(a, &v, sizeof a);
     for (int l = 0; n < n1; n++, l++) a[l] += z[n];
     return combine8(a);
 }
 
 BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
 {
-    double a[8] = {0};
+    bitnn_v8d v = {0};
     size_t n = n0;
-    for (; n + 8 <= n1; n += 8)
-        for (int l = 0; l < 8; l++) {
-            const double d = z[n + l] - mean;
-            a[l] += d * d;
-        }
+    for (; n + 8 <= n1; n += 8) {
+        bitnn_v8d d;
+        LOAD8(d, z + n);
+        d -= mean;
+        v += d * d;
+    }
+    double a[8];
+    memcpy(a, &v, sizeof a);
     for (int l = 0; n < n1; n++, l++) {
         const double d = z[n] - mean;
         a[l] += d * d;

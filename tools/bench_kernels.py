@@ -74,6 +74,10 @@ TARGET_RATE = {"int8": 200e9, "fp32": 120e9}  # binary weights / s
 TARGET_PEAK_SHARE = {"int8": 0.85}  # of the in-cache peak ("the limit the kernel's mix allows")
 PEAK_SHAPE = (2048, 1024)  # (in, out): 256 KB of weights, L2-resident
 CALL_SHAPE = (64, 16)  # a layer so small that a call is nearly all fixed cost
+# bitnn's ops are timed REPEAT calls at a time from C (binary_gemm's repeat=):
+# a loaded model calls its layers from C, so the rates are those of the op
+# itself; what one call from Python adds is the "call us" column (repeat 1).
+REPEAT = 8
 COPY_BYTES = 256 << 20
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -160,7 +164,7 @@ def blas_info(np) -> str:
 
 # ------------------------------------------------------------------- timing
 
-def time_call(fn, quick: bool, cpu_clock) -> dict:
+def time_call(fn, quick: bool, cpu_clock, per: int = 1) -> dict:
     """Seconds per call: median and min wall-clock time over repeats after
     warm-up calls, and the median CPU time of the calling thread (cpu_clock,
     or None when other threads do part of the work).
@@ -191,8 +195,9 @@ def time_call(fn, quick: bool, cpu_clock) -> dict:
         wall.append((time.perf_counter() - t0) / inner)
         if cpu_clock:
             cpu.append((cpu_clock() - c0) / inner)
-    return {"s": statistics.median(wall), "min_s": min(wall),
-            "cpu_s": statistics.median(cpu) if cpu else None}
+    # fn may run the op `per` times from C (core's repeat=): seconds per op
+    return {"s": statistics.median(wall) / per, "min_s": min(wall) / per,
+            "cpu_s": statistics.median(cpu) / per if cpu else None}
 
 
 def copy_bandwidth(np, quick: bool) -> dict:
@@ -240,9 +245,11 @@ class Layer:
                                                   dtype=self._np.float32)
         return self._w32
 
-    def ops(self, core, x, kernel: str, precision: str, threads: int) -> dict:
-        """{"gemm": fn, "linear": fn}: no-argument calls of the two ops."""
-        common = {"bias": self.b, "threads": threads, "kernel": kernel, "precision": precision}
+    def ops(self, core, x, kernel: str, precision: str, threads: int, repeat: int = REPEAT) -> dict:
+        """{"gemm": fn, "linear": fn}: no-argument calls of the two ops, each
+        running the op `repeat` times from C (time_call's per=)."""
+        common = {"bias": self.b, "threads": threads, "kernel": kernel, "precision": precision,
+                  "repeat": repeat}
         return {"gemm": partial(core.binary_gemm, x, self.pw, self.n_out, **common),
                 "linear": partial(core.linear, x, self.pw, self.n_out, activation=None, **common)}
 
@@ -263,12 +270,12 @@ def measure_peaks(np, bitnn, core, kernels, precisions, batches, args, cpu_clock
             for prec in precisions:
                 cell = {}
                 for op, fn in peak.ops(core, x, kern, prec, args.threads).items():
-                    t = time_call(fn, args.quick, cpu_clock)
+                    t = time_call(fn, args.quick, cpu_clock, per=REPEAT)
                     cell[op] = {**t, "rate_s": M * n_weights / t["s"]}
                     if t["cpu_s"]:
                         cell[op]["rate_cpu_s"] = M * n_weights / t["cpu_s"]
                 if M == 1:
-                    fn = tiny.ops(core, tiny.x(1), kern, prec, args.threads)["gemm"]
+                    fn = tiny.ops(core, tiny.x(1), kern, prec, args.threads, repeat=1)["gemm"]
                     cell["call_s"] = time_call(fn, args.quick, cpu_clock)["s"]
                 out[f"{kern}/{prec}/{M}"] = cell
     return out
@@ -285,7 +292,7 @@ def measure_row(np, core, layer: Layer, M: int, kernels, precisions, args, cpu_c
         if kern == "ref" and row["weights"] > args.ref_limit:
             continue  # the scalar reference runs at ~0.1 G/s: minutes per call
         row["kernels"][kern] = {
-            prec: {op: time_call(fn, args.quick, cpu_clock)
+            prec: {op: time_call(fn, args.quick, cpu_clock, per=REPEAT)
                    for op, fn in layer.ops(core, x, kern, prec, args.threads).items()}
             for prec in precisions}
     return row
