@@ -8,8 +8,11 @@
 
 One argparse parser with a subcommand per entry of COMMANDS: to add a command,
 write a function that adds its subparser (and sets ``func``, the function
-that runs it and returns the exit status) and list it there. User errors are
-one line on stderr and a non-zero exit, never a traceback.
+that runs it and returns the exit status) and list it there; a command that
+runs a model takes -m/--model, -t/--threads and --precision from
+add_model_arg and add_compute_args, so that they read and check the same
+everywhere. User errors are one line on stderr and a non-zero exit, never a
+traceback.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import sys
 import time
 import warnings
 
+from bitnn._core import PRECISIONS
 from bitnn.model import CLASSIFY_TOP_K, SAMPLING_DEFAULTS
 
 DEFAULT_LM = "shakespeare"
@@ -49,6 +53,28 @@ def _ranged(kind, ok, what):
             raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
         return v
     return parse
+
+
+MAX_THREADS = 1024  # the most compute threads a command takes
+
+
+def add_model_arg(p, default) -> None:
+    """-m/--model: a .bnb file or a bundled model name (generate, classify, perplexity)."""
+    p.add_argument("-m", "--model", default=default,
+                   help="a .bnb file or a bundled model name (default: %(default)s)")
+
+
+def add_compute_args(p, precision=True, threads_help="compute threads") -> None:
+    """-t/--threads and (unless ``precision=False``) --precision: the options
+    every command that runs a model shares, defined once here."""
+    p.add_argument("-t", "--threads",
+                   type=_ranged(int, lambda v: 1 <= v <= MAX_THREADS, f"from 1 to {MAX_THREADS}"),
+                   default=None,
+                   help=f"{threads_help} (default: BITNN_NUM_THREADS, else all usable CPUs)")
+    if precision:
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="numeric mode: fp32 (exact) or int8 (activations quantized to int8, "
+                            "faster; docs/packing.md) (default: %(default)s)")
 
 
 def _check_compute_env(threads) -> None:
@@ -147,8 +173,7 @@ def add_generate(sub) -> None:
                     "goes to stdout; the seed and the timings go to stderr. 'bitnn-run -p TEXT' "
                     "is short for 'bitnn-run generate -p TEXT'. The defaults are those of "
                     "LanguageModel.generate, so the same seed writes the same text.")
-    p.add_argument("-m", "--model", default=DEFAULT_LM,
-                   help="a .bnb file or a bundled model name (default: %(default)s)")
+    add_model_arg(p, DEFAULT_LM)
     p.add_argument("-p", "--prompt", help="prompt text (default: none; give -p or -f)")
     p.add_argument("-f", "--file", help="read the prompt from this UTF-8 file, '-' for stdin "
                                         "(default: none)")
@@ -158,12 +183,7 @@ def add_generate(sub) -> None:
                    default=None,
                    help="context size in tokens, 2 to the model's max_len (default: max_len); "
                         "when it is full, the last half is kept and generation goes on")
-    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
-                   default=None,
-                   help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="numeric mode: fp32 (exact) or int8 (activations quantized to int8, "
-                        "faster; docs/packing.md) (default: %(default)s)")
+    add_compute_args(p)
     p.add_argument("--temp", type=_ranged(float, lambda v: v >= 0, "a finite number >= 0"),
                    default=d["temperature"], help="temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=_ranged(int, lambda v: v >= 0, ">= 0"), default=d["top_k"],
@@ -237,16 +257,10 @@ def add_classify(sub) -> None:
                     "'fashion' model expects a light object on a dark background, like "
                     "Fashion-MNIST.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-m", "--model", default=DEFAULT_CLASSIFIER,
-                   help="a .bnb file or the name of a bundled model (default: %(default)s)")
+    add_model_arg(p, DEFAULT_CLASSIFIER)
     p.add_argument("-k", "--top-k", type=_ranged(int, lambda v: v >= 1, "at least 1"),
                    default=CLASSIFY_TOP_K, help="labels to print per image (default: %(default)s)")
-    p.add_argument("-t", "--threads", type=_ranged(int, lambda v: 1 <= v <= 1024, "from 1 to 1024"),
-                   default=None,
-                   help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="numeric mode: fp32 (exact) or int8 (activations quantized to int8, "
-                        "faster; docs/packing.md) (default: %(default)s)")
+    add_compute_args(p)
     p.add_argument("--json", action="store_true", help="print results as JSON (default: off)")
     p.add_argument("--preprocessed", action="store_true",
                    help=".npy inputs are float tensors already normalized for the model "

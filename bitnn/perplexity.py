@@ -127,24 +127,21 @@ def evaluate(model, text_or_ids, ctx_size=None, stride=None, progress=None) -> P
 
 def add_parser(subparsers, default_model: str):
     """``bitnn-run perplexity``: add its parser to an argparse subparsers object."""
+    from bitnn.cli import add_compute_args, add_model_arg
+
     p = subparsers.add_parser(
         "perplexity", help="perplexity and bits per byte of a language model on a text file",
         description="Score every token of a UTF-8 text file but the first with a language model: "
                     "windows of -c tokens, each scoring its last --stride predictions (the first "
                     "window all of them). The figures go to stdout, a progress bar to stderr.")
-    p.add_argument("-m", "--model", default=default_model,
-                   help=f"a .bnb file or a bundled model name (default: {default_model})")
+    add_model_arg(p, default_model)
     p.add_argument("-f", "--file", required=True, help="the UTF-8 text to score")
     p.add_argument("-c", "--ctx-size", type=int, default=None,
                    help="window length in tokens (default: the model's max_len)")
     p.add_argument("--stride", type=int, default=None,
                    help="tokens scored per window after the first, 1..ctx-size; ctx-size gives "
                         "non-overlapping windows (default: ctx-size // 2)")
-    p.add_argument("--precision", default="fp32",
-                   help="numeric mode, as bitnn.load's precision: fp32 (the default, exact) or "
-                        "int8 (activations quantized per row)")
-    p.add_argument("-t", "--threads", type=int, default=None,
-                   help="compute threads (default: BITNN_NUM_THREADS, else all usable CPUs)")
+    add_compute_args(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: off: a bar)")
     p.set_defaults(func=run)

@@ -742,6 +742,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    from bitnn.cli import add_compute_args
+
     p.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
                    help="a .bnb file or a bundled model name; repeat for several "
                         "(default: every bundled model)")
@@ -751,8 +753,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(default: the BITNN_API_KEY environment variable; none if unset)")
-    p.add_argument("-t", "--threads", type=int, default=None,
-                   help="compute threads per call (default: BITNN_NUM_THREADS, else all usable CPUs)")
+    add_compute_args(p, precision=False, threads_help="compute threads per call")
     p.add_argument("--slots", type=int, default=2,
                    help="requests computed at once (default: 2)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -817,8 +818,6 @@ def run(args) -> int:
         return fail("--max-queue must be at least 0")
     if not 0 <= args.port <= 65535:
         return fail("--port must be from 0 to 65535")
-    if args.threads is not None and not 1 <= args.threads <= 1024:
-        return fail("--threads must be from 1 to 1024")
     if not args.shutdown_timeout >= 0:
         return fail("--shutdown-timeout must be >= 0")
     try:

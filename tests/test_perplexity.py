@@ -360,7 +360,8 @@ def test_cli_errors(text_lm, tmp_path):
         (["-m", path, "-f", f, "-c", 8, "--stride", 9], "stride must be from 1 to 8"),
         (["-m", tmp_path / "nope.bnb", "-f", f], "no model file"),
         (["-m", "fashion", "-f", f], "is not a language model"),
-        (["-m", path, "-f", f, "--precision", "fp16"], "precision must be one of"),
+        (["-m", path, "-f", f, "--precision", "fp16"], "argument --precision: invalid choice"),
+        (["-m", path, "-f", f, "-t", 0], "-t/--threads: '0': must be from 1 to 1024"),
     ]
     for args, msg in cases:
         r = run_cli("perplexity", *args, "--no-progress")
