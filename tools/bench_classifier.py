@@ -53,8 +53,6 @@ left out with a note.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -63,19 +61,30 @@ import time
 import warnings
 from pathlib import Path
 
-# The engines alternate in one process: PyTorch's idle OpenMP threads must not
-# spin on the cores the next engine runs on (set before torch is imported).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tools"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from common import machine_info as _base_machine_info  # noqa: E402
-from common import verdict  # noqa: E402
+# The engines alternate in one process: set before torch is imported.
+from common import set_engine_env  # noqa: E402
+
+set_engine_env()
+
+import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    begin_report,
+    close_report,
+    load_now,
+    machine_info,
+    md_table,
+    now,
+    ratio_key,
+    stop_report_clock,
+    time_rounds,
+    verdict,
+    write_json,
+)
 
 ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "ort_fp32", "ort_int8")
 ORT_ENGINES = ("ort_fp32", "ort_int8")
@@ -417,27 +426,25 @@ def parity(eng: Engines, seed: int = 0) -> dict:
 
 
 def time_interleaved(fns: dict, warmup: int, repeats: int, budget_s: float) -> dict:
-    """Warm each engine up, then time them in rounds (one call of each per round,
-    the order rotating), so that every engine sees the same background load.
-    Up to `repeats` rounds; at least 2, and no new round once the timed calls
-    took more than budget_s per engine."""
-    names = list(fns)
-    for name in names:
+    """Warm each engine up, then time them in rounds (common.time_rounds: one
+    call of each per round, the order rotating), so that every engine sees the
+    same background load. Up to `repeats` rounds; at least 2, and no new round
+    once the timed calls took more than budget_s per engine. Returns
+    {engine: wall seconds per call} and, under "_cpu", the calling thread's
+    CPU seconds per call."""
+    for fn in fns.values():
         for _ in range(warmup):
-            fns[name]()
-    times = {name: [] for name in names}
-    cpu = {name: [] for name in names}
-    t_start = time.perf_counter()
-    for r in range(repeats):
-        if r >= 2 and time.perf_counter() - t_start > budget_s * len(names):
-            break
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            c0, t0 = time.thread_time(), time.perf_counter()
-            fns[name]()
-            t1, c1 = time.perf_counter(), time.thread_time()
-            times[name].append(t1 - t0)
-            cpu[name].append(c1 - c0)
-    times["_cpu"] = cpu
+            fn()
+
+    def timed(name):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        fns[name]()
+        t1, c1 = time.perf_counter(), time.thread_time()
+        return t1 - t0, c1 - c0
+
+    rounds = time_rounds(timed, fns, repeats, budget_s)
+    times = {name: [w for w, _ in ts] for name, ts in rounds.items()}
+    times["_cpu"] = {name: [c for _, c in ts] for name, ts in rounds.items()}
     return times
 
 
@@ -532,28 +539,6 @@ def _label(name: str) -> str:
     return " / ".join(LABELS.get(p, p) for p in name.split(" / "))
 
 
-def ratio_key(other: str, bitnn: str) -> str:
-    return f"{other} / {bitnn}"
-
-
-def machine_info() -> dict:
-    info = _base_machine_info()
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return info
-
-
 def present_ratios(engines) -> list:
     return [(a, b) for a, b in RATIOS if a in engines and b in engines]
 
@@ -561,21 +546,21 @@ def present_ratios(engines) -> list:
 def fmt_table(results, engines, key: str = "median_ms") -> str:
     """ms per batch (images/s) of each engine."""
     head = ["f", "batch", "threads"] + [f"{_label(e)} ms (img/s)" for e in engines]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(engines)]
+    rows = []
     for r in results:
         row = [str(r["f"]), str(r["batch"]), str(r["threads"])]
         for e in engines:
             ms = r[e][key]
             row.append(f"{ms:.1f} ({r['batch'] * 1000.0 / ms:.1f})")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return md_table(head, rows, "lrr" + "r" * len(engines))
 
 
 def fmt_ratio_table(results, engines) -> str:
     """Other engines' time over each bitnn precision's time (wall; CPU time for 1 thread)."""
     pairs = present_ratios(engines)
     head = ["f", "batch", "threads"] + [_label(ratio_key(a, b)) for a, b in pairs]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(pairs)]
+    rows = []
     for r in results:
         row = [str(r["f"]), str(r["batch"]), str(r["threads"])]
         for a, b in pairs:
@@ -584,27 +569,24 @@ def fmt_ratio_table(results, engines) -> str:
             if r["threads"] == 1:
                 cell += f" ({r['cpu_ratios'][k]:.2f}x)"
             row.append(cell)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return md_table(head, rows, "lrr" + "r" * len(pairs))
 
 
 def fmt_scaling_table(rows, engines) -> str:
-    lines = ["| f | batch | " + " | ".join(_label(e) for e in engines) + " |",
-             "|---|---:|" + "---:|" * len(engines)]
-    for s in rows:
-        lines.append(f"| {s['f']} | {s['batch']} | "
-                     + " | ".join(f"{s[e]:.2f}x" for e in engines) + " |")
-    return "\n".join(lines)
+    return md_table(["f", "batch"] + [_label(e) for e in engines],
+                    [[str(s["f"]), str(s["batch"])] + [f"{s[e]:.2f}x" for e in engines]
+                     for s in rows], "lr" + "r" * len(engines))
 
 
 def fmt_sizes(sizes) -> str:
-    lines = ["| f | parameters | .bnb bytes | fp32 state_dict bytes | fp32 / .bnb |",
-             "|---|---|---|---|---|"]
+    rows = []
     for s in sizes:
         ratio = s["fp32_bytes"] / s["bnb_bytes"] if s["bnb_bytes"] else float("nan")
-        lines.append(f"| {s['f']} | {s['params']:,} | {s['bnb_bytes'] or 0:,} | "
-                     f"{s['fp32_bytes']:,} | {ratio:.1f}x |")
-    return "\n".join(lines)
+        rows.append([str(s["f"]), f"{s['params']:,}", f"{s['bnb_bytes'] or 0:,}",
+                     f"{s['fp32_bytes']:,}", f"{ratio:.1f}x"])
+    return md_table(["f", "parameters", ".bnb bytes", "fp32 state_dict bytes", "fp32 / .bnb"],
+                    rows, "lllll")
 
 
 def thread_scaling(results, engines) -> list:
@@ -738,18 +720,10 @@ def select_engines(requested) -> list:
 
 def start_report(config: dict) -> dict:
     """The report skeleton; prints the header (date, CPU, versions, load)."""
-    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_info(), "loadavg_start": list(os.getloadavg()),
-              "config": config, "timed_call": {e: TIMED_CALL[e] for e in config["engines"]},
-              "sizes": [], "parity": [], "results": []}
-    m = report["machine"]
-    print(f"# BCVNN benchmark  {report['date']}")
-    print(f"cpu: {m['cpu_identity']['summary']} ({m['cpus']} logical CPUs)")
-    print(f"torch {m.get('torch')}  onnxruntime {m.get('onnxruntime')}  python {m['python']}")
-    print(f"bitnn.system_info(): {m['bitnn']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
-    sys.stdout.flush()
-    return report
+    return begin_report("BCVNN benchmark", machine_info(), ("torch", "onnxruntime", "python"),
+                        config=config,
+                        timed_call={e: TIMED_CALL[e] for e in config["engines"]},
+                        sizes=[], parity=[], results=[])
 
 
 def record_parity(eng: Engines, f: int, size: int, seed: int, report) -> None:
@@ -790,8 +764,7 @@ def time_cell(eng: Engines, engines, f: int, size: int, b: int, t: int, x, reps:
     row["cpu_ratios"] = {ratio_key(o, m): row[o]["cpu_median_ms"] / row[m]["cpu_median_ms"]
                          for o, m in pairs}
     cells = "  ".join(f"{_label(e)} {row[e]['median_ms']:.1f} ms" for e in engines)
-    print(f"f={f} {size}x{size} batch {b:2d} threads {t}: {cells}  "
-          f"(load {os.getloadavg()[0]:.2f})")
+    print(f"f={f} {size}x{size} batch {b:2d} threads {t}: {cells}  (load {load_now()})")
     sys.stdout.flush()
     return row
 
@@ -841,8 +814,7 @@ def run(args) -> dict:
                 bench_model(args, f, size, batches, threads, engines, reps1, budget, workdir,
                             report)
     torch.set_num_threads(max(threads))
-    report["loadavg_end"] = list(os.getloadavg())
-    report["wall_s"] = time.time() - t0
+    stop_report_clock(report, t0)
     report["thread_scaling"] = thread_scaling(report["results"], engines)
     print_tables(report, sizes, engines)
     report["targets"] = evaluate_targets(report, engines)
@@ -850,12 +822,7 @@ def run(args) -> dict:
         print("\n## Targets (issue 7: stated for f=3, 256x256; other shapes for reference)\n")
         for t in report["targets"]:
             print(fmt_target(t))
-    print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"])
-          + f"; wall time {report['wall_s']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1, default=str)
-        print(f"wrote {args.json}")
+    close_report(report, args.json)
     return report
 
 
@@ -863,14 +830,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.profile:
         engines = select_engines(args.engines)
-        print(f"load average at start: {os.getloadavg()[0]:.2f}")
+        print(f"load average at start: {load_now()}")
         rows = profile(args, args.kernel_sizes or [3], args.sizes or [256], args.threads or [1],
                        engines)
-        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+        print(f"\nload average at end: {load_now()}")
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                           "machine": machine_info(), "layers": rows}, fh, indent=1, default=str)
+            write_json(args.json, {"date": now(), "machine": machine_info(), "layers": rows},
+                       log=None, indent=1, default=str)
         return 0
     run(args)
     return 0

@@ -47,8 +47,6 @@ The values seen are printed with the results.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -61,7 +59,8 @@ for _p in (ROOT, os.path.join(ROOT, "tools")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from common import cpu_identity, verdict  # noqa: E402 - imports no numpy
+# common imports no numpy (limit_blas_threads must run before numpy is imported)
+from common import cpu_identity, fmt_load, load_average, now, verdict, write_json  # noqa: E402
 
 # (in, out) of the paper's layers: BLM small (emb 768, ff 1536, MLP head
 # 4096-2048, vocab 30522).
@@ -145,13 +144,6 @@ def limit_blas_threads(n: int):
 
 
 # ------------------------------------------------------------------ machine
-
-def load_average():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
 
 def blas_info(np) -> str:
     try:
@@ -365,7 +357,7 @@ def run(args):
     # With one thread everything runs on the calling thread, so its CPU clock
     # measures the whole call.
     cpu_clock = time.thread_time if args.threads == 1 else None
-    started = _dt.datetime.now().astimezone()
+    started = now()
     load_before = load_average()
     ident = cpu_identity()
     print(f"cpu: {ident['summary']}")
@@ -388,7 +380,7 @@ def run(args):
 
     report = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "date": started.isoformat(timespec="seconds"),
+        "date": started,
         "machine": {
             "cpu": ident["summary"],
             "cpu_identity": ident,
@@ -421,9 +413,8 @@ def run(args):
     print_limits(report, kernels, precisions)
     print_summary(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
+        print()
+        write_json(args.json, report)
     return report
 
 
@@ -495,8 +486,8 @@ def print_summary(report):
     print(f"kernels: {', '.join(m['kernels_supported'])}; threads: {report['threads']}")
     print(f"numpy {m['numpy']} ({m['blas']}); env: "
           + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
-    print(f"load average (1, 5, 15 min) before: {fmt_load(m['load_average_before'])}, "
-          f"after: {fmt_load(m['load_average_after'])}")
+    print(f"load average (1, 5, 15 min) before: {fmt_load(m['load_average_before'], ', ')}, "
+          f"after: {fmt_load(m['load_average_after'], ', ')}")
     if report["targets"]:
         print("\n## Targets (issue 7: M = 1, linear, default kernel, one thread)\n")
     for t in report["targets"]:
@@ -506,10 +497,6 @@ def print_summary(report):
             line += (f"; {pct(t['peak_share'])} of the in-cache peak, >= "
                      f"{pct(t['peak_share_goal'])}: {verdict(t['peak_share_ok'])}")
         print(line)
-
-
-def fmt_load(load):
-    return "?" if load is None else ", ".join(f"{v:.2f}" for v in load)
 
 
 def main(argv=None):

@@ -62,7 +62,6 @@ model and generates 64 tokens.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import functools
 import json
 import os
@@ -74,19 +73,28 @@ import time
 import warnings
 from pathlib import Path
 
-# The engines alternate in one process: PyTorch's idle OpenMP threads must not
-# spin on the cores the next engine runs on (set before torch is imported).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tools"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from common import machine_info as _base_machine_info  # noqa: E402
-from common import verdict  # noqa: E402
+# The engines alternate in one process: set before torch is imported.
+from common import set_engine_env  # noqa: E402
+
+set_engine_env()
+
+import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    begin_report,
+    close_report,
+    load_now,
+    machine_info,
+    md_table,
+    ratio_key,
+    stop_report_clock,
+    time_rounds,
+    verdict,
+)
 
 PRECISIONS = ("fp32", "int8")
 ENGINES = ("bitnn_fp32", "bitnn_int8", "torch_fp32", "torch_int8")
@@ -379,10 +387,6 @@ def _prefill_fn(eng, threads, prompt, engine):
     return time_prefill(eng, engine, threads, prompt)
 
 
-def ratio_key(a: str, b: str) -> str:
-    return f"{a} / {b}"
-
-
 def measure_cell(eng: Engines, threads: int, fn, n_tokens: int, rounds: int) -> dict:
     """One warm-up call per engine, then `rounds` rounds, the engines' order
     rotating; tokens/s per round, medians over rounds (wall and process CPU
@@ -391,20 +395,14 @@ def measure_cell(eng: Engines, threads: int, fn, n_tokens: int, rounds: int) -> 
     torch.set_num_threads(threads)
     for e in ENGINES:
         fn(e)
-    walls = {e: [] for e in ENGINES}
-    cpus = {e: [] for e in ENGINES}
-    for r in range(rounds):
-        k = r % len(ENGINES)
-        for e in ENGINES[k:] + ENGINES[:k]:
-            w, c = fn(e)
-            walls[e].append(w)
-            cpus[e].append(c)
+    timed = time_rounds(fn, ENGINES, rounds)  # {engine: [(wall, cpu) per round]}
     out = {}
     for e in ENGINES:
-        mw, mc = statistics.median(walls[e]), statistics.median(cpus[e])
+        walls = [w for w, _ in timed[e]]
+        mw, mc = statistics.median(walls), statistics.median([c for _, c in timed[e]])
         out[e] = {"tok_s": n_tokens / mw, "ms_per_tok": 1000 * mw / n_tokens,
                   "cpu_tok_s": n_tokens / mc if mc > 0 else float("nan"),
-                  "min_ms_per_tok": 1000 * min(walls[e]) / n_tokens,
+                  "min_ms_per_tok": 1000 * min(walls) / n_tokens,
                   "rounds": rounds, "tokens_per_round": n_tokens}
     out["ratios"] = {ratio_key(a, b): out[a]["tok_s"] / out[b]["tok_s"] for a, b in RATIOS}
     out["cpu_ratios"] = {ratio_key(a, b): out[a]["cpu_tok_s"] / out[b]["cpu_tok_s"]
@@ -604,70 +602,57 @@ def _label(engine: str) -> str:
 
 def fmt_speed_table(results) -> str:
     head = ["config", "threads", "measure"] + [f"{_label(e)} tok/s" for e in ENGINES]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * len(ENGINES)]
-    for r in results:
-        cells = [r["config"], str(r["threads"]), r["measure"]]
-        cells += [f"{r[e]['tok_s']:.1f}" for e in ENGINES]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[r["config"], str(r["threads"]), r["measure"]]
+            + [f"{r[e]['tok_s']:.1f}" for e in ENGINES] for r in results]
+    return md_table(head, rows, "lrl" + "r" * len(ENGINES))
 
 
 def fmt_ratio_table(results) -> str:
     head = ["config", "threads", "measure"] + [_label(ratio_key(a, b)) for a, b in RATIOS]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * len(RATIOS)]
+    rows = []
     for r in results:
         cells = [r["config"], str(r["threads"]), r["measure"]]
         for a, b in RATIOS:
             k = ratio_key(a, b)
             cells.append(f"**{r['ratios'][k]:.1f}x** ({r['cpu_ratios'][k]:.1f}x)")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows, "lrl" + "r" * len(RATIOS))
 
 
 def fmt_cpu_table(results) -> str:
     head = ["config", "measure"] + [f"{_label(e)} tok/s" for e in ENGINES]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(ENGINES)]
-    for r in results:
-        if r["threads"] == 1:
-            lines.append(f"| {r['config']} | {r['measure']} | "
-                         + " | ".join(f"{r[e]['cpu_tok_s']:.1f}" for e in ENGINES) + " |")
-    return "\n".join(lines)
+    rows = [[r["config"], r["measure"]] + [f"{r[e]['cpu_tok_s']:.1f}" for e in ENGINES]
+            for r in results if r["threads"] == 1]
+    return md_table(head, rows, "ll" + "r" * len(ENGINES))
 
 
 def fmt_scaling_table(rows) -> str:
-    lines = ["| config | measure | " + " | ".join(_label(e) for e in ENGINES) + " |",
-             "|---|---|" + "---:|" * len(ENGINES)]
     cells = {}
     for s in rows:
         cells.setdefault((s["config"], s["measure"]), {})[s["engine"]] = s["scaling"]
-    for (config, measure), by in cells.items():
-        lines.append(f"| {config} | {measure} | "
-                     + " | ".join(f"{by[e]:.2f}x" for e in ENGINES) + " |")
-    return "\n".join(lines)
+    return md_table(["config", "measure"] + [_label(e) for e in ENGINES],
+                    [[config, measure] + [f"{by[e]:.2f}x" for e in ENGINES]
+                     for (config, measure), by in cells.items()], "ll" + "r" * len(ENGINES))
 
 
 def fmt_size_table(sizes) -> str:
-    lines = [("| config | parameters | bits set | .bnb bytes | fp32 state_dict bytes | "
-              "fp32 / .bnb |"), "|---|---:|---:|---:|---:|---:|"]
-    for s in sizes:
-        lines.append(f"| {s['config']} | {s['params']:,} | {100 * s['ones_fraction']:.1f}% | "
-                     f"{s['bnb_bytes']:,} | {s['fp32_bytes']:,} | "
-                     f"{s['fp32_bytes'] / s['bnb_bytes']:.1f}x |")
-    return "\n".join(lines)
+    rows = [[s["config"], f"{s['params']:,}", f"{100 * s['ones_fraction']:.1f}%",
+             f"{s['bnb_bytes']:,}", f"{s['fp32_bytes']:,}",
+             f"{s['fp32_bytes'] / s['bnb_bytes']:.1f}x"] for s in sizes]
+    return md_table(["config", "parameters", "bits set", ".bnb bytes", "fp32 state_dict bytes",
+                     "fp32 / .bnb"], rows, "lrrrrr")
 
 
 def fmt_rss_table(rss) -> str:
-    lines = [("| config | precision | file MB | RSS before import MB | RSS before load MB | "
-              "RSS after load MB | peak RSS (VmHWM) MB | peak - before load MB | "
-              "limit file + 64 MB |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     kb = 1024 / MB
-    for r in rss:
-        lines.append(f"| {r['config']} | {r['precision']} | {r['file_bytes'] / MB:.1f} | "
-                     f"{r['rss_start_kb'] * kb:.1f} | {r['rss_before_load_kb'] * kb:.1f} | "
-                     f"{r['rss_after_load_kb'] * kb:.1f} | {r['hwm_kb'] * kb:.1f} | "
-                     f"{(r['hwm_kb'] - r['rss_before_load_kb']) * kb:.1f} | "
-                     f"{(r['file_bytes'] + RSS_MARGIN) / MB:.1f} |")
-    return "\n".join(lines)
+    rows = [[r["config"], r["precision"], f"{r['file_bytes'] / MB:.1f}",
+             f"{r['rss_start_kb'] * kb:.1f}", f"{r['rss_before_load_kb'] * kb:.1f}",
+             f"{r['rss_after_load_kb'] * kb:.1f}", f"{r['hwm_kb'] * kb:.1f}",
+             f"{(r['hwm_kb'] - r['rss_before_load_kb']) * kb:.1f}",
+             f"{(r['file_bytes'] + RSS_MARGIN) / MB:.1f}"] for r in rss]
+    return md_table(["config", "precision", "file MB", "RSS before import MB",
+                     "RSS before load MB", "RSS after load MB", "peak RSS (VmHWM) MB",
+                     "peak - before load MB", "limit file + 64 MB"], rows, "llrrrrrrr")
 
 
 def print_tables(report, rss_tokens: int) -> None:
@@ -729,19 +714,10 @@ def parse_args(argv=None):
 
 def start_report(args) -> dict:
     """The report skeleton; prints the header (date, CPU, versions, load)."""
-    report = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": _base_machine_info(), "loadavg_start": list(os.getloadavg()),
-              "args": {k: v for k, v in vars(args).items() if not k.startswith("rss")},
-              "engines": list(ENGINES), "configs": {}, "sizes": [], "parity": [],
-              "results": [], "rss": []}
-    m = report["machine"]
-    print(f"# BLM decoder benchmark  {report['date']}")
-    print(f"cpu: {m['cpu_identity']['summary']} ({m['cpus']} logical CPUs)")
-    print(f"torch {m.get('torch')}  python {m['python']}  numpy {m['numpy']}")
-    print(f"bitnn.system_info(): {m['bitnn']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in report["loadavg_start"]))
-    sys.stdout.flush()
-    return report
+    return begin_report("BLM decoder benchmark", machine_info(), ("torch", "python", "numpy"),
+                        args={k: v for k, v in vars(args).items() if not k.startswith("rss")},
+                        engines=list(ENGINES), configs={}, sizes=[], parity=[], results=[],
+                        rss=[])
 
 
 def record_size(eng: Engines, label: str, name: str, quick: bool, report) -> None:
@@ -779,7 +755,7 @@ def _print_cell(row) -> None:
     ratios = ", ".join(f"{_label(ratio_key(a, b))} {row['ratios'][ratio_key(a, b)]:.1f}x"
                        for a, b in RATIOS[:3])
     print(f"  threads {row['threads']} {row['measure']}: tok/s {speeds}; {ratios} "
-          f"(load {os.getloadavg()[0]:.2f})")
+          f"(load {load_now()})")
     sys.stdout.flush()
 
 
@@ -857,8 +833,7 @@ def run(args, configs: dict | None = None) -> dict:
         for name in names:
             bench_config(args, name, dict(all_cfgs[name]), threads, contexts, workdir, report)
     torch.set_num_threads(max(threads))
-    report["loadavg_end"] = list(os.getloadavg())
-    report["wall_s"] = time.time() - t_start
+    stop_report_clock(report, t_start)
     report["thread_scaling"] = thread_scaling(report["results"])
     print_tables(report, args.rss_tokens)
     report["targets"] = evaluate_targets(report)
@@ -866,12 +841,7 @@ def run(args, configs: dict | None = None) -> dict:
           "other configs for reference)\n")
     for t in report["targets"]:
         print(fmt_target(t))
-    print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"])
-          + f"; wall time {report['wall_s']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1, default=str)
-        print(f"wrote {args.json}")
+    close_report(report, args.json)
     return report
 
 

@@ -1,9 +1,13 @@
 """Pieces shared by the training and benchmark scripts in tools/: argument
-checks, the learning-rate schedule, checkpoints, metrics files, progress and
-machine descriptions."""
+checks, the learning-rate schedule, checkpoints, metrics files, progress,
+machine descriptions, and the benchmarks' scaffolding (the environment for
+engines sharing a process, load averages, report headers, interleaved timing
+rounds, markdown tables). Imports no numpy at module level: bench_kernels
+sets BLAS variables before numpy is imported."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -103,12 +107,14 @@ def state_dict_path(args) -> str | None:
     return os.path.join(args.checkpoint_dir, "model.pt") if args.checkpoint_dir else None
 
 
-def write_json(path: str, obj, log=print) -> None:
-    """Write ``obj`` as indented JSON, creating the directory."""
+def write_json(path: str, obj, log=print, indent: int = 2, default=None) -> None:
+    """Write ``obj`` as indented JSON, creating the directory; ``log`` (None:
+    silent) gets "wrote PATH". ``default``: as json.dump's."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-    log(f"wrote {path}")
+        json.dump(obj, f, indent=indent, default=default)
+    if log is not None:
+        log(f"wrote {path}")
 
 
 def environment(**extra) -> dict:
@@ -182,7 +188,9 @@ def cpu_name() -> str:
 
 
 def machine_info() -> dict:
-    """CPU, Python, numpy, torch and bitnn.system_info() for a benchmark report."""
+    """CPU, Python, numpy, bitnn.system_info() and the versions of the peers
+    that import (torch, with whether it has oneDNN; onnxruntime) for a
+    benchmark report."""
     import numpy as np
 
     info = {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -198,6 +206,13 @@ def machine_info() -> dict:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
     return info
@@ -291,6 +306,109 @@ def cpu_identity() -> dict:
                         f"{ident['microarchitecture']} (from family/model)]"
                         + (f"; caches: {caches}" if caches else ""))
     return ident
+
+
+# ------------------------------------------------------------------ benchmarks
+
+# The benchmarks that time several engines in one process set these before
+# torch is imported (set_engine_env): PyTorch's idle OpenMP threads must not
+# spin on the cores the engine timed next runs on. (ONNX Runtime's intra-op
+# threads are told the same per session: bench_classifier.ort_session.)
+ENGINE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_engine_env() -> None:
+    """ENGINE_ENV into os.environ, where the caller's environment does not set them."""
+    for key, value in ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def now() -> str:
+    """The local time with its UTC offset, to the second: a report's date."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def load_average() -> list | None:
+    """The 1, 5 and 15 minute load averages, or None where the system has none."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def fmt_load(load, sep: str = " ") -> str:
+    """Load averages as "0.12 0.34 0.56" (``sep`` between), "?" for None."""
+    return "?" if load is None else sep.join(f"{v:.2f}" for v in load)
+
+
+def load_now() -> str:
+    """The 1-minute load average now, formatted: printed next to each timed cell."""
+    load = load_average()
+    return fmt_load(load and load[:1])
+
+
+def begin_report(title: str, machine: dict, versions, **fields) -> dict:
+    """A benchmark report: date, machine, loadavg_start, then ``fields``.
+    Prints its header: title and date, the CPU, the versions of
+    ``versions`` (keys of ``machine``), bitnn.system_info() and the load."""
+    report = {"date": now(), "machine": machine, "loadavg_start": load_average(), **fields}
+    print(f"# {title}  {report['date']}")
+    print(f"cpu: {machine['cpu_identity']['summary']} ({machine['cpus']} logical CPUs)")
+    print("  ".join(f"{key} {machine.get(key)}" for key in versions))
+    print(f"bitnn.system_info(): {machine['bitnn']}")
+    print("load average at start: " + fmt_load(report["loadavg_start"]))
+    sys.stdout.flush()
+    return report
+
+
+def stop_report_clock(report: dict, t_start: float) -> None:
+    """Records loadavg_end and wall_s (seconds since ``t_start``, a time.time())."""
+    report["loadavg_end"] = load_average()
+    report["wall_s"] = time.time() - t_start
+
+
+def close_report(report: dict, json_path: str | None) -> None:
+    """Prints the closing line (load average, wall time) and writes the
+    report as JSON to ``json_path`` when given."""
+    print("\nload average at end: " + fmt_load(report["loadavg_end"])
+          + f"; wall time {report['wall_s']:.0f} s")
+    if json_path:
+        write_json(json_path, report, indent=1, default=str)
+
+
+def time_rounds(measure, names, rounds: int, budget_s: float | None = None) -> dict:
+    """{name: [measure(name) of each round]}: up to ``rounds`` rounds, one
+    call per name in each, the order rotating from round to round so that
+    every engine sees the same background load. With ``budget_s``, no new
+    round starts after the second once the rounds took longer than
+    ``budget_s`` per name."""
+    names = list(names)
+    out = {name: [] for name in names}
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        if (budget_s is not None and r >= 2
+                and time.perf_counter() - t_start > budget_s * len(names)):
+            break
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(measure(name))
+    return out
+
+
+def ratio_key(a: str, b: str) -> str:
+    """The key of the ratio of engine a's figure to engine b's: "a / b"."""
+    return f"{a} / {b}"
+
+
+def md_table(head, rows, align: str) -> str:
+    """A markdown table: ``head`` and each of ``rows`` are lists of cells;
+    ``align`` has a letter per column, "l" (left) or "r" (right)."""
+    rule = "|" + "".join({"l": "---|", "r": "---:|"}[a] for a in align)
+    return "\n".join([md_row(head), rule] + [md_row(r) for r in rows])
+
+
+def md_row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def verdict(ok: bool) -> str:
