@@ -163,18 +163,6 @@ CNN_RULES = {  # rule: (edit, message the loader must give)
 }
 
 
-@pytest.mark.parametrize("rule", list(CNN_RULES))
-def test_classifier_rule(tmp_path, rule):
-    edit, message = CNN_RULES[rule]
-    meta, tensors = copy.deepcopy(CNN_META), dict(CNN_TENSORS)
-    edit(meta, tensors)
-    path = write(tmp_path, meta, tensors)
-    with pytest.raises(FormatError, match=message):
-        with _core.BnbFile(str(path)) as f:  # the builder itself, whatever model.kind says
-            _core.Classifier(f)
-        bitnn.load(path)  # Python-side rules
-
-
 def lm_set(key, value):
     return set_meta(["lm", key], value)
 
@@ -200,29 +188,45 @@ LM_RULES = {
 }
 
 
-@pytest.mark.parametrize("rule", list(LM_RULES))
-def test_language_model_rule(tmp_path, rule):
-    edit, message = LM_RULES[rule]
-    meta, tensors = copy.deepcopy(LM_META), dict(LM_TENSORS)
+# kind: (base meta, base tensors, the C builder, whether bitnn.load has rules
+# of its own to try when the builder accepts the file)
+BASES = {"classifier": (CNN_META, CNN_TENSORS, _core.Classifier, True),
+         "lm": (LM_META, LM_TENSORS, _core.LMGraph, False)}
+RULES = {"classifier": CNN_RULES, "lm": LM_RULES}
+
+
+def edited(tmp_path, kind, edit):
+    """The valid base file of ``kind`` after ``edit(meta, tensors)``."""
+    meta, tensors = copy.deepcopy(BASES[kind][0]), dict(BASES[kind][1])
     edit(meta, tensors)
-    path = write(tmp_path, meta, tensors)
+    return write(tmp_path, meta, tensors)
+
+
+@pytest.mark.parametrize("kind, rule", [(kind, rule) for kind in RULES for rule in RULES[kind]])
+def test_builder_rule(tmp_path, kind, rule):
+    edit, message = RULES[kind][rule]
+    _, _, builder, python_side = BASES[kind]
+    path = edited(tmp_path, kind, edit)
     with pytest.raises(FormatError, match=message):
-        with _core.BnbFile(str(path)) as f:
-            _core.LMGraph(f)
+        with _core.BnbFile(str(path)) as f:  # the builder itself, whatever model.kind says
+            builder(f)
+        if python_side:
+            bitnn.load(path)
 
 
-def test_language_model_tokenizer_rules(tmp_path):
-    meta = copy.deepcopy(LM_META)
-    meta["tokenizer"] = {"type": "nonsense"}
-    with pytest.raises(FormatError, match="tokenizer: unknown type \"nonsense\""):
-        bitnn.load(write(tmp_path, meta, LM_TENSORS))
+LOAD_RULES = {  # rules of bitnn.load beyond the builders: (base kind, edit, message)
+    "tokenizer type known": ("lm", set_meta(["tokenizer"], {"type": "nonsense"}),
+                             "tokenizer: unknown type \"nonsense\""),
+    "model kind supported": ("classifier", set_meta(["model", "kind"], "toaster"),
+                             "'toaster' is not supported"),
+}
 
 
-def test_unknown_model_kind(tmp_path):
-    meta = copy.deepcopy(CNN_META)
-    meta["model"]["kind"] = "toaster"
-    with pytest.raises(FormatError, match="'toaster' is not supported"):
-        bitnn.load(write(tmp_path, meta, CNN_TENSORS))
+@pytest.mark.parametrize("rule", list(LOAD_RULES))
+def test_load_rule(tmp_path, rule):
+    kind, edit, message = LOAD_RULES[rule]
+    with pytest.raises(FormatError, match=message):
+        bitnn.load(edited(tmp_path, kind, edit))
 
 
 # ------------------------------------------------------ eps from the file
