@@ -6,7 +6,8 @@ docs/maths.md, Binary parameters (``p > mean(p)``) exactly as the layer's forwar
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -86,9 +86,8 @@ def lm_path(tmp_path_factory):
     """(torch BinaryLM, path of its .bnb with a byte-level BPE tokenizer, the HF tokenizer)."""
     torch = pytest.importorskip("torch")
     tokenizers = pytest.importorskip("tokenizers")
-    from bitnn.nn import BinaryLM
-
     import bitnn
+    from bitnn.nn import BinaryLM
 
     tok = tokenizers.ByteLevelBPETokenizer()
     tok.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, show_progress=False,

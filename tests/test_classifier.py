@@ -153,7 +153,7 @@ def test_export_rejects_fp32_and_missing_shape(tmp_path):
 
 def test_graph_errors_are_format_errors(small_model):
     """A file whose layer list does not match its tensors is rejected by the builder."""
-    from bitnn.format import read_header, write_bnb, Bits
+    from bitnn.format import Bits, read_header, write_bnb
 
     _, path = small_model
     meta = read_header(path)

@@ -4,6 +4,7 @@ Every scenario runs in its own interpreter under a timeout, so a child that
 hangs (a thread pool whose workers did not survive fork) fails the test
 instead of blocking the suite.
 """
+import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -14,7 +15,6 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import multiprocessing as mp
 import numpy as np
 import pytest
 

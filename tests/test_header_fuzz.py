@@ -2,6 +2,7 @@
 valid checksum load as a working model or raise FormatError, never anything else."""
 import collections
 import gzip
+
 import pytest
 
 import header_fuzz as hf

@@ -325,7 +325,7 @@ def test_runtime_parity(tmp_path, shape):
             assert np.abs(got - ref).max() < 1.5e-5
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "v{}_b{}".format(s[0], s[4]))
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: f"v{s[0]}_b{s[4]}")
 def test_batch_vs_token_by_token_vs_fresh_prefix(tmp_path, shape):
     V, L, D, H, NB, mlp = shape
     m = make_lm(V, L, D, H, NB, mlp, seed=3)

@@ -21,7 +21,7 @@ import bitnn  # noqa: E402
 from bitnn import _core  # noqa: E402
 from bitnn import nn as bnn  # noqa: E402
 from bitnn.perplexity import PerplexityResult, windows  # noqa: E402
-from bitnn.tokenizer import Tokenizer, _byte_alphabet  # noqa: E402
+from bitnn.tokenizer import _byte_alphabet  # noqa: E402
 
 # |bitnn - torch| (float32 trunks in both) measured over 5 seeds of the shapes
 # below: at most 3.3e-6 for one token's log-probability, 6e-8 for the mean nll

@@ -3,12 +3,10 @@ official openai client and by httpx (needs the serve extra, openai and httpx).""
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 

@@ -72,6 +72,7 @@ from common import set_engine_env  # noqa: E402
 set_engine_env()
 
 import numpy as np  # noqa: E402
+
 from common import (  # noqa: E402
     begin_report,
     close_report,
@@ -252,8 +253,13 @@ def quantize_onnx_int8(src: str, dst: str, images: np.ndarray, workdir: str) -> 
     LayerNormalization constants per channel breaks the model, and ORT's
     int32-bias scale adjustment fails on per-channel Gemm, so it is turned
     off); per tensor if ORT still refuses. Returns the settings used."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                          QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -84,6 +84,7 @@ from common import set_engine_env  # noqa: E402
 set_engine_env()
 
 import numpy as np  # noqa: E402
+
 from common import (  # noqa: E402
     begin_report,
     close_report,
