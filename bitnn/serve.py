@@ -343,7 +343,7 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
         import prometheus_client as prom
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
-        from starlette.requests import ClientDisconnect, Request
+        from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError as e:

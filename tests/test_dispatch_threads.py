@@ -95,8 +95,10 @@ def test_kernel_results_identical_when_each_really_ran():
     x, w, b = random_layer(np.random.default_rng(4), 7, 333, 45)
     outs = {}
     for kernel in KERNELS:
-        assert ran(lambda: outs.__setitem__(kernel, _core.linear(x, w, 45, b, "gelu",
-                                                                 kernel=kernel))) == {kernel}
+        def run(kernel=kernel):
+            outs[kernel] = _core.linear(x, w, 45, b, "gelu", kernel=kernel)
+
+        assert ran(run) == {kernel}
     for kernel in KERNELS:
         assert np.array_equal(outs[kernel], outs["ref"]), kernel
 

@@ -85,7 +85,8 @@ def _csv(kind, text):
     try:
         vals = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list, got {text!r}") from None
     if not vals:
         raise argparse.ArgumentTypeError("empty list")
     return vals

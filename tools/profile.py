@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -222,11 +223,20 @@ def runtime_classifier_layers(args) -> None:
             bitnn.export(seq, path, input_shape=(cin, h, h))
         x = np.random.default_rng(i).standard_normal((1, h, h, cin)).astype(np.float32)
         with bitnn.load(path, threads=args.threads) as model:
-            ms = 1000 * statistics.median(timed(lambda: model._graph.forward(x, threads=args.threads),
-                                                args.seconds / 8))
+            forward = partial(model._graph.forward, x, threads=args.threads)
+            ms = 1000 * statistics.median(timed(forward, args.seconds / 8))
         total += ms
         print(f"| {name} | {ms:.2f} |")
     print(f"| sum | {total:.1f} |")
+
+
+def _next_token_cpu_s(st, ids, ctx: int, scores: bool, threads: int) -> float:
+    """CPU seconds of one token's forward after a prefill of ctx tokens (not timed)."""
+    st.reset()
+    st.forward(ids[:ctx], scores=False, threads=threads)
+    c0 = time.process_time()
+    st.forward(ids[ctx:ctx + 1], scores=scores, threads=threads)
+    return time.process_time() - c0
 
 
 def runtime_lm_parts(args) -> None:
@@ -240,15 +250,7 @@ def runtime_lm_parts(args) -> None:
         ids = np.random.default_rng(ctx).integers(0, g.config["vocab_size"], ctx + 1)
         res = {}
         for scores in (False, True):
-            st = g.new_state()
-
-            def step():
-                st.reset()
-                st.forward(ids[:ctx], scores=False, threads=args.threads)
-                c0 = time.process_time()
-                st.forward(ids[ctx:ctx + 1], scores=scores, threads=args.threads)
-                return time.process_time() - c0
-
+            step = partial(_next_token_cpu_s, g.new_state(), ids, ctx, scores, args.threads)
             step()
             vals, t_end = [], time.perf_counter() + args.seconds / 4
             while len(vals) < 5 or time.perf_counter() < t_end:
