@@ -278,7 +278,8 @@ class ClassifierModel(Model):
         if pics is not None:
             return pics, "NHWC"
         a = np.asarray(x)
-        if a.dtype == object or a.dtype.kind not in "uf" or (a.dtype.kind == "u" and a.dtype != np.uint8):
+        if (a.dtype == object or a.dtype.kind not in "uf"
+                or (a.dtype.kind == "u" and a.dtype != np.uint8)):
             raise TypeError(f"images must be uint8 or float pixels (or float already "
                             f"preprocessed, with preprocessed=True), a path or a PIL image; "
                             f"got dtype {a.dtype}")
@@ -307,7 +308,8 @@ class ClassifierModel(Model):
             layout = "NCHW" if nchw else "NHWC"
         elif (layout == "NCHW" and not nchw) or (layout == "NHWC" and not nhwc):
             want = (C, H, W) if layout == "NCHW" else (H, W, C)
-            raise ValueError(f"layout {layout} needs images of shape {want}, got {tuple(a.shape[1:])}")
+            raise ValueError(f"layout {layout} needs images of shape {want}, "
+                             f"got {tuple(a.shape[1:])}")
         return a, layout
 
     def _check_statistics(self, a, preprocessed):
@@ -448,7 +450,8 @@ def _check_int(name, value, lo, hi=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {'from ' + str(lo) + ' to ' + str(hi) if hi is not None else 'at least ' + str(lo)}, got {value}")
+        span = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be {span}, got {value}")
     return int(value)
 
 
@@ -630,7 +633,8 @@ class LanguageModel(Model):
         top_p = _check_float("top_p", top_p, lambda v: 0 < v <= 1, "in (0, 1]")
         repetition_penalty = _check_float("repetition_penalty", repetition_penalty,
                                           lambda v: v > 0, "a positive number")
-        ctx = self.max_len if ctx_size is None else _check_int("ctx_size", ctx_size, 2, self.max_len)
+        ctx = (self.max_len if ctx_size is None
+               else _check_int("ctx_size", ctx_size, 2, self.max_len))
         if context_overflow not in ("slide", "stop"):
             raise ValueError("context_overflow must be 'slide' or 'stop'")
         if seed is None:

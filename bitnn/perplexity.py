@@ -143,7 +143,8 @@ def add_parser(subparsers, default_model: str):
                         "non-overlapping windows (default: ctx-size // 2)")
     add_compute_args(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON (default: off)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: off: a bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (default: off: a bar)")
     p.set_defaults(func=run)
     return p
 

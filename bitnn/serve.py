@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-EXTRA_HINT = "bitnn-run serve needs the serve extra: pip install 'bitnn[serve]' (from a checkout: pip install '.[serve]')"
+EXTRA_HINT = ("bitnn-run serve needs the serve extra: pip install 'bitnn[serve]' "
+              "(from a checkout: pip install '.[serve]')")
 
 
 # ----------------------------------------------------------------- settings
@@ -62,7 +63,8 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None, headers=None):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.status, self.message, self.type = status, message, type_
+        self.param, self.code = param, code
         self.headers = headers
 
     def body(self) -> dict:
@@ -121,7 +123,8 @@ def parse_json(raw: bytes):
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {e}",
+                       code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
@@ -163,7 +166,8 @@ def parse_completion(body: dict, models: dict, limits: Limits) -> CompletionRequ
                            param="prompt", code="context_length_exceeded")
         ids = model.tokenize(prompt)
         if not ids:
-            raise ApiError(400, "the prompt encodes to no tokens", param="prompt", code="invalid_value")
+            raise ApiError(400, "the prompt encodes to no tokens", param="prompt",
+                           code="invalid_value")
     elif isinstance(prompt, list) and prompt and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         bad = [t for t in prompt if not 0 <= t < model.vocab_size]
@@ -176,7 +180,8 @@ def parse_completion(body: dict, models: dict, limits: Limits) -> CompletionRequ
                        "(one prompt per request)", param="prompt", code="invalid_value")
     if len(ids) > limits.max_prompt_tokens:
         raise ApiError(400, f"the prompt has {len(ids)} tokens; this server accepts at most "
-                       f"{limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
+                       f"{limits.max_prompt_tokens}", param="prompt",
+                       code="context_length_exceeded")
     max_tokens = _get(body, "max_tokens", int, 16, check=lambda v: 0 <= v <= limits.max_tokens,
                       what=f"an integer from 0 to {limits.max_tokens}")
     temperature = _get(body, "temperature", float, 1.0, check=lambda v: 0 <= v <= 2,
@@ -359,7 +364,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
     m_latency = prom.Histogram("bitnn_request_latency_seconds", "Time to the whole answer",
                                ["endpoint"], registry=reg,
                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-    m_ttft = prom.Histogram("bitnn_time_to_first_token_seconds", "Time to the first generated token",
+    m_ttft = prom.Histogram("bitnn_time_to_first_token_seconds",
+                            "Time to the first generated token",
                             ["model"], registry=reg,
                             buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
     m_tokens = prom.Counter("bitnn_generated_tokens", "Tokens generated", ["model"], registry=reg)
@@ -369,7 +375,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                                "Generations stopped because the client went away or the server "
                                "shut down", ["model"], registry=reg)
     m_queue = prom.Gauge("bitnn_queue_depth", "Requests waiting for a compute slot", registry=reg)
-    m_running = prom.Gauge("bitnn_requests_running", "Requests holding a compute slot", registry=reg)
+    m_running = prom.Gauge("bitnn_requests_running", "Requests holding a compute slot",
+                           registry=reg)
 
     def on_change(adm):
         m_queue.set(adm.waiting)
@@ -388,14 +395,16 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
 
     async def read_body(request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+        if declared is not None and (not declared.isdigit()
+                                     or int(declared) > limits.max_body_bytes):
             raise ApiError(413, f"the request body is larger than {limits.max_body_bytes} bytes",
                            code="body_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limits.max_body_bytes:
-                raise ApiError(413, f"the request body is larger than {limits.max_body_bytes} bytes",
+                raise ApiError(413,
+                               f"the request body is larger than {limits.max_body_bytes} bytes",
                                code="body_too_large")
             chunks.append(chunk)
         return b"".join(chunks)
@@ -456,9 +465,9 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
             m_tokens.labels(req.model).inc(counted["n"])
             if _stopped(cancel):
                 m_cancelled.labels(req.model).inc()
+            stopped = stopped or _cut_by_stop(model, req, counted["ids"])
             put(("end", {"completion_tokens": counted["n"], "cancelled": _stopped(cancel),
-                         "finish_reason": "stop" if stopped or _cut_by_stop(model, req, counted["ids"])
-                         else "length"}, None))
+                         "finish_reason": "stop" if stopped else "length"}, None))
         except BaseException as e:  # noqa: BLE001 - handed to the event loop
             m_tokens.labels(req.model).inc(counted["n"])
             put(("error", e, None))
@@ -508,7 +517,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
             out = {"id": cid, "object": "text_completion", "created": int(time.time()),
                    "model": req.model,
                    "choices": [] if usage is not None else [
-                       {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+                       {"text": text, "index": 0, "logprobs": None,
+                        "finish_reason": finish_reason}]}
             if tokens is not None and usage is None:
                 out["choices"][0]["token_ids"] = tokens
             if usage is not None:
@@ -522,15 +532,18 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                     while True:
                         kind, payload, tok = await next_event()
                         if kind == "text":
-                            yield "data: " + json.dumps(chunk(payload, None, tokens=None if tok is None else [tok])) + "\n\n"
+                            part = chunk(payload, None, tokens=None if tok is None else [tok])
+                            yield "data: " + json.dumps(part) + "\n\n"
                         elif kind == "end":
                             usage = finish(payload)
-                            yield "data: " + json.dumps(chunk("", payload["finish_reason"])) + "\n\n"
+                            last = chunk("", payload["finish_reason"])
+                            yield "data: " + json.dumps(last) + "\n\n"
                             if req.include_usage:
                                 yield "data: " + json.dumps(chunk("", None, usage)) + "\n\n"
                             ok = True
                         else:
-                            err = ApiError(500, f"generation failed: {payload}", type_="server_error")
+                            err = ApiError(500, f"generation failed: {payload}",
+                                           type_="server_error")
                             yield "data: " + json.dumps(err.body()) + "\n\n"
                         if kind != "text":
                             break
@@ -572,7 +585,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
         finally:
             await cleanup()
         usage = finish(info)
-        out = chunk("".join(parts), info["finish_reason"], tokens=tokens if model.tokenizer is None else None)
+        out = chunk("".join(parts), info["finish_reason"],
+                    tokens=tokens if model.tokenizer is None else None)
         out["usage"] = usage
         return JSONResponse(out)
 
@@ -589,7 +603,8 @@ def build_app(models: dict, *, slots: int = 2, max_queue: int = 64, limits: Limi
                 form = await request.form(max_files=limits.max_images, max_fields=16,
                                           max_part_size=limits.max_body_bytes)
             except HTTPException as e:
-                raise ApiError(400, f"bad multipart body: {e.detail}", code="invalid_multipart") from None
+                raise ApiError(400, f"bad multipart body: {e.detail}",
+                               code="invalid_multipart") from None
             except Exception as e:  # noqa: BLE001 - the multipart parser's own errors
                 raise ApiError(400, f"bad multipart body: {e}", code="invalid_multipart") from None
             try:
@@ -760,8 +775,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait for a slot; more get 503 (default: 64)")
     p.add_argument("--mmap", action="store_true",
                    help="memory-map the model files instead of reading them (saves memory; a "
-                        "file truncated while served then kills the server with SIGBUS; default: off, "
-                        "the files are read)")
+                        "file truncated while served then kills the server with SIGBUS; "
+                        "default: off, the files are read)")
     d = Limits()
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
                    help=f"largest request body (default: {d.max_body_bytes})")

@@ -212,7 +212,8 @@ def mutate(rng: random.Random, tree):
     if op in ("duplicate", "swap", "insert") and isinstance(parent, list):
         i = key
         if op == "duplicate":
-            return _set(tree, parent_path, lambda v: v[:i + 1] + [v[i]] + v[i + 1:]), f"duplicate {where}"
+            dup = _set(tree, parent_path, lambda v: v[:i + 1] + [v[i]] + v[i + 1:])
+            return dup, f"duplicate {where}"
         if op == "insert":
             x = _random_value(rng)
             return _set(tree, parent_path, lambda v: v[:i] + [x] + v[i:]), f"insert before {where}"

@@ -200,7 +200,8 @@ def test_png_round_trip_and_fit(tmp_path):
     g = fit_image(rgb, 1, 28, 28)
     assert g.shape == (28, 28, 1) and g.dtype == np.uint8
     g3 = fit_image(g, 3, 28, 28)  # grey to three channels: repeated
-    assert g3.shape == (28, 28, 3) and all(np.array_equal(g3[:, :, c], g[:, :, 0]) for c in range(3))
+    assert g3.shape == (28, 28, 3)
+    assert all(np.array_equal(g3[:, :, c], g[:, :, 0]) for c in range(3))
     with pytest.raises(ValueError):
         read_png(b"\x89PNG\r\n\x1a\nbroken")
 

@@ -142,7 +142,8 @@ def exact_normalize(z, eps, act):
     n = z64.size
     mean = math.fsum(z64) / n
     var = math.fsum((z64 - mean) ** 2) / n
-    v = ((z64 - mean) / math.sqrt(var + float(np.float32(eps)))).astype(np.float32).astype(np.float64)
+    v = (z64 - mean) / math.sqrt(var + float(np.float32(eps)))
+    v = v.astype(np.float32).astype(np.float64)
     if act == "relu":
         return np.maximum(v, 0.0)
     if act == "gelu":

@@ -53,7 +53,8 @@ SAMPLE_META = {
               "preprocess": {"scale": 1 / 255, "mean": [0.5, 0.5], "std": [0.25, 0.25]}},
     "labels": ["a", "b", "\u732b"],
     "layers": [{"type": "conv2d", "in_channels": 2, "out_channels": 4, "kernel_size": 3,
-                "activation": "relu", "norm": "chw", "weight": "conv1.weight", "bias": "conv1.bias"},
+                "activation": "relu", "norm": "chw", "weight": "conv1.weight",
+                "bias": "conv1.bias"},
                {"type": "global_avg_pool"}],
     "training": {"command": "train --epochs 1", "metrics": {"val_acc": 0.5}},
 }
@@ -133,7 +134,8 @@ def spec_json(text: bytes):
             if depth + 1 > 64:
                 return False
             items = v.items() if isinstance(v, dict) else enumerate(v)
-            return all((not isinstance(k, str) or ok(k, depth)) and ok(x, depth + 1) for k, x in items)
+            return all((not isinstance(k, str) or ok(k, depth)) and ok(x, depth + 1)
+                       for k, x in items)
         if isinstance(v, str):
             if "\0" in v:
                 return False
@@ -191,7 +193,8 @@ def spec_valid(raw: bytes) -> bool:
             return False
         bits = e["dtype"] == "bits"
         rows, cols = (1, shape[0]) if bits and len(shape) == 1 else (shape[0], math.prod(shape[1:]))
-        if nb != (rows * -(-cols // 64) * 8 if bits else rows * cols * 4) or off % 64 or off + nb > dlen:
+        want_nb = rows * -(-cols // 64) * 8 if bits else rows * cols * 4
+        if nb != want_nb or off % 64 or off + nb > dlen:
             return False
         spans.append((off, nb, bits, rows, cols))
     end = 0
@@ -578,7 +581,8 @@ def test_every_bit_flip_in_the_json(raw_sample):
         bad(bytes(raw), "checksum mismatch")  # as stored
         fixed = fix_checksum(raw)  # now the parser and the validator have to catch it
         expect = spec_valid(fixed)
-        assert c_valid(fixed) == expect, (i // 8 - 48, chr(raw_sample[i // 8]), bytes(raw[48:48 + hl]))
+        assert c_valid(fixed) == expect, (i // 8 - 48, chr(raw_sample[i // 8]),
+                                          bytes(raw[48:48 + hl]))
         accepted += expect
     # only changes inside free text (names, labels, the training command) can survive
     assert accepted < hl * 8 * 0.4
@@ -614,7 +618,8 @@ def test_data_region_bit_flips(raw_sample):
             name, e = owner[rel]
             shape = e["shape"]
             cols = shape[0] if len(shape) == 1 else math.prod(shape[1:])
-            in_row = (rel - e["offset"]) % (-(-cols // 64) * 8) * 8 + bit  # bit index within the row
+            # the bit's index within its row
+            in_row = (rel - e["offset"]) % (-(-cols // 64) * 8) * 8 + bit
             if e["dtype"] == "bits" and in_row >= cols:
                 bad(raw, f"tensor '{name}': non-zero padding bits")
             else:
@@ -634,7 +639,8 @@ def entry(**kw):
 
 
 @pytest.mark.parametrize("e, match", [
-    (entry(nbytes=100), r"tensor 't': nbytes 100 does not match bits shape \[3, 5\] \(expected 24\)"),
+    (entry(nbytes=100),
+     r"tensor 't': nbytes 100 does not match bits shape \[3, 5\] \(expected 24\)"),
     (entry(nbytes=0), "expected 24"),
     (entry(nbytes=TWO64 - 1), "nbytes must be an integer"),
     (entry(nbytes=2**63), "nbytes must be an integer"),
@@ -718,7 +724,8 @@ def test_tiling():
                        "but 'b' starts at 128")
     bad(two(64, 89), "1 trailing bytes in the data region: the last tensor 'b' ends at 88")
     bad(two(64, 200), "trailing bytes")
-    bad(one_tensor(entry(offset=64), bytes(88)), "hole: the first tensor 't' starts at data offset 64")
+    bad(one_tensor(entry(offset=64), bytes(88)),
+        "hole: the first tensor 't' starts at data offset 64")
     # order in the header does not matter, offsets do
     e = {"b": dict(W, offset=64), "a": dict(W)}
     raw = file_with(e, bytes(88))
@@ -736,7 +743,8 @@ def test_gap_bytes_must_be_zero():
 def test_padding_bits_must_be_zero():
     data = bytearray(24)
     data[8 * 2] = 1 << 5  # row 2, bit 5: the shape has 5 columns
-    bad(one_tensor(entry(), bytes(data)), r"tensor 't': non-zero padding bits in row 2 \(bits 5..63")
+    bad(one_tensor(entry(), bytes(data)),
+        r"tensor 't': non-zero padding bits in row 2 \(bits 5..63")
     data[8 * 2] = 1 << 4  # bit 4 is data
     assert c_valid(one_tensor(entry(), bytes(data)))
     data = bytearray(16)
@@ -766,7 +774,8 @@ def test_many_tensors_find(tmp_path):
 @pytest.mark.parametrize("text, match", [
     (b'{"tensors": {}, "a": 1, "a": 2}', 'duplicate key "a"'),
     (b'{"tensors": {}, "tensors": {}}', 'duplicate key "tensors"'),
-    (b'{"tensors": {}, "m": {"x": 1, "y": 2, "x": 3}}', r'byte 38: duplicate key "x" \(first at byte 22\)'),
+    (b'{"tensors": {}, "m": {"x": 1, "y": 2, "x": 3}}',
+     r'byte 38: duplicate key "x" \(first at byte 22\)'),
     (b'{"tensors": {"t": {"dtype": "f32", "dtype": "f32"}}}', "duplicate key"),
     (b'{"tensors": {}, "\\u0061": 1, "a": 2}', 'duplicate key "a"'),  # equal after decoding
     (b'{"tensors": {}} x', "unexpected 'x' after the JSON value"),
@@ -816,7 +825,8 @@ def test_bad_json_header(text, match):
 
 
 def test_valid_json_oddities_are_accepted():
-    text = (b' \t\r\n{"tensors":{},"s":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\xe2\x82\xac\xf0\x9f\x98\x80",'
+    text = (b' \t\r\n{"tensors":{},"s":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00'
+            b'\xe2\x82\xac\xf0\x9f\x98\x80",'
             b'"n":[-0,0.5e-3,1E+2,-12.25e1,123456789012345678901234567890],"e":[],"o":{},'
             b'"k":[true,false,null]} ')
     f = BnbFile.from_bytes(pack_file(text))
@@ -840,13 +850,15 @@ def test_big_headers(tmp_path):
     assert BnbFile(tmp_path / "big.bnb").meta["labels"] == labels
     many = b'{"tensors": {}, "x": [' + b"0," * (1 << 22) + b"0]}"
     bad(pack_file(many), "more than 4194304 values")
-    wide = b'{"tensors": {}, ' + b",".join(b'"k%d": %d' % (i, i) for i in range(50_000)) + b', "k7": 0}'
+    keys = b",".join(b'"k%d": %d' % (i, i) for i in range(50_000))
+    wide = b'{"tensors": {}, ' + keys + b', "k7": 0}'
     bad(pack_file(wide), 'duplicate key "k7"')
 
 
 def test_c_json_parser_matches_json_loads():
     docs = ['{"a": [1, -2, 3.5, 1e-320, 2.5e+300, 0, -0.0], "b": {"c": null}}',
-            '"\\u00e9\\ud83d\\ude00"', "[]", "{}", "123", "-5e-1", "true", ' [ 1 , { "x" : [ ] } ] ',
+            '"\\u00e9\\ud83d\\ude00"', "[]", "{}", "123", "-5e-1", "true",
+            ' [ 1 , { "x" : [ ] } ] ',
             '"' + "x" * 100_000 + '"', "18446744073709551616", "1.7976931348623157e308"]
     for d in docs:
         assert _core._json_parse(d.encode()) == json.loads(d), d
@@ -854,14 +866,16 @@ def test_c_json_parser_matches_json_loads():
 
 @pytest.mark.parametrize("lit, lo, hi, expect", [
     ("0", 0, 10, 0), ("-0", 0, 10, 0), ("10", 0, 10, 10), ("11", 0, 10, None),
-    ("9007199254740993", 0, 2**62, 9007199254740993), ("9223372036854775807", 0, 2**63 - 1, 2**63 - 1),
+    ("9007199254740993", 0, 2**62, 9007199254740993),
+    ("9223372036854775807", 0, 2**63 - 1, 2**63 - 1),
     ("9223372036854775808", 0, 2**63 - 1, None), ("-9223372036854775808", -2**63, 0, -2**63),
     ("18446744073709551615", 0, 2**63 - 1, None), ("1e19", 0, 2**63 - 1, None),
     ("1.5", 0, 10, None), ("1.5e1", 0, 100, 15), ("150e-1", 0, 100, 15), ("1e-1", 0, 100, None),
     ("0.0", 0, 1, 0), ("0e99999999999", 0, 1, 0), ("1e30", 0, 2**63 - 1, None),
     ("100000000000000000000000000000e-28", 0, 1000, 10),
     ("1" + "0" * 70 + "e-70", 0, 10, 1), ("1" + "0" * 69 + "1e-70", 0, 10, None),
-    ("0.000000000000000000000000000000000000000000000000000000000000000000000000005e76", 0, 100, 50),
+    ("0.000000000000000000000000000000000000000000000000000000000000000000000000005e76",
+     0, 100, 50),
     ('"5"', 0, 10, None), ("true", 0, 10, None),
 ])
 def test_bjson_get_int(lit, lo, hi, expect):
@@ -871,8 +885,8 @@ def test_bjson_get_int(lit, lo, hi, expect):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10 ** 30), 10 ** 30)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text().filter(lambda s: "\0" not in s),
-    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8).filter(lambda s: "\0" not in s),
-                                                             kids, max_size=5),
+    lambda kids: st.lists(kids, max_size=5)
+    | st.dictionaries(st.text(max_size=8).filter(lambda s: "\0" not in s), kids, max_size=5),
     max_leaves=30)
 
 
@@ -884,7 +898,8 @@ def test_c_json_parser_round_trips(value, ascii_only):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=64) | st.text(alphabet='{}[]",:0123456789.eE+-\\utn \x00\xe9', max_size=40)
+@given(st.binary(max_size=64) | st.text(alphabet='{}[]",:0123456789.eE+-\\utn \x00\xe9',
+                                        max_size=40)
        .map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_c_json_parser_agrees_with_reference_on_junk(data):
     ref = spec_json(data)
@@ -938,9 +953,10 @@ def test_fuzz_header_mutations(raw_sample, data):
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(text)))
         kind = data.draw(st.sampled_from(["replace", "insert", "delete"]))
-        piece = data.draw(st.sampled_from([b"0", b"64", b"-", b".5", b"e9", b"[", b"]", b"{", b"}", b",",
-                                           b'"', b'"x": 1,', b"\\u", b"\xff", b"\x00", b"1e400",
-                                           b"18446744073709551616", b"  "]) | st.binary(max_size=3))
+        piece = data.draw(st.sampled_from([b"0", b"64", b"-", b".5", b"e9", b"[", b"]", b"{", b"}",
+                                           b",", b'"', b'"x": 1,', b"\\u", b"\xff", b"\x00",
+                                           b"1e400", b"18446744073709551616", b"  "])
+                          | st.binary(max_size=3))
         if kind == "replace":
             text[pos:pos + len(piece)] = piece
         elif kind == "insert":

@@ -117,7 +117,8 @@ def test_embedding_gradients_reach_the_latent_weights():
 
 
 def _norm(z, eps=1e-5):
-    return (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + eps)
+    var = z.var(-1, unbiased=False, keepdim=True)
+    return (z - z.mean(-1, keepdim=True)) / torch.sqrt(var + eps)
 
 
 def test_attention_matches_the_explicit_math():

@@ -38,7 +38,8 @@ def make_classifier(path, seed, C, H, W, convs, fcs, pool, final_act="softmax"):
                        "activation": final_act if i == len(fcs) - 1 else act,
                        "weight": f"f{i}.w", "bias": f"f{i}.b"})
         c = out
-    meta = {"model": {"kind": "classifier", "name": "ref"}, "eps": float(rng.choice([1e-5, 1e-3, 0.1])),
+    meta = {"model": {"kind": "classifier", "name": "ref"},
+            "eps": float(rng.choice([1e-5, 1e-3, 0.1])),
             "input": {"channels": C, "height": H, "width": W,
                       "preprocess": {"scale": 1 / 255, "mean": list(rng.random(C)),
                                      "std": list(0.2 + rng.random(C))}},
@@ -65,15 +66,17 @@ def test_classifier_bit_for_bit(tmp_path, case):
     rng = np.random.default_rng(100 + case)
     raw = rng.integers(0, 256, size=(3, H, W, C), dtype=np.uint8)
     floats = rng.standard_normal((2, H, W, C)).astype(np.float32) * 3
+    pre = header["input"]["preprocess"]
     want_raw = ref.classifier_forward(
-        header, tensors, np.stack([ref.preprocess(im, header["input"]["preprocess"]) for im in raw]))
+        header, tensors, np.stack([ref.preprocess(im, pre) for im in raw]))
     want_float = ref.classifier_forward(header, tensors, floats)
     for kernel in _kernels():
         for threads in (1, 2):
             with bitnn.load(path, threads=threads, kernel=kernel) as m:
                 np.testing.assert_array_equal(m.predict(raw, layout="NHWC"), want_raw,
                                               err_msg=f"{kernel}, {threads} threads")
-                np.testing.assert_array_equal(m.predict(floats, layout="NHWC", preprocessed=True), want_float,
+                got = m.predict(floats, layout="NHWC", preprocessed=True)
+                np.testing.assert_array_equal(got, want_float,
                                               err_msg=f"{kernel}, {threads} threads")
 
 
@@ -85,8 +88,9 @@ def test_bundled_classifier_bit_for_bit():
     header, tensors = ref.read_bnb(path.read_bytes())
     samples = sorted((path.parent / "samples").glob("*.png"))[:2]
     imgs = np.stack([np.asarray(read_image(str(p))).reshape(28, 28, 1) for p in samples])
+    pre = header["input"]["preprocess"]
     want = ref.classifier_forward(
-        header, tensors, np.stack([ref.preprocess(im, header["input"]["preprocess"]) for im in imgs]))
+        header, tensors, np.stack([ref.preprocess(im, pre) for im in imgs]))
     with bitnn.load(path) as m:
         np.testing.assert_array_equal(m.predict(imgs, layout="NHWC"), want)
 

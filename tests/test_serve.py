@@ -110,7 +110,8 @@ def test_streaming_matches_and_ends_with_done(client, server, lm):
                                             stream_options={"include_usage": True}))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == lm.generate("JULIET:", 25, temperature=1.0, top_p=1.0, top_k=0, seed=5)
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finals = [c.choices[0].finish_reason for c in chunks
+              if c.choices and c.choices[0].finish_reason]
     assert finals == ["length"]
     assert chunks[-1].usage.completion_tokens == 25
     with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=60, json={
@@ -468,7 +469,8 @@ def test_huge_declared_image_is_400_not_decoded(server):
     def chunk(t, body):
         return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0))
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
     r = post(server, "/v1/classify", data={"model": "fashion"},
              files=[("file", ("bomb.png", png, "image/png"))])

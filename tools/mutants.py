@@ -76,7 +76,8 @@ MUTANTS = [
       "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx2, bitnn_gemm_q8_avx512vnni},",
       [DISPATCH], "the AVX-512 table entry points at the AVX2 function"),
     m("dispatch-prefers-avx2", "csrc/cpu.c",
-      "{BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON}", "{BITNN_ISA_AVX2, BITNN_ISA_AVX512, BITNN_ISA_NEON}",
+      "{BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON}",
+      "{BITNN_ISA_AVX2, BITNN_ISA_AVX512, BITNN_ISA_NEON}",
       [CORE, DISPATCH], "the default kernel is AVX2 even where AVX-512 runs"),
     m("dispatch-env-ignored", "csrc/cpu.c",
       'if (env && *env && strcmp(env, "auto") != 0) {', "if (0) {",
@@ -153,7 +154,8 @@ MUTANTS = [
     # ------------------------------------------------ int8 mode
     m("int8-round-half-up", "csrc/ops.c",
       "float v = (x[k] * inv + magic) - magic;", "float v = floorf(x[k] * inv + 0.5f);",
-      [INT8, "tests/test_quantize_ties.py"], "int8 quantization rounds half up instead of half to even"),
+      [INT8, "tests/test_quantize_ties.py"],
+      "int8 quantization rounds half up instead of half to even"),
     m("int8-epilogue-order", "csrc/kernel_common.h",
       "return (float)s * scale + bitnn_bias_value(bias, n);",
       "return ((float)s + bitnn_bias_value(bias, n) / scale) * scale;",
@@ -180,7 +182,8 @@ MUTANTS = [
       "if (dx1 < f) memset(row + dx1 * C * es, 0, (f - dx1) * C * es);", "(void)dx1;",
       [CLS], "taps right of the image keep stale values instead of 0"),
     m("conv-norm-per-position-ignored", "csrc/model.c",
-      'L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;', "L[i].norm_per_position = 0;",
+      'L[i].norm_per_position = norm && strcmp(norm->str, "c") == 0;',
+      "L[i].norm_per_position = 0;",
       [CLS], "norm=\"c\" convolutions normalize over the whole map"),
     # ------------------------------------------------ loader checks
     m("loader-classifier-eps-ignored", "csrc/model.c",
@@ -213,7 +216,8 @@ MUTANTS = [
       "pe[d] = bit_at(pr, d) + bit_at(m->pos_b, d);", "pe[d] = bit_at(pr, d);",
       [LM], "the position embedding ignores its bias bits"),
     m("attention-scale", "csrc/lm.c",
-      "const double scale = 1.0 / sqrt((double)hd);", "const double scale = 1.0 / sqrt((double)hd + 1);",
+      "const double scale = 1.0 / sqrt((double)hd);",
+      "const double scale = 1.0 / sqrt((double)hd + 1);",
       [LM], "attention scores scaled by 1/sqrt(hd + 1)"),
     m("attention-misses-current-position", "csrc/lm.c",
       "weighted_sum(sc, p + 1, j->v + h * hd, D, hd, j->out + r * D + h * hd);",
@@ -306,7 +310,8 @@ MUTANTS = [
       [GEN], "bitnn-run ignores --top-k"),
     # ------------------------------------------------ image I/O
     m("grey-weights-swapped", "bitnn/imageio.py",
-      "np.array([0.299, 0.587, 0.114], dtype=np.float32)", "np.array([0.114, 0.587, 0.299], dtype=np.float32)",
+      "np.array([0.299, 0.587, 0.114], dtype=np.float32)",
+      "np.array([0.114, 0.587, 0.299], dtype=np.float32)",
       [RULES, CLS], "RGB to grey with the red and blue weights swapped"),
     m("png-paeth-tie", "bitnn/imageio.py",
       "pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)",
@@ -387,7 +392,8 @@ def run(mutants, tests_for, timeout, build_timeout, log) -> list[dict]:
             rec = {"id": mu.id, "file": mu.file, "what": mu.what, "tests": list(tests_for(mu))}
             if count != 1:
                 rec.update(status="not applicable",
-                           detail="snippet not found" if count == 0 else f"snippet occurs {count} times")
+                           detail=("snippet not found" if count == 0
+                                   else f"snippet occurs {count} times"))
             else:
                 path.write_text(original.replace(mu.old, mu.new))
                 try:
@@ -416,7 +422,8 @@ def markdown(results) -> str:
     applicable = [r for r in results if r["status"] != "not applicable"]
     killed = sum(r["status"] == "killed" for r in applicable)
     lines = [f"{killed} of {len(applicable)} applicable mutants killed "
-             f"({100.0 * killed / max(1, len(applicable)):.1f}%); {n - len(applicable)} not applicable.",
+             f"({100.0 * killed / max(1, len(applicable)):.1f}%); "
+             f"{n - len(applicable)} not applicable.",
              "", "| mutant | file | bug | result | caught by |", "|---|---|---|---|---|"]
     for r in results:
         by = r.get("detail", "")

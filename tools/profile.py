@@ -290,8 +290,9 @@ def main(argv=None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     use_perf = not args.no_perf and perf_usable()
     print(f"CPU: {cpu_identity()['summary']}")
+    profiler = "perf record (share of samples)" if use_perf else "runtime timings (no perf)"
     print(f"bitnn {bitnn.__version__}, kernel {_core.default_kernel()}, threads {args.threads}, "
-          f"profiler: {'perf record (share of samples)' if use_perf else 'runtime timings (no perf)'}")
+          f"profiler: {profiler}")
     whats = ["classifier", "lm"] if args.what == "all" else [args.what]
     for what in whats:
         if what == "classifier":
