@@ -19,8 +19,8 @@ except ImportError as _e:
         + ("" if "partially initialized" in str(_e) else f" ({_e})")) from None
 from bitnn.ops import PackedWeights, linear, pack_bits, unpack_bits
 
-__all__ = ["__version__", "FormatError", "KernelError", "linear", "PackedWeights", "pack_bits", "unpack_bits",
-           "system_info", "load", "export"]
+__all__ = ["__version__", "FormatError", "KernelError", "linear", "PackedWeights", "pack_bits",
+           "unpack_bits", "system_info", "load", "export"]
 
 
 def system_info() -> dict:
