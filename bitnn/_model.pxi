@@ -30,8 +30,14 @@ cdef extern from "model.h" nogil:
     bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, char *err,
                                         size_t errlen)
     void bitnn_classifier_free(bitnn_classifier *m)
-    bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x, size_t N,
-                                          float *probs, int isa, bitnn_pool *pool)
+    ctypedef struct bitnn_classifier_state:
+        pass
+    bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m,
+                                            bitnn_classifier_state **out)
+    void bitnn_classifier_state_free(bitnn_classifier_state *s)
+    bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *s,
+                                          const float *x, size_t N, float *probs, int isa,
+                                          bitnn_pool *pool)
 
 
 _ACT_NAMES = {BITNN_ACT_LINEAR: "linear", BITNN_ACT_RELU: "relu", BITNN_ACT_GELU: "gelu",
@@ -54,6 +60,8 @@ def model_kind(BnbFile file):
 cdef class Classifier:
     """The image classifier graph of an open BnbFile (which it keeps alive)."""
     cdef bitnn_classifier *model
+    cdef bitnn_classifier_state *state  # the buffers of one call at a time (state_lock)
+    cdef object state_lock
     cdef _BnbHandle handle   # keeps the mapping alive while a forward pass runs
     cdef readonly object file
     cdef readonly tuple input_shape   # (H, W, C)
@@ -63,6 +71,7 @@ cdef class Classifier:
     cdef readonly dict preprocess     # scale, mean, std as float32 values
 
     def __cinit__(self, BnbFile file):
+        self.state_lock = threading.Lock()
         cdef char err[512]
         err[0] = 0
         if file.ptr == NULL:
@@ -117,6 +126,9 @@ cdef class Classifier:
         self.model.precision = _precision(value)
 
     def __dealloc__(self):
+        if self.state != NULL:
+            bitnn_classifier_state_free(self.state)
+            self.state = NULL
         if self.model != NULL:
             bitnn_classifier_free(self.model)
             self.model = NULL
@@ -140,8 +152,21 @@ cdef class Classifier:
         cdef const float[:, :, :, ::1] xv = arr
         cdef float[:, ::1] ov = out
         cdef bitnn_status s
-        with nogil:
-            s = bitnn_classifier_forward(self.model, &xv[0, 0, 0, 0], N, &ov[0, 0], isa, pool.pool)
+        cdef bitnn_classifier_state *st = NULL
+        # The model's state serves one call at a time; a concurrent call gets
+        # buffers of its own (st NULL) instead of waiting.
+        cdef bint mine = self.state_lock.acquire(False)
+        try:
+            if mine:
+                if self.state == NULL:
+                    _check(bitnn_classifier_state_new(self.model, &self.state))
+                st = self.state
+            with nogil:
+                s = bitnn_classifier_forward(self.model, st, &xv[0, 0, 0, 0], N, &ov[0, 0], isa,
+                                             pool.pool)
+        finally:
+            if mine:
+                self.state_lock.release()
         _check(s)
         return out
 

@@ -24,12 +24,15 @@ typedef struct {
     float scale;
     size_t H, W, C, f, K, ld, tile; /* ld: elements per im2col row */
     const bitnn_weights *w;
-    size_t Cout, kc, ldt; /* fp32: the tables of a tile's rows, ldt floats each */
+    size_t Cout, kc;
     const uint64_t *bias;
     float *z;
-    bitnn_gemm_f32_fn gemm;
-    bitnn_gemm_q8_fn gemm_q8;
-    int failed; /* set when a scratch allocation fails */
+    const bitnn_kernel_set *ks;
+    int tables;       /* table kernels (fp32, or int8 with gemm_q8t); else direct int8 */
+    const void *map;  /* tables of every input pixel (C % 32 == 0), chunk of 32 channels */
+    const void *zero; /* the tables of 32 zero inputs: taps outside the image */
+    size_t cb;        /* bytes per chunk of tables: 512 (fp32) or 256 (int8) */
+    int failed;       /* set when a scratch allocation fails */
 } conv_job;
 
 /* im2col rows for positions [p0, p1) into buf (rows of ld elements of `es`
@@ -61,35 +64,96 @@ static void im2col(const conv_job *j, const void *src, size_t es, size_t p0, siz
     }
 }
 
+/* Chunk pointers of positions [p0, p1) into the table map: tap (dy, dx)
+ * of position (i, jj) reads pixel (i + dy - pad, jj + dx - pad), or the zero
+ * tables outside the image; its C / 32 chunks follow each other. */
+static void map_pointers(const conv_job *j, size_t p0, size_t p1, const void **tp)
+{
+    const size_t f = j->f, pad = f / 2, cpp = j->C / 32;
+    const unsigned char *map = j->map;
+    for (size_t p = p0; p < p1; p++) {
+        const size_t i = p / j->W, jj = p % j->W;
+        for (size_t dy = 0; dy < f; dy++)
+            for (size_t dx = 0; dx < f; dx++) {
+                const size_t y = i + dy, x = jj + dx; /* pixel (y - pad, x - pad) */
+                const int in = y >= pad && y - pad < j->H && x >= pad && x - pad < j->W;
+                const unsigned char *px = in ? map + ((y - pad) * j->W + (x - pad)) * cpp * j->cb : NULL;
+                for (size_t c = 0; c < cpp; c++) *tp++ = in ? px + c * j->cb : j->zero;
+            }
+    }
+}
+
+/* The table kernels on positions [p0, p1): chunk pointers into the map, or
+ * im2col rows turned into tables in buf (a tile's worth). */
+static void tile_tables(conv_job *j, size_t p0, size_t p1, void *rows, void *buf, const void **tp)
+{
+    const size_t n = p1 - p0;
+    if (j->map) {
+        map_pointers(j, p0, p1, tp);
+    } else if (j->qx) {
+        im2col(j, j->qx, 1, p0, p1, rows);
+        for (size_t p = 0; p < n; p++) {
+            unsigned char *t = (unsigned char *)buf + p * j->kc * 256;
+            j->ks->tables_q8((const int8_t *)rows + p * j->ld, j->K, t);
+            for (size_t c = 0; c < j->kc; c++) tp[p * j->kc + c] = t + 256 * c;
+        }
+    } else {
+        im2col(j, j->x, sizeof(float), p0, p1, rows);
+        for (size_t p = 0; p < n; p++) {
+            float *t = (float *)buf + p * j->kc * 128;
+            bitnn_build_tables((const float *)rows + p * j->ld, j->K, t);
+            for (size_t c = 0; c < j->kc; c++) tp[p * j->kc + c] = t + 128 * c;
+        }
+    }
+}
+
 static void conv_tiles(void *ctx, size_t t0, size_t t1)
 {
     conv_job *j = ctx;
     const size_t P = j->H * j->W, wpr = bitnn_words_per_row(j->K);
     const size_t es = j->qx ? 1 : sizeof(float);
-    void *buf = malloc(j->tile * j->ld * es), *tab = NULL;
+    void *rows = j->map ? NULL : malloc(j->tile * j->ld * es), *buf = NULL;
     float *scale = j->qx ? malloc(j->tile * sizeof(float)) : NULL;
-    if (!j->qx && posix_memalign(&tab, 64, j->tile * j->ldt * sizeof(float)) != 0) tab = NULL;
-    if (!buf || (j->qx ? !scale : !tab)) {
+    const void **tp = j->tables ? malloc(j->tile * j->kc * sizeof *tp) : NULL;
+    if (j->tables && !j->map && posix_memalign(&buf, 64, j->tile * j->kc * j->cb) != 0) buf = NULL;
+    if ((!j->map && !rows) || (j->qx && !scale) || (j->tables && (!tp || (!j->map && !buf)))) {
         j->failed = 1; /* benign race: every writer stores 1 */
-        free(buf), free(scale), free(tab);
+        free(rows), free(scale), free(tp), free(buf);
         return;
     }
     for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
     for (size_t t = t0; t < t1; t++) {
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
-        if (j->qx) {
-            im2col(j, j->qx, 1, p0, p1, buf);
-            j->gemm_q8(buf, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale, j->bias,
-                       j->z + p0 * j->Cout, j->Cout);
-        } else {
-            im2col(j, j->x, sizeof(float), p0, p1, buf);
-            for (size_t p = 0; p < p1 - p0; p++)
-                bitnn_build_tables((const float *)buf + p * j->ld, j->K, (float *)tab + p * j->ldt);
-            j->gemm(tab, j->ldt, p1 - p0, j->kc, j->w->tiles, 0, j->Cout, j->bias,
-                    j->z + p0 * j->Cout, j->Cout);
+        float *z = j->z + p0 * j->Cout;
+        if (!j->tables) { /* int8 without table kernels: im2col + the direct kernel */
+            im2col(j, j->qx, 1, p0, p1, rows);
+            j->ks->gemm_q8(rows, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale, j->bias,
+                           z, j->Cout);
+            continue;
         }
+        tile_tables(j, p0, p1, rows, buf, tp);
+        if (j->qx)
+            j->ks->gemm_q8t((const uint8_t *const *)tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+                            scale, j->bias, z, j->Cout);
+        else
+            j->ks->gemm_f32((const float *const *)tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+                            j->bias, z, j->Cout);
     }
-    free(buf), free(scale), free(tab);
+    free(rows), free(scale), free(tp), free(buf);
+}
+
+/* The table map: pixels [r0, r1) of the input, C / 32 chunks each. */
+static void map_rows(void *ctx, size_t r0, size_t r1)
+{
+    conv_job *j = ctx;
+    unsigned char *map = (unsigned char *)j->map;
+    for (size_t p = r0 * j->W; p < r1 * j->W; p++) {
+        unsigned char *t = map + p * (j->C / 32) * j->cb;
+        if (j->qx)
+            j->ks->tables_q8(j->qx + p * j->C, j->C, t);
+        else
+            bitnn_build_tables(j->x + p * j->C, j->C, (float *)t);
+    }
 }
 
 /* Quantizing an input map: the maxima of fixed chunks (max is exact, so the
@@ -119,7 +183,7 @@ static void quantize_chunks(void *ctx, size_t c0, size_t c1)
 
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
-                              bitnn_precision prec, int isa, bitnn_pool *pool)
+                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_buf *ws)
 {
     if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
         f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
@@ -128,8 +192,10 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
     const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
     const size_t Cout = w->N, kc = bitnn_tile_chunks(f * f * C);
-    conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, kc, 128 * kc, bias,
-                  z, ks->gemm_f32, ks->gemm_q8, 0};
+    conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, kc, bias, z, ks};
+    j.tables = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
+    j.cb = prec == BITNN_PRECISION_FP32 ? 128 * sizeof(float) : 256;
+    if (j.tables && !w->tiles) return BITNN_EINVAL;
     int8_t *qx = NULL;
     if (prec == BITNN_PRECISION_INT8) {
         /* One scale for the whole input map: quantize it once, then gather
@@ -149,9 +215,27 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
         free(q.part);
         j.qx = qx, j.scale = q.amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
     }
+    /* With whole chunks of 32 channels per pixel, the tables are made once per
+     * input pixel and every tap of every position points at them. */
+    bitnn_buf own = {NULL, 0}, *mb = ws ? ws : &own;
+    const int8_t zero_q[32] = {0};
+    const float zero_x[32] = {0};
+    unsigned char zero_t[512] __attribute__((aligned(64)));
+    if (j.tables && C % 32 == 0) {
+        if (bitnn_buf_reserve(mb, H * W * (C / 32) * j.cb) != BITNN_OK) {
+            free(qx);
+            return BITNN_ENOMEM;
+        }
+        if (qx)
+            ks->tables_q8(zero_q, 32, zero_t);
+        else
+            bitnn_build_tables(zero_x, 32, (float *)zero_t);
+        j.map = mb->p, j.zero = zero_t;
+        bitnn_parallel_for(pool, H, 1, map_rows, &j);
+    }
     const size_t P = H * W;
-    /* fp32: a row's tables (16 floats per 4 inputs) are what a tile holds */
-    size_t tile = TILE_BYTES / (qx ? j.ld : j.ldt * sizeof(float));
+    /* a row's im2col copy, or its tables (16 entries per 4 inputs) */
+    size_t tile = TILE_BYTES / (!j.tables ? j.ld : j.map ? 8 * kc : j.kc * j.cb);
     if (tile < 16) tile = 16;
     /* Enough tiles for every thread to get some work on small images. */
     const size_t threads = (size_t)bitnn_pool_size(pool);
@@ -163,6 +247,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     j.tile = tile;
     bitnn_parallel_for(pool, (P + tile - 1) / tile, 1, conv_tiles, &j);
     free(qx);
+    bitnn_buf_free(&own);
     return j.failed ? BITNN_ENOMEM : BITNN_OK;
 }
 

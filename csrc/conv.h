@@ -3,16 +3,18 @@
 #define BITNN_CONV_H
 
 #include "bitnn.h"
+#include "kernels.h"
 
 /* z (H*W, Cout) = raw binary 'same' convolution of x (H, W, C), stride 1, odd
  * f, weights w of Cout = w->N rows [Cout][f*f*C] ordered (dy, dx, c) (packed
  * with bitnn_weights_pack for the fp32 mode), plus bias bits
  * (may be NULL). No Normalize. With BITNN_PRECISION_INT8 the input map is
  * quantized with one scale for the image (amax / 127) and the sums are exact
- * integers (docs/packing.md). */
+ * integers (docs/packing.md). ws holds the input's tables between calls (may
+ * be NULL: a buffer for this call). */
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
-                              bitnn_precision prec, int isa, bitnn_pool *pool);
+                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_buf *ws);
 
 /* k x k max-pool with stride k, floor: y is (H/k, W/k, C). Output rows are
  * shared out over the pool (may be NULL). */

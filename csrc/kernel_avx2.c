@@ -16,20 +16,19 @@
  * group of 4 inputs, the 16-entry table is two 8-entry halves; vpermps reads
  * both with the low 3 bits of each row's index and bit 3 (moved to the sign)
  * chooses between them, then one add: the chain of docs/packing.md. */
-ALWAYS_INLINE void tblock(const float *tab, size_t ldt, size_t kc, const uint32_t *tile,
+ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *tile,
                           const int MB, __m256 acc[4][2])
 {
     for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (size_t c = 0; c < kc; c++) {
         const __m256i v[2] = {_mm256_loadu_si256((const __m256i *)(tile + 16 * c)),
                               _mm256_loadu_si256((const __m256i *)(tile + 16 * c + 8))};
-        const float *t = tab + 128 * c;
         for (int g = 0; g < 8; g++)
             for (int h = 0; h < 2; h++) {
                 const __m256i ix = _mm256_srli_epi32(v[h], 4 * g);
                 const __m256 hi_sel = _mm256_castsi256_ps(_mm256_slli_epi32(ix, 28));
                 for (int i = 0; i < MB; i++) {
-                    const float *tg = t + i * ldt + 16 * g;
+                    const float *tg = tp[i * kc + c] + 16 * g;
                     const __m256 e = _mm256_blendv_ps(
                         _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg), ix),
                         _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg + 8), ix), hi_sel);
@@ -39,12 +38,12 @@ ALWAYS_INLINE void tblock(const float *tab, size_t ldt, size_t kc, const uint32_
     }
 }
 
-ALWAYS_INLINE void run_block(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *tiles,
                              size_t blk, const int MB, size_t n0, size_t n1, const uint64_t *bias,
                              float *z, size_t ldz)
 {
     __m256 acc[4][2];
-    tblock(tab, ldt, kc, tiles + blk * kc * 16, MB, acc);
+    tblock(tp, kc, tiles + blk * kc * 16, MB, acc);
     const uint32_t bb = bias_bits_block(bias, blk, n1), in = rows_in_block(blk, n0, n1);
     for (int i = 0; i < MB; i++) {
         float v[16];
@@ -55,7 +54,7 @@ ALWAYS_INLINE void run_block(const float *tab, size_t ldt, size_t kc, const uint
     }
 }
 
-void bitnn_gemm_f32_avx2(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_avx2(const float *const *tp, size_t M, size_t kc,
                          const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                          float *z, size_t ldz)
 {
@@ -69,10 +68,10 @@ void bitnn_gemm_f32_avx2(const float *tab, size_t ldt, size_t M, size_t kc,
         size_t m = 0;
         for (; m + 4 <= M; m += 4)
             for (size_t b = s0; b < s1; b++)
-                run_block(tab + m * ldt, ldt, kc, tiles, b, 4, n0, n1, bias, z + m * ldz, ldz);
+                run_block(tp + m * kc, kc, tiles, b, 4, n0, n1, bias, z + m * ldz, ldz);
         for (; m < M; m++)
             for (size_t b = s0; b < s1; b++)
-                run_block(tab + m * ldt, ldt, kc, tiles, b, 1, n0, n1, bias, z + m * ldz, ldz);
+                run_block(tp + m * kc, kc, tiles, b, 1, n0, n1, bias, z + m * ldz, ldz);
     }
 }
 

@@ -16,11 +16,11 @@
 #include "kernel_common.h"
 
 
-/* MB input rows (tables tab, ldt apart) x RB blocks of 16 output rows from
+/* MB input rows (row i's chunk c at tp[i * kc + c]) x RB blocks of 16 output rows from
  * block b0: acc[i][r] lane l = row 16 (b0 + r) + l. The 4-bit indices of 8
  * groups sit in one 32-bit lane; a shift brings group g down and vpermps
  * reads the 16 rows' entries of group g's table (a memory operand) at once. */
-ALWAYS_INLINE void tblock(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *tiles,
                           size_t b0, const int RB, const int MB, __m512 acc[4][4])
 {
     const uint32_t *tb[4];
@@ -30,13 +30,14 @@ ALWAYS_INLINE void tblock(const float *tab, size_t ldt, size_t kc, const uint32_
     for (size_t c = 0; c < kc; c++) {
         __m512i idx[4];
         for (int r = 0; r < RB; r++) idx[r] = _mm512_loadu_si512(tb[r] + 16 * c);
-        const float *t = tab + 128 * c;
+        const float *t[4];
+        for (int i = 0; i < MB; i++) t[i] = tp[i * kc + c];
 #define BITNN_GROUP(g)                                                                      \
         for (int r = 0; r < RB; r++) {                                                      \
             const __m512i ix = (g) ? _mm512_srli_epi32(idx[r], 4 * (g)) : idx[r];            \
             for (int i = 0; i < MB; i++)                                                    \
                 acc[i][r] = _mm512_add_ps(acc[i][r],                                        \
-                                          _mm512_permutexvar_ps(ix, _mm512_loadu_ps(t + i * ldt + 16 * (g)))); \
+                                          _mm512_permutexvar_ps(ix, _mm512_loadu_ps(t[i] + 16 * (g)))); \
         }
         BITNN_GROUP(0) BITNN_GROUP(1) BITNN_GROUP(2) BITNN_GROUP(3)
         BITNN_GROUP(4) BITNN_GROUP(5) BITNN_GROUP(6) BITNN_GROUP(7)
@@ -54,27 +55,31 @@ ALWAYS_INLINE void tstore(__m512 acc, size_t blk, size_t n0, size_t n1, const ui
     _mm512_mask_storeu_ps(z + 16 * blk, _cvtu32_mask16(rows_in_block(blk, n0, n1)), v);
 }
 
-ALWAYS_INLINE void run_blocks(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_blocks(const float *const *tp, size_t kc, const uint32_t *tiles,
                               size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const uint64_t *bias, float *z, size_t ldz)
 {
     __m512 acc[4][4];
-    tblock(tab, ldt, kc, tiles, b0, RB, MB, acc);
+    tblock(tp, kc, tiles, b0, RB, MB, acc);
     for (int i = 0; i < MB; i++)
         for (int r = 0; r < RB; r++) tstore(acc[i][r], b0 + r, n0, n1, bias, z + i * ldz);
 }
 
 /* The blocks [b0, b1) for MB input rows: RB blocks at a time, then the rest. */
-ALWAYS_INLINE void run_rows(const float *tab, size_t ldt, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_rows(const float *const *tp, size_t kc, const uint32_t *tiles,
                             size_t b0, size_t b1, const int RB, const int MB, size_t n0,
                             size_t n1, const uint64_t *bias, float *z, size_t ldz)
 {
     size_t b = b0;
-    for (; b + RB <= b1; b += RB) run_blocks(tab, ldt, kc, tiles, b, RB, MB, n0, n1, bias, z, ldz);
-    for (; b < b1; b++) run_blocks(tab, ldt, kc, tiles, b, 1, MB, n0, n1, bias, z, ldz);
+    for (; b + RB <= b1; b += RB) run_blocks(tp, kc, tiles, b, RB, MB, n0, n1, bias, z, ldz);
+    if (RB == 4 && b + 2 <= b1) {
+        run_blocks(tp, kc, tiles, b, 2, MB, n0, n1, bias, z, ldz);
+        b += 2;
+    }
+    for (; b < b1; b++) run_blocks(tp, kc, tiles, b, 1, MB, n0, n1, bias, z, ldz);
 }
 
-void bitnn_gemm_f32_avx512(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_avx512(const float *const *tp, size_t M, size_t kc,
                            const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                            float *z, size_t ldz)
 {
@@ -89,9 +94,9 @@ void bitnn_gemm_f32_avx512(const float *tab, size_t ldt, size_t M, size_t kc,
         const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
         size_t m = 0;
         for (; m + 4 <= M; m += 4)
-            run_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 4, 4, n0, n1, bias, z + m * ldz, ldz);
+            run_rows(tp + m * kc, kc, tiles, s0, s1, 4, 4, n0, n1, bias, z + m * ldz, ldz);
         for (; m < M; m++)
-            run_rows(tab + m * ldt, ldt, kc, tiles, s0, s1, 4, 1, n0, n1, bias, z + m * ldz, ldz);
+            run_rows(tp + m * kc, kc, tiles, s0, s1, 4, 1, n0, n1, bias, z + m * ldz, ldz);
     }
 }
 #endif

@@ -16,9 +16,12 @@
  * (docs/packing.md, "Summation order"):
  *
  * - tables: for each input row, group g (inputs 4g .. 4g+3, +0.0 past K) has a
- *   table of 16 subset sums, tab[16 g + s] = (((0 + x0.s0) + x1.s1) + x2.s2) + x3.s3
+ *   table of 16 subset sums, t[s] = (((0 + x0.s0) + x1.s1) + x2.s2) + x3.s3
  *   where x_b.s_b is x[4g+b] if bit b of s is set and +0.0 if not
- *   (bitnn_build_tables). A row has 8 * kc groups; ldt >= 128 * kc floats.
+ *   (bitnn_build_tables). A row has 8 * kc groups in kc chunks of 8 tables
+ *   (128 floats); the kernels find chunk c of row m at tp[m * kc + c], so a
+ *   convolution can point every tap of every position at one table map of
+ *   its input (conv.c) instead of copying it per position.
  * - tiles: the weight bits regrouped in blocks of 16 output rows:
  *   tiles[(b * kc + c) * 16 + r] is the 32-bit word c (inputs 32c .. 32c+31,
  *   bit i = input 32c+i) of row 16b + r; rows past N are zero
@@ -29,7 +32,7 @@
  *   z[m*ldz + n] = (...((0 + tab_m[0][s_0]) + tab_m[1][s_1]) + ... + tab_m[G-1][s_G-1]) + bias_bit(n)
  * for m < M, with s_g the index of group g of row n, G = 8 kc, added in
  * increasing g: one chain per (m, n). Every kernel follows this order exactly. */
-typedef void (*bitnn_gemm_f32_fn)(const float *tab, size_t ldt, size_t M, size_t kc,
+typedef void (*bitnn_gemm_f32_fn)(const float *const *tp, size_t M, size_t kc,
                                   const uint32_t *tiles, size_t n0, size_t n1,
                                   const uint64_t *bias, float *z, size_t ldz);
 
@@ -56,13 +59,13 @@ typedef void (*bitnn_gemm_q8_fn)(const int8_t *q, size_t ldq, size_t M, size_t K
                                  const float *scale, const uint64_t *bias, float *z, size_t ldz);
 
 /* Integer binary GEMM on the tiles (kernels.h above) with int8 tables: for
- * each input row and 32-input chunk c, 256 bytes at tab + m*ldt + 256c: four
+ * each input row m and 32-input chunk c, 256 bytes at tp[m * kc + c]: four
  * 64-byte tables, [A lo][A hi][B lo][B hi]; section j (16 bytes) of A holds
  * group 8c + 2j, of B group 8c + 2j + 1, entry s being e = 512 + the sum of
  * the group's q values that s selects, split e = lo + 256 hi
  * (bitnn_build_tables_q8). Same result as bitnn_gemm_q8_fn (exact sums, the
  * bitnn_q8_out epilogue): where a kernel set has one, linear layers use it. */
-typedef void (*bitnn_gemm_q8t_fn)(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
+typedef void (*bitnn_gemm_q8t_fn)(const uint8_t *const *tp, size_t M, size_t kc,
                                   const uint32_t *tiles, size_t n0, size_t n1,
                                   const float *scale, const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t *tab);
@@ -100,6 +103,15 @@ float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq);
 void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq);
 float bitnn_absmax(const float *x, size_t n);
 
+/* A buffer kept between calls (a graph's state owns its buffers): grown to
+ * at least `bytes` (64-byte aligned, contents not kept) or ENOMEM. */
+typedef struct {
+    void *p;
+    size_t size;
+} bitnn_buf;
+bitnn_status bitnn_buf_reserve(bitnn_buf *b, size_t bytes);
+void bitnn_buf_free(bitnn_buf *b);
+
 /* Shared code that is not a table kernel (Normalize, quantization, pooling)
  * gets one clone per x86 vector width, chosen by the loader (ifunc) from the
  * CPU. Its arithmetic is elementwise IEEE operations in a fixed order (no
@@ -117,13 +129,13 @@ static inline float bitnn_bias_value(const uint64_t *bias, size_t n)
     return bias ? (float)((bias[n >> 6] >> (n & 63)) & 1u) : 0.0f;
 }
 
-void bitnn_gemm_f32_ref(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_ref(const float *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx2(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_avx2(const float *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx512(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_avx512(const float *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_neon(const float *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_f32_neon(const float *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
 
 void bitnn_gemm_q8_ref(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
@@ -138,7 +150,7 @@ void bitnn_gemm_q8_avx512vnni(const int8_t *q, size_t ldq, size_t M, size_t K,
 void bitnn_gemm_q8_avx512gfni(const int8_t *q, size_t ldq, size_t M, size_t K,
                               const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_q8t_avx512vbmi(const uint8_t *tab, size_t ldt, size_t M, size_t kc,
+void bitnn_gemm_q8t_avx512vbmi(const uint8_t *const *tp, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab);

@@ -5,7 +5,6 @@
  */
 #include <math.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,12 +148,6 @@ static int parse_act(const bjson *v, bitnn_act *out)
  * pass takes them if no other call holds them (a try-lock), so back-to-back
  * predictions reuse warm memory instead of faulting in fresh pages; a
  * concurrent call allocates its own. */
-struct bitnn_scratch {
-    atomic_flag busy;
-    float *a, *b;
-    double *acc;
-};
-
 bitnn_status bitnn_model_bits(const bnb_file *f, const char *name, int ndim,
                               const uint64_t *shape, const uint64_t **out, const char *what,
                               char *err, size_t errlen)
@@ -420,10 +413,6 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
     }
     for (size_t i = 0; i < layers->count && s == BITNN_OK; i++)
         if (L[i].w.bits) s = bitnn_weights_pack(&L[i].w);
-    if (s == BITNN_OK) {
-        m->scratch = calloc(1, sizeof *m->scratch);
-        if (!m->scratch) s = BITNN_ENOMEM;
-    }
     const bjson *cal = bjson_get(meta, "calibration");
     if (s == BITNN_OK && cal) {
         const bjson *temp = bjson_get(cal, "temperature");
@@ -437,7 +426,6 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
         bitnn_classifier_free(m);
         return s;
     }
-    atomic_flag_clear(&m->scratch->busy);
     *out = m;
     return BITNN_OK;
 }
@@ -445,8 +433,6 @@ bitnn_status bitnn_classifier_build(const bnb_file *f, bitnn_classifier **out, c
 void bitnn_classifier_free(bitnn_classifier *m)
 {
     if (!m) return;
-    if (m->scratch) free(m->scratch->a), free(m->scratch->b), free(m->scratch->acc);
-    free(m->scratch);
     for (size_t i = 0; m->layers && i < m->n_layers; i++) bitnn_weights_release(&m->layers[i].w);
     free(m->layers);
     free(m->pre_mean);
@@ -454,35 +440,54 @@ void bitnn_classifier_free(bitnn_classifier *m)
     free(m);
 }
 
-bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x, size_t N,
-                                      float *probs, int isa, bitnn_pool *pool)
+bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classifier_state **out)
+{
+    if (!m || !out) return BITNN_EINVAL;
+    bitnn_classifier_state *st = calloc(1, sizeof *st);
+    if (st) {
+        st->a = malloc(m->max_act * sizeof(float));
+        st->b = malloc(m->max_act * sizeof(float));
+        st->acc = malloc((m->max_channels ? m->max_channels : 1) * sizeof(double));
+    }
+    if (!st || !st->a || !st->b || !st->acc) {
+        bitnn_classifier_state_free(st);
+        return BITNN_ENOMEM;
+    }
+    *out = st;
+    return BITNN_OK;
+}
+
+void bitnn_classifier_state_free(bitnn_classifier_state *s)
+{
+    if (!s) return;
+    free(s->a), free(s->b), free(s->acc);
+    bitnn_buf_free(&s->map), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
+    free(s);
+}
+
+bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *st,
+                                      const float *x, size_t N, float *probs, int isa,
+                                      bitnn_pool *pool)
 {
     if (!m || (!x && N) || (!probs && N)) return BITNN_EINVAL;
     if (N == 0) return BITNN_OK;
+    bitnn_classifier_state *own = NULL;
+    if (!st) {
+        bitnn_status s = bitnn_classifier_state_new(m, &own);
+        if (s != BITNN_OK) return s;
+        st = own;
+    }
     const size_t feat = m->layers[m->first_linear].in;
     const size_t image = m->C * m->H * m->W;
-    struct bitnn_scratch *sc = m->scratch;
-    const int own = !atomic_flag_test_and_set(&sc->busy);
-    float *a, *b;
-    double *acc;
-    if (own) {
-        if (!sc->a) sc->a = malloc(m->max_act * sizeof(float));
-        if (!sc->b) sc->b = malloc(m->max_act * sizeof(float));
-        if (!sc->acc) sc->acc = malloc(m->max_channels * sizeof(double));
-        a = sc->a, b = sc->b, acc = sc->acc;
-    } else {
-        a = malloc(m->max_act * sizeof(float));
-        b = malloc(m->max_act * sizeof(float));
-        acc = malloc(m->max_channels * sizeof(double));
-    }
-    float *const a0 = a, *const b0 = b;
+    float *a = st->a, *b = st->b;
+    double *acc = st->acc;
     /* Batched part: two (N, max features) buffers. */
     size_t widest = feat;
     for (size_t i = m->first_linear; i < m->n_layers; i++)
         if (m->layers[i].out > widest) widest = m->layers[i].out;
-    float *va = malloc(N * widest * sizeof(float));
-    float *vb = malloc(N * widest * sizeof(float));
-    bitnn_status s = (a && b && acc && va && vb) ? BITNN_OK : BITNN_ENOMEM;
+    bitnn_status s = bitnn_buf_reserve(&st->va, N * widest * sizeof(float));
+    if (s == BITNN_OK) s = bitnn_buf_reserve(&st->vb, N * widest * sizeof(float));
+    float *va = st->va.p, *vb = st->vb.p;
 
     for (size_t n = 0; n < N && s == BITNN_OK; n++) {
         memcpy(a, x + n * image, image * sizeof(float));
@@ -492,7 +497,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
                 s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
-                                     m->precision, isa, pool);
+                                     m->precision, isa, pool, &st->map);
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
                         s = bitnn_normalize_act(b, L->out, L->H * L->W, L->out, m->eps, L->act, pool);
@@ -525,10 +530,6 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x,
         float *tmp = va;
         va = vb, vb = tmp;
     }
-    if (own)
-        atomic_flag_clear(&sc->busy);
-    else
-        free(a0), free(b0), free(acc);
-    free(va), free(vb);
+    bitnn_classifier_state_free(own);
     return s;
 }

@@ -43,7 +43,6 @@ typedef struct {
     float pre_scale;        /* input.preprocess: uint8 x -> (x * scale - mean[c]) / std[c] */
     float *pre_mean, *pre_std; /* [C], float32 as the header's numbers round */
     const bjson *labels;    /* the header's "labels" (classes strings), or NULL if absent */
-    struct bitnn_scratch *scratch; /* per-image buffers kept between calls */
 } bitnn_classifier;
 
 /* Shared by the model builders: write a message and return BITNN_EFORMAT;
@@ -79,7 +78,21 @@ void bitnn_classifier_free(bitnn_classifier *m);
 
 /* probs (N, classes) for N images x (N, H, W, C) float32 NHWC, already
  * preprocessed. */
-bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, const float *x, size_t N,
+/* The buffers of the forward pass, kept between calls (the decoder's
+ * bitnn_lm_state pattern). One state serves one call at a time. */
+typedef struct {
+    float *a, *b;  /* the activation of one image, twice (max_act floats) */
+    double *acc;   /* pooling sums (max_channels) */
+    bitnn_buf map; /* a convolution's input tables */
+    bitnn_buf va, vb; /* the batched linear part */
+} bitnn_classifier_state;
+
+bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classifier_state **out);
+void bitnn_classifier_state_free(bitnn_classifier_state *s);
+
+/* s: a state of m, or NULL for buffers made for this call. */
+bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *s,
+                                      const float *x, size_t N,
                                       float *probs, int isa, bitnn_pool *pool);
 
 #endif

@@ -27,6 +27,7 @@ typedef struct {
     const uint32_t *tiles; /* fp32: the weights as tiles, and the tables of x */
     float *tab;
     size_t ldt, kc;
+    const void **tp;       /* tables: chunk c of row m at tp[m * kc + c] */
     int8_t *q;             /* int8: quantized rows of x, ldq bytes each */
     size_t ldq;
     float *scale;          /* int8: one scale per row */
@@ -36,14 +37,14 @@ typedef struct {
 static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_t n1)
 {
     if (j->q8t)
-        j->q8t(j->tab8 + m0 * j->ldt, j->ldt, m1 - m0, j->kc, j->tiles, n0, n1, j->scale + m0,
-               j->bias, j->z + m0 * j->ldz, j->ldz);
+        j->q8t((const uint8_t *const *)j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
+               j->scale + m0, j->bias, j->z + m0 * j->ldz, j->ldz);
     else if (j->q8)
         j->q8(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->scale + m0,
               j->bias, j->z + m0 * j->ldz, j->ldz);
     else
-        j->f32(j->tab + m0 * j->ldt, j->ldt, m1 - m0, j->kc, j->tiles, n0, n1, j->bias,
-               j->z + m0 * j->ldz, j->ldz);
+        j->f32((const float *const *)j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
+               j->bias, j->z + m0 * j->ldz, j->ldz);
 }
 
 static void gemm_rows_n(void *ctx, size_t n0, size_t n1)
@@ -61,7 +62,10 @@ static void gemm_rows_m(void *ctx, size_t m0, size_t m1)
 static void table_rows(void *ctx, size_t m0, size_t m1)
 {
     const gemm_job *j = ctx;
-    for (size_t m = m0; m < m1; m++) bitnn_build_tables(j->x + m * j->ldx, j->K, j->tab + m * j->ldt);
+    for (size_t m = m0; m < m1; m++) {
+        bitnn_build_tables(j->x + m * j->ldx, j->K, j->tab + m * j->ldt);
+        for (size_t c = 0; c < j->kc; c++) j->tp[m * j->kc + c] = j->tab + m * j->ldt + 128 * c;
+    }
 }
 
 /* ------------------------------------------------------ the fp32 operands */
@@ -121,6 +125,22 @@ BITNN_MULTIVERSION void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t
         }
 }
 
+bitnn_status bitnn_buf_reserve(bitnn_buf *b, size_t bytes)
+{
+    if (b->size >= bytes && b->p) return BITNN_OK;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1) != 0) return BITNN_ENOMEM;
+    free(b->p);
+    b->p = p, b->size = bytes;
+    return BITNN_OK;
+}
+
+void bitnn_buf_free(bitnn_buf *b)
+{
+    free(b->p);
+    b->p = NULL, b->size = 0;
+}
+
 bitnn_status bitnn_weights_pack(bitnn_weights *wt)
 {
     if (!wt || !wt->bits || wt->N == 0 || wt->K == 0) return BITNN_EINVAL;
@@ -145,28 +165,55 @@ static void quantize_rows(void *ctx, size_t m0, size_t m1)
     const gemm_job *j = ctx;
     for (size_t m = m0; m < m1; m++) {
         j->scale[m] = bitnn_quantize_row(j->x + m * j->ldx, j->K, j->q + m * j->ldq, j->ldq);
-        if (j->tab8) j->tables_q8(j->q + m * j->ldq, j->K, j->tab8 + m * j->ldt);
+        if (j->tab8) {
+            j->tables_q8(j->q + m * j->ldq, j->K, j->tab8 + m * j->ldt);
+            for (size_t c = 0; c < j->kc; c++) j->tp[m * j->kc + c] = j->tab8 + m * j->ldt + 256 * c;
+        }
     }
 }
 
+/* 16-lane vectors (GCC vector extensions, lowered per clone to what the CPU
+ * has): elementwise IEEE operations, the same values as the scalar loops. */
+typedef float bitnn_v16f __attribute__((vector_size(64)));
+typedef int32_t bitnn_v16i __attribute__((vector_size(64)));
+typedef int8_t bitnn_v16c __attribute__((vector_size(16)));
+
 BITNN_MULTIVERSION float bitnn_absmax(const float *x, size_t n)
 {
-    /* 16 running maxima (a lane per i % 16, vectorizable); max is exact and
-     * |x| has no -0 or NaN here, so the grouping cannot change the result. */
-    float a[16] = {0};
+    /* 16 running maxima (a lane per i % 16); max is exact and |x| has no -0
+     * or NaN here, so the grouping cannot change the result. For such
+     * values the order of the bit patterns is the order of the numbers, so
+     * the maxima are taken on the bits with |x| as x & 0x7fffffff. */
+    bitnn_v16i m = {0};
     size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) {
-            const float v = fabsf(x[i + l]);
-            a[l] = v > a[l] ? v : a[l];
-        }
+    for (; i + 16 <= n; i += 16) {
+        bitnn_v16i v;
+        memcpy(&v, x + i, sizeof v);
+        v &= 0x7fffffff;
+        const bitnn_v16i gt = v > m;
+        m = (v & gt) | (m & ~gt);
+    }
+    int32_t a[16];
+    memcpy(a, &m, sizeof a);
     for (int l = 0; i < n; i++, l++) {
-        const float v = fabsf(x[i]);
+        int32_t v;
+        memcpy(&v, x + i, sizeof v);
+        v &= 0x7fffffff;
         a[l] = v > a[l] ? v : a[l];
     }
-    float m = 0.0f;
-    for (int l = 0; l < 16; l++) m = a[l] > m ? a[l] : m;
-    return m;
+    int32_t best = 0;
+    for (int l = 0; l < 16; l++) best = a[l] > best ? a[l] : best;
+    float r;
+    memcpy(&r, &best, sizeof r);
+    return r;
+}
+
+BITNN_INLINE int8_t quantize1(float x, float inv)
+{
+    const float magic = 12582912.0f;
+    float v = (x * inv + magic) - magic;
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    return (int8_t)(int)v;
 }
 
 BITNN_MULTIVERSION void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq)
@@ -179,11 +226,22 @@ BITNN_MULTIVERSION void bitnn_quantize_with(const float *x, size_t K, float amax
     /* Adding and subtracting 1.5 * 2^23 rounds |v| <= 2^22 to an integer,
      * half to even, in any fp32 unit (no dependence on a rounding intrinsic). */
     const float magic = 12582912.0f;
-    for (size_t k = 0; k < K; k++) {
-        float v = (x[k] * inv + magic) - magic;
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[k] = (int8_t)(int)v;
+    size_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        bitnn_v16f v;
+        memcpy(&v, x + k, sizeof v);
+        v = (v * inv + magic) - magic;
+        const bitnn_v16i hi = v > 127.0f, lo = v < -127.0f;
+        bitnn_v16i b = (bitnn_v16i)v;
+        const bitnn_v16i p127 = (bitnn_v16i){0} + 0x42fe0000;          /* 127.0f */
+        const bitnn_v16i m127 = (bitnn_v16i){0} + (int32_t)0xc2fe0000; /* -127.0f */
+        b = (b & ~hi) | (p127 & hi);
+        b = (b & ~lo) | (m127 & lo);
+        const bitnn_v16c c = __builtin_convertvector(__builtin_convertvector((bitnn_v16f)b, bitnn_v16i),
+                                                     bitnn_v16c);
+        memcpy(q + k, &c, sizeof c);
     }
+    for (; k < K; k++) q[k] = quantize1(x[k], inv);
     memset(q + K, 0, ldq - K);
 }
 
@@ -217,6 +275,10 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
     }
     j.tiles = tmp.tiles;
     j.kc = bitnn_tile_chunks(K);
+    if (tiled && !(j.tp = malloc(M * j.kc * sizeof *j.tp))) {
+        if (!wt->tiles) bitnn_weights_release(&tmp);
+        return BITNN_ENOMEM;
+    }
     if (prec == BITNN_PRECISION_INT8) {
         j.ldq = 64 * j.wpr;
         j.q = malloc(M * j.ldq);
@@ -231,7 +293,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
             j.q8 = ks->gemm_q8;
         }
         if (!j.q || !j.scale || (j.q8t && !buf)) {
-            free(j.q), free(j.scale), free(buf);
+            free(j.q), free(j.scale), free(buf), free(j.tp);
             if (!wt->tiles) bitnn_weights_release(&tmp);
             return BITNN_ENOMEM;
         }
@@ -240,6 +302,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
         j.f32 = ks->gemm_f32;
         j.ldt = 128 * j.kc;
         if (posix_memalign(&buf, 64, M * j.ldt * sizeof(float)) != 0) {
+            free(j.tp);
             if (!wt->tiles) bitnn_weights_release(&tmp);
             return BITNN_ENOMEM;
         }
@@ -253,7 +316,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
         bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
     else
         bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
-    free(j.q), free(j.scale), free(buf);
+    free(j.q), free(j.scale), free(buf), free(j.tp);
     if (!wt->tiles) bitnn_weights_release(&tmp);
     return BITNN_OK;
 }

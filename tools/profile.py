@@ -108,7 +108,7 @@ def work_classifier(args, rec: Recorder) -> dict:
 
     path = classifier_file(Path(args.workdir), args.kernel_size, args.size)
     x = np.random.default_rng(0).standard_normal((1, args.size, args.size, 3)).astype(np.float32)
-    with bitnn.load(path, threads=args.threads) as model:
+    with bitnn.load(path, threads=args.threads, precision=args.precision) as model:
         graph = model._graph  # NHWC float32 straight into the C graph: no layout conversion
         graph.forward(x, threads=args.threads)
         rec.on()
@@ -124,6 +124,7 @@ def work_lm(args, rec: Recorder, ctx: int) -> dict:
     path = lm_file(Path(args.workdir), args.config)
     f = _core.BnbFile(str(path))
     g = _core.LMGraph(f)
+    g.precision = args.precision
     vocab, max_len = g.config["vocab_size"], g.config["max_len"]
     steps = min(32, max_len - ctx)
     ids = np.random.default_rng(ctx).integers(0, vocab, ctx + steps)
@@ -169,7 +170,7 @@ def perf_profile(args, what: str, ctx: int | None) -> tuple[dict, list]:
         cmd = [sys.executable, __file__, "_child", what, "--threads", str(args.threads),
                "--seconds", str(args.seconds), "--size", str(args.size),
                "--kernel-size", str(args.kernel_size), "--config", args.config,
-               "--workdir", args.workdir, "--ctx", str(ctx or 0)]
+               "--workdir", args.workdir, "--ctx", str(ctx or 0), "--precision", args.precision]
         env = dict(os.environ, PROFILE_PERF_CTL=ctl, PROFILE_PERF_ACK=ack)
         p = subprocess.run(["perf", "record", "-q", "-F", "999", "-D", "-1", "--control",
                             f"fifo:{ctl},{ack}", "-o", data, "--", *cmd],
@@ -222,7 +223,7 @@ def runtime_classifier_layers(args) -> None:
         if not path.exists():
             bitnn.export(seq, path, input_shape=(cin, h, h))
         x = np.random.default_rng(i).standard_normal((1, h, h, cin)).astype(np.float32)
-        with bitnn.load(path, threads=args.threads) as model:
+        with bitnn.load(path, threads=args.threads, precision=args.precision) as model:
             forward = partial(model._graph.forward, x, threads=args.threads)
             ms = 1000 * statistics.median(timed(forward, args.seconds / 8))
         total += ms
@@ -244,6 +245,7 @@ def runtime_lm_parts(args) -> None:
 
     f = _core.BnbFile(str(lm_file(Path(args.workdir), args.config)))
     g = _core.LMGraph(f)
+    g.precision = args.precision
     print("| context | blocks only (ms CPU/token) | whole token (ms CPU/token) | head + output |")
     print("|---:|---:|---:|---:|")
     for ctx in args.contexts:
@@ -265,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["classifier", "lm", "all", "_child"])
     ap.add_argument("child_what", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="numeric mode of the binary layers")
     ap.add_argument("--seconds", type=float, default=8.0, help="recorded seconds per workload")
     ap.add_argument("--size", type=int, default=256, help="classifier input size (16..1024)")
     ap.add_argument("--kernel-size", type=int, default=3, choices=[3, 5])

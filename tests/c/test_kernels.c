@@ -250,20 +250,30 @@ static void run_case(const case_t *c)
                 const size_t kc = bitnn_tile_chunks(K), ldt = 256 * kc;
                 uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
                 uint8_t *tab = xmalloc((M ? M : 1) * ldt);
+                const uint8_t **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
                 bitnn_pack_tiles(w, N, K, tiles);
-                for (size_t m = 0; m < M; m++) bitnn_build_tables_q8(q + m * ldq, K, tab + m * ldt);
-                ks->gemm_q8t(tab, ldt, M, kc, tiles, n0, n1, scale, bias, z, ldz);
-                free(tiles), free(tab);
+                /* row m's tables stored at row M-1-m: the kernel must follow the pointers */
+                for (size_t m = 0; m < M; m++) {
+                    bitnn_build_tables_q8(q + m * ldq, K, tab + (M - 1 - m) * ldt);
+                    for (size_t c = 0; c < kc; c++) tp[m * kc + c] = tab + (M - 1 - m) * ldt + 256 * c;
+                }
+                ks->gemm_q8t(tp, M, kc, tiles, n0, n1, scale, bias, z, ldz);
+                free(tiles), free(tab), free(tp);
             } else if (prec == BITNN_PRECISION_INT8)
                 ks->gemm_q8(q, ldq, M, K, w, bitnn_words_per_row(K), n0, n1, scale, bias, z, ldz);
             else {
                 const size_t kc = bitnn_tile_chunks(K), ldt = 128 * kc;
                 uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
                 float *tab = xmalloc((M ? M : 1) * ldt * sizeof *tab);
+                const float **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
                 bitnn_pack_tiles(w, N, K, tiles);
-                for (size_t m = 0; m < M; m++) bitnn_build_tables(x + m * ldx, K, tab + m * ldt);
-                bitnn_kernels_for(isa)->gemm_f32(tab, ldt, M, kc, tiles, n0, n1, bias, z, ldz);
-                free(tiles), free(tab);
+                /* row m's tables stored at row M-1-m: the kernel must follow the pointers */
+                for (size_t m = 0; m < M; m++) {
+                    bitnn_build_tables(x + m * ldx, K, tab + (M - 1 - m) * ldt);
+                    for (size_t c = 0; c < kc; c++) tp[m * kc + c] = tab + (M - 1 - m) * ldt + 128 * c;
+                }
+                bitnn_kernels_for(isa)->gemm_f32(tp, M, kc, tiles, n0, n1, bias, z, ldz);
+                free(tiles), free(tab), free(tp);
             }
             int ok = 1;
             for (size_t m = 0; m < M; m++)
