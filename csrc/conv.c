@@ -10,6 +10,7 @@
  * on the thread count. Out-of-image taps ('same' padding) contribute 0.0.
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,16 +70,30 @@ static void im2col(const conv_job *j, const void *src, size_t es, size_t p0, siz
  * tables outside the image; its C / 32 chunks follow each other. */
 static void map_pointers(const conv_job *j, size_t p0, size_t p1, const void **tp)
 {
-    const size_t f = j->f, pad = f / 2, cpp = j->C / 32;
+    const size_t f = j->f, pad = f / 2, cpp = j->C / 32, kc = f * f * cpp;
     const unsigned char *map = j->map;
-    for (size_t p = p0; p < p1; p++) {
+    /* offsets of every chunk of every tap from the position's own pixel */
+    ptrdiff_t off[7 * 7 * 8];
+    const int fast = kc <= sizeof off / sizeof off[0];
+    for (size_t t = 0; fast && t < kc; t++) {
+        const size_t dy = t / (f * cpp), dx = t / cpp % f, c = t % cpp;
+        off[t] = (((ptrdiff_t)dy - (ptrdiff_t)pad) * (ptrdiff_t)j->W + (ptrdiff_t)dx - (ptrdiff_t)pad) *
+                     (ptrdiff_t)(cpp * j->cb) + (ptrdiff_t)(c * j->cb);
+    }
+    for (size_t p = p0; p < p1; p++, tp += kc) {
         const size_t i = p / j->W, jj = p % j->W;
+        if (fast && i >= pad && i + pad < j->H && jj >= pad && jj + pad < j->W) {
+            const unsigned char *px = map + p * cpp * j->cb; /* all taps inside the image */
+            for (size_t t = 0; t < kc; t++) tp[t] = px + off[t];
+            continue;
+        }
+        const void **q = tp;
         for (size_t dy = 0; dy < f; dy++)
             for (size_t dx = 0; dx < f; dx++) {
                 const size_t y = i + dy, x = jj + dx; /* pixel (y - pad, x - pad) */
                 const int in = y >= pad && y - pad < j->H && x >= pad && x - pad < j->W;
                 const unsigned char *px = in ? map + ((y - pad) * j->W + (x - pad)) * cpp * j->cb : NULL;
-                for (size_t c = 0; c < cpp; c++) *tp++ = in ? px + c * j->cb : j->zero;
+                for (size_t c = 0; c < cpp; c++) *q++ = in ? px + c * j->cb : j->zero;
             }
     }
 }

@@ -495,10 +495,48 @@ BITNN_MULTIVERSION static void normalize_row(float *z, size_t N, double eps, bit
     }
 }
 
+/* Short rows (a convolution's channels at each position) 8 at a time: the
+ * statistics of row_stats with one vector lane per row, so that the
+ * per-row fixed cost (the 8-way combine, the divisions, the square root) is
+ * paid once per 8 rows. Each lane does exactly the scalar operations of
+ * row_stats on its row (one chunk: N <= NORM_CHUNK), so the bits are the same. */
+#define SHORT_ROW 256
+typedef double bitnn_v8d_rows __attribute__((vector_size(64)));
+
+BITNN_MULTIVERSION static void normalize_8rows(float *z, size_t ldz, size_t N, double eps,
+                                               bitnn_act act)
+{
+    float zt[SHORT_ROW][8]; /* zt[n][r] = z[r][n] */
+    for (size_t r = 0; r < 8; r++)
+        for (size_t n = 0; n < N; n++) zt[n][r] = z[r * ldz + n];
+    bitnn_v8d_rows a[8] = {{0}}, b[8] = {{0}};
+    for (size_t n = 0; n < N; n++) {
+        bitnn_v8d_rows v;
+        LOAD8(v, zt[n]);
+        a[n % 8] += v;
+    }
+    const bitnn_v8d_rows zero = {0};
+    const bitnn_v8d_rows sum = zero + (((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])));
+    const bitnn_v8d_rows mean = sum / (double)N;
+    for (size_t n = 0; n < N; n++) {
+        bitnn_v8d_rows d;
+        LOAD8(d, zt[n]);
+        d -= mean;
+        b[n % 8] += d * d;
+    }
+    const bitnn_v8d_rows ss = zero + (((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7])));
+    const bitnn_v8d_rows var = ss / (double)N + eps;
+    for (size_t r = 0; r < 8; r++)
+        act_range(z + r * ldz, 0, N, mean[r], 1.0 / sqrt(var[r]), act, 0.0f);
+}
+
 static void normalize_rows(void *ctx, size_t m0, size_t m1)
 {
     const norm_job *j = ctx;
-    for (size_t m = m0; m < m1; m++) normalize_row(j->z + m * j->ldz, j->N, j->eps, j->act);
+    size_t m = m0;
+    if (j->N <= SHORT_ROW && j->act != BITNN_ACT_SOFTMAX)
+        for (; m + 8 <= m1; m += 8) normalize_8rows(j->z + m * j->ldz, j->ldz, j->N, j->eps, j->act);
+    for (; m < m1; m++) normalize_row(j->z + m * j->ldz, j->N, j->eps, j->act);
 }
 
 /* One long row, chunks shared out between threads; phases run in order. */
@@ -561,7 +599,7 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
         bitnn_parallel_for(pool, N, 256, act_elems, &j);
         return BITNN_OK;
     }
-    bitnn_parallel_for(pool, M, 1, normalize_rows, &j);
+    bitnn_parallel_for(pool, M, 8, normalize_rows, &j);
     return BITNN_OK;
 }
 
