@@ -183,7 +183,8 @@ bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **
     size_t widest = m->dim;
     for (size_t i = 0; i < m->n_head; i++)
         if (m->head[i].out > widest) widest = m->head[i].out;
-    s->k = malloc(nb * ctx * D * sizeof(float));
+    s->ldk = (ctx + 15) / 16 * 16;
+    s->k = calloc(nb * D * s->ldk, sizeof(float)); /* zeros: lanes past a row's keys */
     s->v = malloc(nb * ctx * D * sizeof(float));
     s->x = malloc(ctx * D * sizeof(float));
     s->q = malloc(ctx * D * sizeof(float));
@@ -218,23 +219,12 @@ void bitnn_lm_state_reset(bitnn_lm_state *s)
 /* -------------------------------------------------------------- attention */
 typedef struct {
     const bitnn_lm *m;
-    const float *q, *k, *v; /* q: [n][D] rows for positions p0.., k/v: cache [ctx][D] */
+    const float *q, *k, *v; /* q: [n][D] rows for positions p0..; k: cache [H][ldk/16][hd][16]
+                               (16 keys side by side per head and dimension); v: [ctx][D] */
     float *out;             /* [n][D] */
-    size_t n, p0;
+    size_t n, p0, ldk;
     int failed; /* a scratch allocation failed */
 } attn_job;
-
-/* q . k over n values: 8 partial sums (value e goes to (e % 8)), combined
- * pairwise, so the adds are independent and vectorize. */
-BITNN_INLINE float dot(const float *q, const float *k, size_t n)
-{
-    float p[8] = {0};
-    size_t e = 0;
-    for (; e + 8 <= n; e += 8)
-        for (int l = 0; l < 8; l++) p[l] += q[e + l] * k[e + l];
-    for (int l = 0; e < n; e++, l++) p[l] += q[e] * k[e];
-    return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
-}
 
 /* SZ outputs from e0 kept in registers over the loop on t (a compile-time
  * size, so the accumulators are SZ / 16 independent vectors). */
@@ -265,12 +255,30 @@ BITNN_INLINE void weighted_sum(const float *w, size_t T, const float *v, size_t 
 }
 
 /* One (row, head) pair per item: each output value is computed by one thread. */
+/* q . k for the 16 keys of one block of one head (kt: [hd][16]), one lane per
+ * key: 8 partial sums per key (value e into e % 8, products rounded then
+ * added), combined ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
+ * (docs/arithmetic.md). */
+typedef float bitnn_v16f_keys __attribute__((vector_size(64)));
+
+BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
+{
+    bitnn_v16f_keys p[8] = {{0}};
+    for (size_t e = 0; e < hd; e++) {
+        bitnn_v16f_keys k;
+        memcpy(&k, kt + 16 * e, sizeof k);
+        p[e % 8] += q[e] * k;
+    }
+    const bitnn_v16f_keys r = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+    memcpy(out, &r, sizeof r);
+}
+
 BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 {
     attn_job *j = ctx;
     const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
     const double scale = 1.0 / sqrt((double)hd);
-    float *sc = malloc((j->p0 + j->n) * sizeof(float));
+    float *sc = malloc((j->p0 + j->n + 16) * sizeof(float));
     if (!sc) {
         j->failed = 1; /* benign race: every writer stores 1 */
         return;
@@ -279,8 +287,10 @@ BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
         const size_t r = it / H, h = it % H, p = j->p0 + r;
         const float *qv = j->q + r * D + h * hd;
         float mx = -INFINITY;
+        for (size_t t0 = 0; t0 <= p; t0 += 16)
+            dot16(qv, j->k + (h * (j->ldk / 16) + t0 / 16) * hd * 16, hd, sc + t0);
         for (size_t t = 0; t <= p; t++) {
-            sc[t] = (float)(dot(qv, j->k + t * D + h * hd, hd) * scale);
+            sc[t] = (float)(sc[t] * scale);
             if (sc[t] > mx) mx = sc[t];
         }
         double total = 0.0;
@@ -340,12 +350,18 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
 
     for (size_t b = 0; b < m->blocks; b++) {
         const bitnn_lm_block *B = &m->block[b];
-        float *kc = s->k + b * s->ctx * D, *vc = s->v + b * s->ctx * D;
+        float *kc = s->k + b * D * s->ldk, *vc = s->v + b * s->ctx * D;
         if ((st = lin(m, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, &B->k, s->x, n, kc + p0 * D, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(m, &B->k, s->x, n, s->t, BITNN_ACT_LINEAR, isa, pool)) ||
             (st = lin(m, &B->v, s->x, n, vc + p0 * D, BITNN_ACT_LINEAR, isa, pool)))
             return st;
-        attn_job aj = {m, s->q, kc, vc, s->att, n, p0, 0};
+        const size_t hd = m->head_dim, kb = s->ldk / 16;
+        for (size_t i = 0; i < n; i++) { /* keys into the cache: blocks of 16 keys */
+            const size_t t = p0 + i;
+            for (size_t d = 0; d < D; d++)
+                kc[((d / hd * kb + t / 16) * hd + d % hd) * 16 + t % 16] = s->t[i * D + d];
+        }
+        attn_job aj = {m, s->q, kc, vc, s->att, n, p0, s->ldk, 0};
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;
         /* h = Normalize(x + O(att)) */

@@ -37,7 +37,9 @@ typedef struct {
 typedef struct {
     size_t ctx;        /* capacity in positions, <= max_len */
     size_t pos;        /* tokens processed so far */
-    float *k, *v;      /* [blocks][ctx][dim] */
+    size_t ldk;        /* ctx rounded up to 16 */
+    float *k, *v;      /* k: [blocks][heads][ldk / 16][head_dim][16] (16 keys side by
+                          side), v: [blocks][ctx][dim] */
     float *x, *q, *att, *h, *f, *t; /* scratch: [ctx][dim] (f: [ctx][ff_dim]) */
     float *hv0, *hv1;  /* head scratch: widest head layer */
 } bitnn_lm_state;
