@@ -263,13 +263,17 @@ typedef float bitnn_v16f_keys __attribute__((vector_size(64)));
 
 BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
 {
-    bitnn_v16f_keys p[8] = {{0}};
-    for (size_t e = 0; e < hd; e++) {
-        bitnn_v16f_keys k;
-        memcpy(&k, kt + 16 * e, sizeof k);
-        p[e % 8] += q[e] * k;
+    bitnn_v16f_keys p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, p4 = {0}, p5 = {0}, p6 = {0}, p7 = {0};
+    bitnn_v16f_keys *const p[8] = {&p0, &p1, &p2, &p3, &p4, &p5, &p6, &p7};
+#define KEY(k, pk) memcpy(&kv, kt + 16 * (e + (k)), sizeof kv), pk += q[e + (k)] * kv
+    size_t e = 0;
+    bitnn_v16f_keys kv;
+    for (; e + 8 <= hd; e += 8) { /* named partial sums: they stay in registers */
+        KEY(0, p0); KEY(1, p1); KEY(2, p2); KEY(3, p3); KEY(4, p4); KEY(5, p5); KEY(6, p6); KEY(7, p7);
     }
-    const bitnn_v16f_keys r = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+#undef KEY
+    for (; e < hd; e++) memcpy(&kv, kt + 16 * e, sizeof kv), *p[e % 8] += q[e] * kv;
+    const bitnn_v16f_keys r = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
     memcpy(out, &r, sizeof r);
 }
 

@@ -351,13 +351,22 @@ BITNN_INLINE double combine8(const double a[8])
 typedef double bitnn_v8d __attribute__((vector_size(64)));
 typedef float bitnn_v8f __attribute__((vector_size(32)));
 
-/* 8 floats from z, widened (a macro: a vector-returning function would
- * change the ABI of the clones without AVX-512) */
-#define LOAD8(dst, z)                                \
-    do {                                             \
-        bitnn_v8f f_;                                \
-        memcpy(&f_, (z), sizeof f_);                 \
-        (dst) = __builtin_convertvector(f_, bitnn_v8d); \
+/* 8 floats from z, widened (a macro, a GCC statement expression: a
+ * vector-returning function would change the ABI of the clones without
+ * AVX-512) */
+#define WIDEN8(z)                                          \
+    ({                                                     \
+        bitnn_v8f f_;                                      \
+        memcpy(&f_, (z), sizeof f_);                       \
+        __builtin_convertvector(f_, bitnn_v8d);            \
+    })
+#define LOAD8(dst, z) ((dst) = WIDEN8(z))
+
+/* The vector's lanes into a[8] (after the loop: the accumulator stays in a
+ * register while it runs; a memcpy of its address would keep it in memory). */
+#define STORE8(a, v)                                        \
+    do {                                                    \
+        for (int l_ = 0; l_ < 8; l_++) (a)[l_] = (v)[l_];   \
     } while (0)
 
 BITNN_INLINE double sum_range(const float *z, size_t n0, size_t n1)
@@ -370,7 +379,7 @@ BITNN_INLINE double sum_range(const float *z, size_t n0, size_t n1)
         v += x;
     }
     double a[8];
-    memcpy(a, &v, sizeof a);
+    STORE8(a, v);
     for (int l = 0; n < n1; n++, l++) a[l] += z[n];
     return combine8(a);
 }
@@ -386,7 +395,7 @@ BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double me
         v += d * d;
     }
     double a[8];
-    memcpy(a, &v, sizeof a);
+    STORE8(a, v);
     for (int l = 0; n < n1; n++, l++) {
         const double d = z[n] - mean;
         a[l] += d * d;
@@ -509,22 +518,34 @@ BITNN_MULTIVERSION static void normalize_8rows(float *z, size_t ldz, size_t N, d
     float zt[SHORT_ROW][8]; /* zt[n][r] = z[r][n] */
     for (size_t r = 0; r < 8; r++)
         for (size_t n = 0; n < N; n++) zt[n][r] = z[r * ldz + n];
-    bitnn_v8d_rows a[8] = {{0}}, b[8] = {{0}};
-    for (size_t n = 0; n < N; n++) {
-        bitnn_v8d_rows v;
-        LOAD8(v, zt[n]);
-        a[n % 8] += v;
+    /* a0..a7: the partial sums of values n % 8 == 0..7 (named, so that they
+     * stay in registers), then the tail into the lanes it belongs to */
+    bitnn_v8d_rows a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}, v;
+    size_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+        LOAD8(v, zt[n]), a0 += v;
+        LOAD8(v, zt[n + 1]), a1 += v;
+        LOAD8(v, zt[n + 2]), a2 += v;
+        LOAD8(v, zt[n + 3]), a3 += v;
+        LOAD8(v, zt[n + 4]), a4 += v;
+        LOAD8(v, zt[n + 5]), a5 += v;
+        LOAD8(v, zt[n + 6]), a6 += v;
+        LOAD8(v, zt[n + 7]), a7 += v;
     }
+    bitnn_v8d_rows *const acc[8] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7};
+    for (size_t t = n; t < N; t++) LOAD8(v, zt[t]), *acc[t % 8] += v;
     const bitnn_v8d_rows zero = {0};
-    const bitnn_v8d_rows sum = zero + (((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])));
+    const bitnn_v8d_rows sum = zero + (((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)));
     const bitnn_v8d_rows mean = sum / (double)N;
-    for (size_t n = 0; n < N; n++) {
-        bitnn_v8d_rows d;
-        LOAD8(d, zt[n]);
-        d -= mean;
-        b[n % 8] += d * d;
+    bitnn_v8d_rows b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
+#define SQ(k, bk) LOAD8(v, zt[n + (k)]), v -= mean, bk += v * v
+    for (n = 0; n + 8 <= N; n += 8) {
+        SQ(0, b0); SQ(1, b1); SQ(2, b2); SQ(3, b3); SQ(4, b4); SQ(5, b5); SQ(6, b6); SQ(7, b7);
     }
-    const bitnn_v8d_rows ss = zero + (((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7])));
+#undef SQ
+    bitnn_v8d_rows *const bcc[8] = {&b0, &b1, &b2, &b3, &b4, &b5, &b6, &b7};
+    for (size_t t = n; t < N; t++) LOAD8(v, zt[t]), v -= mean, *bcc[t % 8] += v * v;
+    const bitnn_v8d_rows ss = zero + (((b0 + b4) + (b2 + b6)) + ((b1 + b5) + (b3 + b7)));
     const bitnn_v8d_rows var = ss / (double)N + eps;
     for (size_t r = 0; r < 8; r++)
         act_range(z + r * ldz, 0, N, mean[r], 1.0 / sqrt(var[r]), act, 0.0f);
