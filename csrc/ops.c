@@ -551,12 +551,59 @@ BITNN_MULTIVERSION static void normalize_8rows(float *z, size_t ldz, size_t N, d
         act_range(z + r * ldz, 0, N, mean[r], 1.0 / sqrt(var[r]), act, 0.0f);
 }
 
+/* Rows of one chunk (N <= NORM_CHUNK) 4 at a time: row_stats's sums for
+ * the 4 rows in one loop, so that 4 independent add chains overlap (one
+ * row's 8-lane chain waits on every add); each row's operations are the
+ * scalar statement's, so the bits are the same. */
+BITNN_MULTIVERSION static void normalize_4rows(float *z, size_t ldz, size_t N, double eps,
+                                               bitnn_act act)
+{
+    bitnn_v8d s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    size_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+        s0 += WIDEN8(z + n), s1 += WIDEN8(z + ldz + n);
+        s2 += WIDEN8(z + 2 * ldz + n), s3 += WIDEN8(z + 3 * ldz + n);
+    }
+    double a[4][8], mean[4], inv[4];
+    STORE8(a[0], s0);
+    STORE8(a[1], s1);
+    STORE8(a[2], s2);
+    STORE8(a[3], s3);
+    for (int r = 0; r < 4; r++) {
+        for (size_t t = n, l = 0; t < N; t++, l++) a[r][l] += z[r * ldz + t];
+        mean[r] = (0.0 + combine8(a[r])) / (double)N;
+    }
+    bitnn_v8d d0, d1, d2, d3;
+    s0 = s1 = s2 = s3 = (bitnn_v8d){0};
+    for (n = 0; n + 8 <= N; n += 8) {
+        d0 = WIDEN8(z + n) - mean[0], d1 = WIDEN8(z + ldz + n) - mean[1];
+        d2 = WIDEN8(z + 2 * ldz + n) - mean[2], d3 = WIDEN8(z + 3 * ldz + n) - mean[3];
+        s0 += d0 * d0, s1 += d1 * d1, s2 += d2 * d2, s3 += d3 * d3;
+    }
+    STORE8(a[0], s0);
+    STORE8(a[1], s1);
+    STORE8(a[2], s2);
+    STORE8(a[3], s3);
+    for (int r = 0; r < 4; r++) {
+        for (size_t t = n, l = 0; t < N; t++, l++) {
+            const double d = z[r * ldz + t] - mean[r];
+            a[r][l] += d * d;
+        }
+        inv[r] = 1.0 / sqrt((0.0 + combine8(a[r])) / (double)N + eps);
+    }
+    for (int r = 0; r < 4; r++) act_range(z + r * ldz, 0, N, mean[r], inv[r], act, 0.0f);
+}
+
 static void normalize_rows(void *ctx, size_t m0, size_t m1)
 {
     const norm_job *j = ctx;
     size_t m = m0;
-    if (j->N <= SHORT_ROW && j->act != BITNN_ACT_SOFTMAX)
-        for (; m + 8 <= m1; m += 8) normalize_8rows(j->z + m * j->ldz, j->ldz, j->N, j->eps, j->act);
+    if (j->act != BITNN_ACT_SOFTMAX) {
+        if (j->N <= SHORT_ROW)
+            for (; m + 8 <= m1; m += 8) normalize_8rows(j->z + m * j->ldz, j->ldz, j->N, j->eps, j->act);
+        else if (j->N <= NORM_CHUNK)
+            for (; m + 4 <= m1; m += 4) normalize_4rows(j->z + m * j->ldz, j->ldz, j->N, j->eps, j->act);
+    }
     for (; m < m1; m++) normalize_row(j->z + m * j->ldz, j->N, j->eps, j->act);
 }
 
