@@ -54,10 +54,12 @@ cdef extern from "bitnn.h" nogil:
     void bitnn_weights_release(bitnn_weights *wt)
     bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M,
                                      const bitnn_weights *wt, const uint64_t *bias, float *z,
-                                     size_t ldz, bitnn_precision prec, int isa, bitnn_pool *pool)
+                                     size_t ldz, bitnn_precision prec, int isa, bitnn_pool *pool,
+                                     void *ws)
     bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
                                 const uint64_t *bias, float eps, bitnn_act act, float *y,
-                                size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool)
+                                size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool,
+                                void *ws)
     bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,
                                      float eps, bitnn_act act, bitnn_pool *pool)
     bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K,

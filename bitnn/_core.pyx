@@ -350,10 +350,10 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
         for r in range(reps):
             if fused:
                 s = bitnn_linear_w(&xv[0, 0], K, M, &wt, bp, e, act, &ov[0, 0], N, prec, isa,
-                                   pool.pool)
+                                   pool.pool, NULL)
             else:
                 s = bitnn_binary_gemm_w(&xv[0, 0], K, M, &wt, bp, &ov[0, 0], N, prec, isa,
-                                        pool.pool)
+                                        pool.pool, NULL)
             if s != BITNN_OK:
                 break
     _check(s)

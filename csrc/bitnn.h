@@ -160,13 +160,20 @@ typedef struct {
 bitnn_status bitnn_weights_pack(bitnn_weights *wt);
 void bitnn_weights_release(bitnn_weights *wt);
 
-/* bitnn_binary_gemm and bitnn_linear on a bitnn_weights. */
+/* The buffers of the binary GEMM (quantized rows, tables), kept between
+ * calls by a graph's state: one workspace serves one call at a time. */
+typedef struct bitnn_gemm_ws bitnn_gemm_ws;
+bitnn_gemm_ws *bitnn_gemm_ws_new(void); /* NULL when out of memory */
+void bitnn_gemm_ws_free(bitnn_gemm_ws *ws);
+
+/* bitnn_binary_gemm and bitnn_linear on a bitnn_weights; ws may be NULL
+ * (buffers for this call). */
 bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
                                  const uint64_t *bias, float *z, size_t ldz, bitnn_precision prec,
-                                 int isa, bitnn_pool *pool);
+                                 int isa, bitnn_pool *pool, bitnn_gemm_ws *ws);
 bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
                             const uint64_t *bias, float eps, bitnn_act act, float *y, size_t ldy,
-                            bitnn_precision prec, int isa, bitnn_pool *pool);
+                            bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_gemm_ws *ws);
 
 /* Normalize each row of z (M rows of N values, leading dimension ldz) in
  * place, then apply act: y = act((z - mean) / sqrt(var + eps)). eps > 0. */

@@ -194,8 +194,9 @@ bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **
     s->f = malloc(ctx * m->ff_dim * sizeof(float));
     s->hv0 = malloc(widest * sizeof(float));
     s->hv1 = malloc(widest * sizeof(float));
+    s->ws = bitnn_gemm_ws_new();
     if (!s->k || !s->v || !s->x || !s->q || !s->att || !s->h || !s->t || !s->f || !s->hv0 ||
-        !s->hv1) {
+        !s->hv1 || !s->ws) {
         bitnn_lm_state_free(s);
         return BITNN_ENOMEM;
     }
@@ -208,6 +209,7 @@ void bitnn_lm_state_free(bitnn_lm_state *s)
     if (!s) return;
     free(s->k), free(s->v), free(s->x), free(s->q), free(s->att), free(s->h), free(s->t);
     free(s->f), free(s->hv0), free(s->hv1);
+    bitnn_gemm_ws_free(s->ws);
     free(s);
 }
 
@@ -311,11 +313,12 @@ BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 
 /* ---------------------------------------------------------------- forward */
 /* One binary normalized linear layer of the model, in its numeric mode. */
-static bitnn_status lin(const bitnn_lm *m, const bitnn_lm_linear *L, const float *x, size_t M,
-                        float *y, bitnn_act act, int isa, bitnn_pool *pool)
+static bitnn_status lin(const bitnn_lm *m, bitnn_gemm_ws *ws, const bitnn_lm_linear *L,
+                        const float *x, size_t M, float *y, bitnn_act act, int isa,
+                        bitnn_pool *pool)
 {
     return bitnn_linear_w(x, L->in, M, &L->w, L->b, m->eps, act, y, L->out, m->precision, isa,
-                          pool);
+                          pool, ws);
 }
 
 static void add_rows(float *a, const float *b, size_t n)
@@ -355,9 +358,9 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
     for (size_t b = 0; b < m->blocks; b++) {
         const bitnn_lm_block *B = &m->block[b];
         float *kc = s->k + b * D * s->ldk, *vc = s->v + b * s->ctx * D;
-        if ((st = lin(m, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, &B->k, s->x, n, s->t, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, &B->v, s->x, n, vc + p0 * D, BITNN_ACT_LINEAR, isa, pool)))
+        if ((st = lin(m, s->ws, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(m, s->ws, &B->k, s->x, n, s->t, BITNN_ACT_LINEAR, isa, pool)) ||
+            (st = lin(m, s->ws, &B->v, s->x, n, vc + p0 * D, BITNN_ACT_LINEAR, isa, pool)))
             return st;
         const size_t hd = m->head_dim, kb = s->ldk / 16;
         for (size_t i = 0; i < n; i++) { /* keys into the cache: blocks of 16 keys */
@@ -369,12 +372,12 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;
         /* h = Normalize(x + O(att)) */
-        if ((st = lin(m, &B->o, s->att, n, s->h, BITNN_ACT_LINEAR, isa, pool))) return st;
+        if ((st = lin(m, s->ws, &B->o, s->att, n, s->h, BITNN_ACT_LINEAR, isa, pool))) return st;
         add_rows(s->h, s->x, n * D);
         if ((st = bitnn_normalize_act(s->h, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
         /* x = Normalize(h + FF2(FF1(h))) */
-        if ((st = lin(m, &B->ff1, s->h, n, s->f, BITNN_ACT_GELU, isa, pool)) ||
-            (st = lin(m, &B->ff2, s->f, n, s->x, BITNN_ACT_LINEAR, isa, pool)))
+        if ((st = lin(m, s->ws, &B->ff1, s->h, n, s->f, BITNN_ACT_GELU, isa, pool)) ||
+            (st = lin(m, s->ws, &B->ff2, s->f, n, s->x, BITNN_ACT_LINEAR, isa, pool)))
             return st;
         add_rows(s->x, s->h, n * D);
         if ((st = bitnn_normalize_act(s->x, D, n, D, eps, BITNN_ACT_LINEAR, pool))) return st;
@@ -386,10 +389,10 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
     const float *cur = s->x + (n - 1) * D;
     float *bufs[2] = {s->hv0, s->hv1};
     for (size_t i = 0; i < m->n_head; i++) {
-        if ((st = lin(m, &m->head[i], cur, 1, bufs[i & 1], BITNN_ACT_GELU, isa, pool))) return st;
+        if ((st = lin(m, s->ws, &m->head[i], cur, 1, bufs[i & 1], BITNN_ACT_GELU, isa, pool))) return st;
         cur = bufs[i & 1];
     }
-    return lin(m, &m->output, cur, 1, scores, BITNN_ACT_LINEAR, isa, pool);
+    return lin(m, s->ws, &m->output, cur, 1, scores, BITNN_ACT_LINEAR, isa, pool);
 }
 
 /* ------------------------------------------------------ log-probabilities */
@@ -449,11 +452,11 @@ bitnn_status bitnn_lm_logprobs(const bitnn_lm *m, bitnn_lm_state *s, const int32
         const float *cur = s->x + r0 * D;
         float *bufs[2] = {buf0, buf1};
         for (size_t i = 0; i < m->n_head; i++) {
-            if ((st = lin(m, &m->head[i], cur, R, bufs[i & 1], BITNN_ACT_GELU, isa, pool)))
+            if ((st = lin(m, s->ws, &m->head[i], cur, R, bufs[i & 1], BITNN_ACT_GELU, isa, pool)))
                 goto done;
             cur = bufs[i & 1];
         }
-        if ((st = lin(m, &m->output, cur, R, scores, BITNN_ACT_LINEAR, isa, pool))) goto done;
+        if ((st = lin(m, s->ws, &m->output, cur, R, scores, BITNN_ACT_LINEAR, isa, pool))) goto done;
         /* row r predicts ids[r + 1] */
         logsoftmax_job lj = {scores, ids + r0 + 1, logp + (r0 - first), V};
         bitnn_parallel_for(pool, R, 1, logsoftmax_rows, &lj);

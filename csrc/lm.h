@@ -42,6 +42,7 @@ typedef struct {
                           side), v: [blocks][ctx][dim] */
     float *x, *q, *att, *h, *f, *t; /* scratch: [ctx][dim] (f: [ctx][ff_dim]) */
     float *hv0, *hv1;  /* head scratch: widest head layer */
+    bitnn_gemm_ws *ws; /* the binary layers' buffers */
 } bitnn_lm_state;
 
 bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen);

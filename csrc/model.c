@@ -448,8 +448,9 @@ bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classif
         st->a = malloc(m->max_act * sizeof(float));
         st->b = malloc(m->max_act * sizeof(float));
         st->acc = malloc((m->max_channels ? m->max_channels : 1) * sizeof(double));
+        st->ws = bitnn_gemm_ws_new();
     }
-    if (!st || !st->a || !st->b || !st->acc) {
+    if (!st || !st->a || !st->b || !st->acc || !st->ws) {
         bitnn_classifier_state_free(st);
         return BITNN_ENOMEM;
     }
@@ -462,6 +463,7 @@ void bitnn_classifier_state_free(bitnn_classifier_state *s)
     if (!s) return;
     free(s->a), free(s->b), free(s->acc);
     bitnn_buf_free(&s->map), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
+    bitnn_gemm_ws_free(s->ws);
     free(s);
 }
 
@@ -526,7 +528,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
         const bitnn_layer *L = &m->layers[i];
         float *dst = (i + 1 == m->n_layers) ? probs : vb;
         s = bitnn_linear_w(va, L->in, N, &L->w, L->b, m->eps, L->act, dst, L->out, m->precision,
-                           isa, pool);
+                           isa, pool, st->ws);
         float *tmp = va;
         va = vb, vb = tmp;
     }

@@ -85,6 +85,7 @@ typedef struct {
     double *acc;   /* pooling sums (max_channels) */
     bitnn_buf map; /* a convolution's input tables */
     bitnn_buf va, vb; /* the batched linear part */
+    bitnn_gemm_ws *ws;  /* the linear layers' buffers */
 } bitnn_classifier_state;
 
 bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classifier_state **out);

@@ -252,9 +252,54 @@ float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq)
     return amax / 127.0f;
 }
 
+struct bitnn_gemm_ws {
+    bitnn_buf q, scale, tab, tp; /* grown to the largest call seen */
+};
+
+bitnn_gemm_ws *bitnn_gemm_ws_new(void) { return calloc(1, sizeof(bitnn_gemm_ws)); }
+
+void bitnn_gemm_ws_free(bitnn_gemm_ws *ws)
+{
+    if (!ws) return;
+    bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->scale), bitnn_buf_free(&ws->tab);
+    bitnn_buf_free(&ws->tp);
+    free(ws);
+}
+
+/* The operands of one GEMM call in ws: int8 rows and scales, tables and
+ * their chunk pointers (filled in parallel over the rows). */
+static bitnn_status gemm_operands(gemm_job *j, const bitnn_kernel_set *ks, bitnn_precision prec,
+                                  bitnn_gemm_ws *ws, bitnn_pool *pool)
+{
+    const size_t M = j->M;
+    const int tiled = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
+    if (tiled && bitnn_buf_reserve(&ws->tp, M * j->kc * sizeof *j->tp)) return BITNN_ENOMEM;
+    j->tp = ws->tp.p;
+    if (prec == BITNN_PRECISION_INT8) {
+        j->ldq = 64 * j->wpr;
+        if (bitnn_buf_reserve(&ws->q, M * j->ldq) || bitnn_buf_reserve(&ws->scale, M * sizeof(float)))
+            return BITNN_ENOMEM;
+        j->q = ws->q.p, j->scale = ws->scale.p;
+        if (ks->gemm_q8t) {
+            j->q8t = ks->gemm_q8t, j->tables_q8 = ks->tables_q8, j->ldt = 256 * j->kc;
+            if (bitnn_buf_reserve(&ws->tab, M * j->ldt)) return BITNN_ENOMEM;
+            j->tab8 = ws->tab.p;
+        } else {
+            j->q8 = ks->gemm_q8;
+        }
+        bitnn_parallel_for(pool, M, 16, quantize_rows, j);
+    } else {
+        j->f32 = ks->gemm_f32, j->ldt = 128 * j->kc;
+        if (bitnn_buf_reserve(&ws->tab, M * j->ldt * sizeof(float))) return BITNN_ENOMEM;
+        j->tab = ws->tab.p;
+        bitnn_parallel_for(pool, M, 4, table_rows, j);
+    }
+    return BITNN_OK;
+}
+
 bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
                                  const uint64_t *bias, float *z, size_t ldz, bitnn_precision prec,
-                                 int isa, bitnn_pool *pool)
+                                 int isa, bitnn_pool *pool, bitnn_gemm_ws *ws)
 {
     if (!wt) return BITNN_EINVAL;
     const size_t K = wt->K, N = wt->N;
@@ -265,60 +310,29 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
     const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
     gemm_job j = {x, ldx, M, K, wt->bits, bitnn_words_per_row(K), N, bias, z, ldz};
-    bitnn_weights tmp = *wt;
-    void *buf = NULL;
-    /* Weights not packed at load (a raw call) are packed for this call. */
-    const int tiled = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
-    if (tiled && !tmp.tiles) {
-        bitnn_status s = bitnn_weights_pack(&tmp);
-        if (s != BITNN_OK) return s;
-    }
-    j.tiles = tmp.tiles;
     j.kc = bitnn_tile_chunks(K);
-    if (tiled && !(j.tp = malloc(M * j.kc * sizeof *j.tp))) {
-        if (!wt->tiles) bitnn_weights_release(&tmp);
-        return BITNN_ENOMEM;
+    /* Weights not packed at load (a raw call) are packed for this call, and
+     * a call without a workspace gets one for itself. */
+    bitnn_weights tmp = *wt;
+    bitnn_gemm_ws own = {{0}};
+    bitnn_status s = BITNN_OK;
+    if ((prec == BITNN_PRECISION_FP32 || ks->gemm_q8t) && !tmp.tiles) s = bitnn_weights_pack(&tmp);
+    j.tiles = tmp.tiles;
+    if (s == BITNN_OK) s = gemm_operands(&j, ks, prec, ws ? ws : &own, pool);
+    if (s == BITNN_OK) {
+        const size_t threads = (size_t)bitnn_pool_size(pool);
+        /* Split over whichever axis gives every thread a fair share; each
+         * z[m,n] is always computed whole by one thread, so the split never
+         * changes it. */
+        if (M >= 4 * threads && N < 64 * threads)
+            bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
+        else
+            bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
     }
-    if (prec == BITNN_PRECISION_INT8) {
-        j.ldq = 64 * j.wpr;
-        j.q = malloc(M * j.ldq);
-        j.scale = malloc(M * sizeof(float));
-        if (ks->gemm_q8t) {
-            j.q8t = ks->gemm_q8t;
-            j.tables_q8 = ks->tables_q8;
-            j.ldt = 256 * j.kc;
-            if (posix_memalign(&buf, 64, M * j.ldt) != 0) buf = NULL;
-            j.tab8 = buf;
-        } else {
-            j.q8 = ks->gemm_q8;
-        }
-        if (!j.q || !j.scale || (j.q8t && !buf)) {
-            free(j.q), free(j.scale), free(buf), free(j.tp);
-            if (!wt->tiles) bitnn_weights_release(&tmp);
-            return BITNN_ENOMEM;
-        }
-        bitnn_parallel_for(pool, M, 16, quantize_rows, &j);
-    } else {
-        j.f32 = ks->gemm_f32;
-        j.ldt = 128 * j.kc;
-        if (posix_memalign(&buf, 64, M * j.ldt * sizeof(float)) != 0) {
-            free(j.tp);
-            if (!wt->tiles) bitnn_weights_release(&tmp);
-            return BITNN_ENOMEM;
-        }
-        j.tab = buf;
-        bitnn_parallel_for(pool, M, 4, table_rows, &j);
-    }
-    const size_t threads = (size_t)bitnn_pool_size(pool);
-    /* Split over whichever axis gives every thread a fair share; each z[m,n]
-     * is always computed whole by one thread, so the split never changes it. */
-    if (M >= 4 * threads && N < 64 * threads)
-        bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
-    else
-        bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
-    free(j.q), free(j.scale), free(buf), free(j.tp);
+    bitnn_buf_free(&own.q), bitnn_buf_free(&own.scale), bitnn_buf_free(&own.tab);
+    bitnn_buf_free(&own.tp);
     if (!wt->tiles) bitnn_weights_release(&tmp);
-    return BITNN_OK;
+    return s;
 }
 
 bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
@@ -327,7 +341,7 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                bitnn_pool *pool)
 {
     const bitnn_weights wt = {w, N, K, NULL};
-    return bitnn_binary_gemm_w(x, ldx, M, &wt, bias, z, ldz, prec, isa, pool);
+    return bitnn_binary_gemm_w(x, ldx, M, &wt, bias, z, ldz, prec, isa, pool, NULL);
 }
 
 /* ------------------------------------------------------------- Normalize */
@@ -673,10 +687,10 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
 
 bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_weights *wt,
                             const uint64_t *bias, float eps, bitnn_act act, float *y, size_t ldy,
-                            bitnn_precision prec, int isa, bitnn_pool *pool)
+                            bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_gemm_ws *ws)
 {
     if (!(eps > 0.0f) || isinf(eps) || (unsigned)act >= BITNN_ACT_COUNT) return BITNN_EINVAL;
-    bitnn_status s = bitnn_binary_gemm_w(x, ldx, M, wt, bias, y, ldy, prec, isa, pool);
+    bitnn_status s = bitnn_binary_gemm_w(x, ldx, M, wt, bias, y, ldy, prec, isa, pool, ws);
     if (s != BITNN_OK) return s;
     return bitnn_normalize_act(y, ldy, M, wt->N, eps, act, pool);
 }
@@ -686,5 +700,5 @@ bitnn_status bitnn_linear(const float *x, size_t ldx, size_t M, size_t K, const 
                           size_t ldy, bitnn_precision prec, int isa, bitnn_pool *pool)
 {
     const bitnn_weights wt = {w, N, K, NULL};
-    return bitnn_linear_w(x, ldx, M, &wt, bias, eps, act, y, ldy, prec, isa, pool);
+    return bitnn_linear_w(x, ldx, M, &wt, bias, eps, act, y, ldy, prec, isa, pool, NULL);
 }
