@@ -59,20 +59,11 @@ void bitnn_gemm_f32_avx2(const float *const *tp, size_t M, size_t kc,
                          float *z, size_t ldz)
 {
     BITNN_COUNT_CALL(BITNN_ISA_AVX2);
-    if (n0 >= n1) return;
-    size_t slab = SLAB_BYTES / (kc * 64);
-    if (slab < 1) slab = 1;
-    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
-    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
-        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
-        size_t m = 0;
-        for (; m + 4 <= M; m += 4)
-            for (size_t b = s0; b < s1; b++)
-                run_block(tp + m * kc, kc, tiles, b, 4, n0, n1, bias, z + m * ldz, ldz);
-        for (; m < M; m++)
-            for (size_t b = s0; b < s1; b++)
-                run_block(tp + m * kc, kc, tiles, b, 1, n0, n1, bias, z + m * ldz, ldz);
-    }
+    /* one block a pass (rb is always 1 here) */
+#define F32_BLOCK(m, b, rb, mb) \
+    run_block(tp + (m) * kc, kc, tiles, b, mb, n0, n1, bias, z + (m) * ldz, ldz)
+    BITNN_TILE_DRIVER(M, kc, n0, n1, 1, 1, F32_BLOCK);
+#undef F32_BLOCK
 }
 
 /* ------------------------------------------------------------------ int8 */

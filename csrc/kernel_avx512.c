@@ -66,37 +66,14 @@ ALWAYS_INLINE void run_blocks(const float *const *tp, size_t kc, const uint32_t 
 }
 
 /* The blocks [b0, b1) for MB input rows: RB blocks at a time, then the rest. */
-ALWAYS_INLINE void run_rows(const float *const *tp, size_t kc, const uint32_t *tiles,
-                            size_t b0, size_t b1, const int RB, const int MB, size_t n0,
-                            size_t n1, const uint64_t *bias, float *z, size_t ldz)
-{
-    size_t b = b0;
-    for (; b + RB <= b1; b += RB) run_blocks(tp, kc, tiles, b, RB, MB, n0, n1, bias, z, ldz);
-    if (RB == 4 && b + 2 <= b1) {
-        run_blocks(tp, kc, tiles, b, 2, MB, n0, n1, bias, z, ldz);
-        b += 2;
-    }
-    for (; b < b1; b++) run_blocks(tp, kc, tiles, b, 1, MB, n0, n1, bias, z, ldz);
-}
-
 void bitnn_gemm_f32_avx512(const float *const *tp, size_t M, size_t kc,
                            const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                            float *z, size_t ldz)
 {
     BITNN_COUNT_CALL(BITNN_ISA_AVX512);
-    if (n0 >= n1) return;
-    /* Slabs of blocks whose tiles fit in L2, so that a batch of input rows
-     * streams the weights once per slab. */
-    size_t slab = SLAB_BYTES / (kc * 64);
-    if (slab < 1) slab = 1;
-    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
-    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
-        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
-        size_t m = 0;
-        for (; m + 4 <= M; m += 4)
-            run_rows(tp + m * kc, kc, tiles, s0, s1, 4, 4, n0, n1, bias, z + m * ldz, ldz);
-        for (; m < M; m++)
-            run_rows(tp + m * kc, kc, tiles, s0, s1, 4, 1, n0, n1, bias, z + m * ldz, ldz);
-    }
+#define F32_BLOCK(m, b, rb, mb) \
+    run_blocks(tp + (m) * kc, kc, tiles, b, rb, mb, n0, n1, bias, z + (m) * ldz, ldz)
+    BITNN_TILE_DRIVER(M, kc, n0, n1, 4, 4, F32_BLOCK);
+#undef F32_BLOCK
 }
 #endif

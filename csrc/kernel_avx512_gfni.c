@@ -121,33 +121,13 @@ void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab)
     }
 }
 
-ALWAYS_INLINE void q8t_rows(const uint8_t *const *tp, size_t kc, const uint32_t *tiles,
-                            size_t b0, size_t b1, const int RB, const int MB, size_t n0, size_t n1,
-                            const float *scale, const uint64_t *bias, float *z, size_t ldz)
-{
-    size_t b = b0;
-    for (; b + RB <= b1; b += RB)
-        q8t_blocks(tp, kc, tiles, b, RB, MB, n0, n1, scale, bias, z, ldz);
-    for (; b < b1; b++) q8t_blocks(tp, kc, tiles, b, 1, MB, n0, n1, scale, bias, z, ldz);
-}
-
 void bitnn_gemm_q8t_avx512vbmi(const uint8_t *const *tp, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz)
 {
-    if (n0 >= n1) return;
-    size_t slab = SLAB_BYTES / (kc * 64);
-    if (slab < 1) slab = 1;
-    const size_t bfirst = n0 / 16, bend = (n1 + 15) / 16;
-    for (size_t s0 = bfirst; s0 < bend; s0 += slab) {
-        const size_t s1 = bend - s0 > slab ? s0 + slab : bend;
-        size_t m = 0;
-        for (; m + 4 <= M; m += 4)
-            q8t_rows(tp + m * kc, kc, tiles, s0, s1, 2, 4, n0, n1, scale + m, bias,
-                     z + m * ldz, ldz);
-        for (; m < M; m++)
-            q8t_rows(tp + m * kc, kc, tiles, s0, s1, 4, 1, n0, n1, scale + m, bias,
-                     z + m * ldz, ldz);
-    }
+#define Q8T_BLOCK(m, b, rb, mb) \
+    q8t_blocks(tp + (m) * kc, kc, tiles, b, rb, mb, n0, n1, scale + (m), bias, z + (m) * ldz, ldz)
+    BITNN_TILE_DRIVER(M, kc, n0, n1, 2, 4, Q8T_BLOCK);
+#undef Q8T_BLOCK
 }
 #endif

@@ -15,6 +15,38 @@
  * of input rows streams the weights once per slab instead of once per row. */
 #define SLAB_BYTES (128u * 1024u)
 
+/* The tiling of the table kernels, shared by every ISA (each supplies only
+ * its inner block): output blocks of 16 rows in slabs whose tiles fit in L2;
+ * in a slab, input rows 4 at a time over every block, RB4 blocks a pass
+ * (then 2, then 1), then the remaining rows one at a time, RB1 blocks a
+ * pass. BLOCK(m, b, rb, mb) computes input rows m .. m+mb-1 for the output
+ * blocks b .. b+rb-1 and stores the rows of [n0, n1) among them; rb and mb
+ * are constants at each use, so the ISA's block is compiled per shape. */
+#define BITNN_TILE_PASS(m, b0, b1, RB, MB, BLOCK)                   \
+    do {                                                            \
+        size_t b_ = (b0);                                           \
+        for (; b_ + (RB) <= (b1); b_ += (RB)) BLOCK(m, b_, RB, MB);  \
+        if ((RB) >= 4 && b_ + 2 <= (b1)) {                          \
+            BLOCK(m, b_, 2, MB);                                    \
+            b_ += 2;                                                \
+        }                                                           \
+        for (; b_ < (b1); b_++) BLOCK(m, b_, 1, MB);                \
+    } while (0)
+
+#define BITNN_TILE_DRIVER(M, kc, n0, n1, RB4, RB1, BLOCK)                              \
+    do {                                                                             \
+        if ((n0) >= (n1)) break;                                                     \
+        size_t slab_ = SLAB_BYTES / ((kc) * 64);                                     \
+        if (slab_ < 1) slab_ = 1;                                                    \
+        const size_t bend_ = ((n1) + 15) / 16;                                       \
+        for (size_t s0_ = (n0) / 16; s0_ < bend_; s0_ += slab_) {                    \
+            const size_t s1_ = bend_ - s0_ > slab_ ? s0_ + slab_ : bend_;            \
+            size_t m_ = 0;                                                           \
+            for (; m_ + 4 <= (M); m_ += 4) BITNN_TILE_PASS(m_, s0_, s1_, RB4, 4, BLOCK); \
+            for (; m_ < (M); m_++) BITNN_TILE_PASS(m_, s0_, s1_, RB1, 1, BLOCK);     \
+        }                                                                            \
+    } while (0)
+
 /* The 16 weight bits of chunk c (elements 16c .. 16c+15) of a packed row. */
 ALWAYS_INLINE uint16_t chunk16(const uint64_t *row, size_t c)
 {
