@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "erf.h"
 #include "kernels.h"
 
 typedef struct {
@@ -433,12 +434,28 @@ BITNN_INLINE double act_range(float *z, size_t n0, size_t n1, double mean, doubl
             z[n] = v > 0.0f ? v : 0.0f;
         }
         break;
-    case BITNN_ACT_GELU:
-        for (size_t n = n0; n < n1; n++) {
+    case BITNN_ACT_GELU: {
+        size_t n = n0;
+        for (; n + 8 <= n1; n += 8) { /* 8 at a time: the erf vectorizes */
+            /* explicit vector conversions: with scalar (float) casts in
+             * an 8-iteration loop GCC 12 -O3 dropped the rounding to f32 */
+            const bitnn_v8f vf = __builtin_convertvector((WIDEN8(z + n) - mean) * inv, bitnn_v8f);
+            const bitnn_v8d v = __builtin_convertvector(vf, bitnn_v8d);
+            double x[8], e[8];
+            const bitnn_v8d xv = v * 0.70710678118654752440;
+            memcpy(x, &xv, sizeof x);
+            bitnn_one_plus_erf8(x, e);
+            bitnn_v8d ev;
+            memcpy(&ev, e, sizeof ev);
+            const bitnn_v8f out = __builtin_convertvector(0.5 * v * ev, bitnn_v8f);
+            memcpy(z + n, &out, sizeof out);
+        }
+        for (; n < n1; n++) {
             const double v = (float)((z[n] - mean) * inv);
-            z[n] = (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
+            z[n] = (float)(0.5 * v * bitnn_one_plus_erf(v * 0.70710678118654752440));
         }
         break;
+    }
     case BITNN_ACT_SOFTMAX:
         for (size_t n = n0; n < n1; n++) {
             const float v = (float)((z[n] - mean) * inv);

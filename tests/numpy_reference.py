@@ -6,8 +6,9 @@ bits for classifiers and language decoders.
 
 numpy's float32 and float64 element-wise operations are single IEEE operations, so
 they give the documents' roundings; sums whose order matters are written out (never
-np.sum, whose order is numpy's own). exp, expf and erf are the C library's, as the
-runtime uses them (math.exp and math.erf call it; expf through ctypes).
+np.sum, whose order is numpy's own). exp and expf are the C library's, as the
+runtime uses them (math.exp calls it; expf through ctypes). gelu's 1 + erf(x) is the
+runtime's own (arithmetic.md), from the coefficient tables of csrc/erf_table.h.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import ctypes
 import ctypes.util
 import json
 import math
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +30,46 @@ _libm.expf.restype = ctypes.c_float
 _libm.expf.argtypes = [ctypes.c_float]
 _expf = np.vectorize(lambda v: _libm.expf(float(v)), otypes=[F32])
 _exp = np.vectorize(math.exp, otypes=[F64])
-_erf = np.vectorize(math.erf, otypes=[F64])
+
+
+def _erf_tables() -> dict:
+    """The coefficient tables of csrc/erf_table.h (hexadecimal doubles, exact)."""
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "erf_table.h").read_text()
+    out = {}
+    for name in ("small", "large", "exp"):
+        body = re.search(r"bitnn_erf_%s\[\d+\] = \{(.*?)\};" % name, text, re.S).group(1)
+        out[name] = [float.fromhex(v) for v in body.replace(",", " ").split()]
+    return out
+
+
+_ERF = _erf_tables()
+
+
+def _horner(c, x):
+    """c[0] + x (c[1] + x (... + x c[-1])), from the highest coefficient down."""
+    r = np.full_like(x, c[-1])
+    for ci in reversed(c[:-1]):
+        r = r * x + ci
+    return r
+
+
+def _exp_neg(y):
+    """exp(y), -700 <= y <= 0, as arithmetic.md states it (2^k from k's bits)."""
+    inv_ln2, ln2_hi = float.fromhex("0x1.71547652b82fep+0"), float.fromhex("0x1.62e42feep-1")
+    ln2_lo, magic = float.fromhex("0x1.a39ef35793c76p-33"), float.fromhex("0x1.8p+52")
+    t = y * inv_ln2 + magic
+    k = t - magic
+    s = ((t.view(np.int64) - np.array(magic).view(np.int64) + 1023) << 52).view(F64)
+    r = (y - k * ln2_hi) - k * ln2_lo
+    return _horner(_ERF["exp"], r) * s
+
+
+def _one_plus_erf(x):
+    """1 + erf(x) in f64 as arithmetic.md states it."""
+    a = np.abs(x)
+    e = a * _horner(_ERF["small"], a * a)
+    c = _exp_neg(-(np.clip(a, 1.0, 26.0) ** 2)) * _horner(_ERF["large"], (np.minimum(a, 6.0) - 3.5) / 2.5)
+    return np.where(a < 1.0, np.where(x < 0, 1.0 - e, 1.0 + e), np.where(x < 0, c, 2.0 - c))
 
 
 # ------------------------------------------------------------------ the file
@@ -113,7 +155,7 @@ def normalize_act(z, eps, act="linear"):
         return np.where(v > 0, v, F32(0))
     if act == "gelu":
         vd = v.astype(F64)
-        return (0.5 * vd * (1.0 + _erf(vd * 0.70710678118654752440))).astype(F32)
+        return (0.5 * vd * _one_plus_erf(vd * 0.70710678118654752440)).astype(F32)
     if act == "softmax":
         mx = v.max(axis=1)
         e = _exp(v.astype(F64) - mx.astype(F64)[:, None]).astype(F32)
