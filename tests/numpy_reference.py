@@ -37,7 +37,7 @@ def _erf_tables() -> dict:
     text = (Path(__file__).resolve().parent.parent / "csrc" / "erf_table.h").read_text()
     out = {}
     for name in ("small", "large", "exp"):
-        body = re.search(r"bitnn_erf_%s\[\d+\] = \{(.*?)\};" % name, text, re.S).group(1)
+        body = re.search(rf"bitnn_erf_{name}\[\d+\] = \{{(.*?)\}};", text, re.S).group(1)
         out[name] = [float.fromhex(v) for v in body.replace(",", " ").split()]
     return out
 
@@ -68,7 +68,8 @@ def _one_plus_erf(x):
     """1 + erf(x) in f64 as arithmetic.md states it."""
     a = np.abs(x)
     e = a * _horner(_ERF["small"], a * a)
-    c = _exp_neg(-(np.clip(a, 1.0, 26.0) ** 2)) * _horner(_ERF["large"], (np.minimum(a, 6.0) - 3.5) / 2.5)
+    big = _horner(_ERF["large"], (np.minimum(a, 6.0) - 3.5) / 2.5)
+    c = _exp_neg(-(np.clip(a, 1.0, 26.0) ** 2)) * big
     return np.where(a < 1.0, np.where(x < 0, 1.0 - e, 1.0 + e), np.where(x < 0, c, 2.0 - c))
 
 

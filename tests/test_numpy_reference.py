@@ -180,6 +180,7 @@ def test_gelu_is_within_one_float32_ulp_of_the_c_library_erf():
     v = np.concatenate([rng.standard_normal(20000) * 3, np.linspace(-5, 40, 4501)])
     v = np.clip(v, -5, 40).astype(np.float32).astype(np.float64)
     ours = (0.5 * v * ref._one_plus_erf(v * 0.70710678118654752440)).astype(np.float32)
-    lib = np.array([0.5 * x * (1.0 + math.erf(x * 0.70710678118654752440)) for x in v]).astype(np.float32)
+    lib = np.array([0.5 * x * (1.0 + math.erf(x * 0.70710678118654752440))
+                    for x in v]).astype(np.float32)
     ulps = np.abs(ours.view(np.int32).astype(np.int64) - lib.view(np.int32).astype(np.int64))
     assert ulps.max() <= 1, v[ulps.argmax()]
