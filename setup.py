@@ -2,7 +2,7 @@
 
 The portable core is compiled with the target's baseline flags. Each SIMD
 kernel file is compiled on its own with the flags of its instruction set and
-is only called after run-time CPU detection (csrc/cpu.c), so the installed
+is only called after run-time CPU detection (csrc/kernels/cpu.c), so the installed
 package runs on any CPU of the architecture. Nothing uses -march=native.
 
 Environment: BITNN_NO_SIMD=1 builds the reference kernel only.
@@ -19,7 +19,8 @@ from setuptools.command.build_ext import build_ext
 
 
 def load_sources():
-    """csrc/sources.py: the one list of C files and flags (tests/c/ reads it too)."""
+    """csrc/sources.py: the one list of C files, include folders and flags (tests/c/ reads it
+    too)."""
     path = os.path.join("csrc", "sources.py")
     spec = importlib.util.spec_from_file_location("bitnn_sources", path)
     module = importlib.util.module_from_spec(spec)
@@ -30,7 +31,10 @@ def load_sources():
 SOURCES = load_sources()
 CORE_SOURCES = ["csrc/" + f for f in SOURCES.core_sources()]
 CORE_FLAGS = SOURCES.FLAGS
-# csrc/bitnn.h gets the version of bitnn/_version.py from this define.
+# The header folders, for the C core and for the Cython module's cdef extern lines.
+INCLUDE_DIRS = SOURCES.include_dirs("csrc")
+HEADERS = sorted(h for d in INCLUDE_DIRS for h in glob.glob(os.path.join(d, "*.h")))
+# csrc/include/bitnn.h gets the version of bitnn/_version.py from this define.
 VERSION_MACRO = SOURCES.version_macro()
 
 
@@ -50,13 +54,12 @@ class BuildCore(build_ext):
         simd = simd_sources()
         macros = [(macro, "1") for _, _, macro in simd] + [VERSION_MACRO]
         objects = self.compiler.compile(CORE_SOURCES, output_dir=self.build_temp,
-                                        macros=macros, include_dirs=["csrc"],
-                                        extra_postargs=CORE_FLAGS, depends=glob.glob("csrc/*.h"))
+                                        macros=macros, include_dirs=INCLUDE_DIRS,
+                                        extra_postargs=CORE_FLAGS, depends=HEADERS)
         for source, flags, _ in simd:
             objects += self.compiler.compile([source], output_dir=self.build_temp,
-                                             macros=[VERSION_MACRO], include_dirs=["csrc"],
-                                             extra_postargs=CORE_FLAGS + flags,
-                                             depends=glob.glob("csrc/*.h"))
+                                             macros=[VERSION_MACRO], include_dirs=INCLUDE_DIRS,
+                                             extra_postargs=CORE_FLAGS + flags, depends=HEADERS)
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 
@@ -66,9 +69,9 @@ extensions = [
         "bitnn._core",
         sources=["bitnn/_core.pyx"],
         # Any C change must relink the extension (the core objects are built in BuildCore).
-        depends=sorted(glob.glob("csrc/*.[ch]") + glob.glob("bitnn/*.pxi")
+        depends=sorted(glob.glob("csrc/**/*.[ch]", recursive=True) + glob.glob("bitnn/*.pxi")
                        + ["bitnn/_core.pxd", "csrc/sources.py", "bitnn/_version.py"]),
-        include_dirs=["csrc", np.get_include()],
+        include_dirs=INCLUDE_DIRS + [np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), VERSION_MACRO],
         extra_compile_args=["-O2"],
         libraries=["m"],

@@ -1,4 +1,4 @@
-# The .bnb model file (csrc/bnb.h; the format is docs/format.md).
+# The .bnb model file (csrc/format/bnb.h; the format is docs/format.md).
 # Included at the end of _core.pyx, so it shares that module's cimports; the
 # C declarations and the BnbFile / _BnbHandle attributes are in _core.pxd.
 import os as _os
@@ -256,7 +256,7 @@ cdef object _bjson_to_py(const bjson *v):
 
 
 def _json_parse(data):
-    """Parse JSON bytes with the C parser (csrc/json.c). Test hook: returns
+    """Parse JSON bytes with the C parser (csrc/format/json.c). Test hook: returns
     what json.loads would, or raises FormatError with the C message."""
     cdef bytes b = bytes(data)
     cdef char err[_ERRLEN]

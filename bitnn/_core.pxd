@@ -1,4 +1,4 @@
-# Declarations of the C core (csrc/bitnn.h) for Cython.
+# Declarations of the C core (csrc/include/bitnn.h) for Cython.
 from libc.stdint cimport uint64_t, uint32_t
 
 cdef extern from "bitnn.h" nogil:
@@ -83,7 +83,7 @@ cdef class ThreadPool:
     cdef readonly int size
 
 
-# ------------------------------------------------- .bnb files (csrc/json.h, csrc/bnb.h)
+# ------------------------------------- .bnb files (csrc/format/json.h, csrc/format/bnb.h)
 cdef extern from "json.h" nogil:
     int BJSON_MAX_DEPTH
     int BJSON_MAX_NODES

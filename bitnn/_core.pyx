@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Low-level binding of the C core (csrc/bitnn.h).
+"""Low-level binding of the C core (csrc/include/bitnn.h).
 
 Every function here checks shapes, dtypes and values before it calls C, and
 releases the GIL around the computation. The friendlier API lives in
@@ -160,7 +160,7 @@ _pools_lock = threading.Lock()
 def _after_fork_in_child():
     # Another thread of the parent may have held the lock at fork(); it does
     # not exist here. The pools themselves restart their workers on first use
-    # (csrc/threadpool.c).
+    # (csrc/kernels/threadpool.c).
     global _pools_lock
     _pools_lock = threading.Lock()
 

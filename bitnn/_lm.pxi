@@ -1,4 +1,5 @@
-# The language decoder (csrc/lm.h) and the sampler (csrc/sampler.h). Included by _core.pyx.
+# The language decoder (csrc/graph/lm.h) and the sampler (csrc/graph/sampler.h). Included by
+# _core.pyx.
 from libc.stdint cimport int32_t
 
 cdef extern from "lm.h" nogil:

@@ -1,4 +1,4 @@
-# Model graphs built from an open .bnb file (csrc/model.h). Included by _core.pyx.
+# Model graphs built from an open .bnb file (csrc/graph/model.h). Included by _core.pyx.
 
 cdef extern from "model.h" nogil:
     ctypedef enum bitnn_layer_kind:

@@ -1,4 +1,4 @@
-# Text tokenizer of the runtime (csrc/tokenizer.h). Included by _core.pyx; the Python API
+# Text tokenizer of the runtime (csrc/text/tokenizer.h). Included by _core.pyx; the Python API
 # is bitnn/tokenizer.py.
 from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc

@@ -271,7 +271,7 @@ def _fit_calibration(data: bytes, calibration) -> dict:
 
 
 # --------------------------------------------------------------------------
-# Language decoder (csrc/lm.c: bitnn_lm_build)
+# Language decoder (csrc/graph/lm.c: bitnn_lm_build)
 # --------------------------------------------------------------------------
 
 def _is_lm(model) -> bool:
@@ -307,7 +307,7 @@ def _linear_bits(m, prefix: str, tensors: dict) -> None:
 
 def _export_lm(model, path, *, tokenizer=None, name: str | None = None,
                training: dict | None = None) -> int:
-    """Write a :class:`bitnn.nn.BinaryLM` to ``path`` as csrc/lm.c reads it.
+    """Write a :class:`bitnn.nn.BinaryLM` to ``path`` as csrc/graph/lm.c reads it.
 
     Tensors (all bits): ``embed.token.weight [vocab, emb_dim]`` (the token
     kernel transposed: row t is token t's column), ``embed.token.bias

@@ -380,7 +380,7 @@ def _as_list(name: str, value) -> list:
 
 
 # --------------------------------------------------------------------------
-# Language decoder (docs/maths.md, The language decoder; csrc/lm.c)
+# Language decoder (docs/maths.md, The language decoder; csrc/graph/lm.c)
 # --------------------------------------------------------------------------
 
 class Normalize(nn.Module):
@@ -428,7 +428,7 @@ class BinaryEmbedding(nn.Module):
     one-hot token and ``position`` one applied to the one-hot position
     ``0..max_len-1``; both are computed as column gathers. Returns the SUM of
     the two normalized embeddings; :class:`BinaryLM` applies the outer
-    Normalize (as csrc/lm.c does). ``forward(ids)``: int ``(B, T)`` (or
+    Normalize (as csrc/graph/lm.c does). ``forward(ids)``: int ``(B, T)`` (or
     ``(T,)``) -> ``(..., T, emb_dim)``; positions are ``0..T-1``.
     """
 
@@ -522,7 +522,7 @@ class BinaryTransformerBlock(nn.Module):
 
 
 class BinaryLM(nn.Module):
-    """BLM, the binary language decoder (docs/maths.md; runtime csrc/lm.c).
+    """BLM, the binary language decoder (docs/maths.md; runtime csrc/graph/lm.c).
 
     ``x = Normalize(embedding(ids))``; ``num_blocks`` transformer blocks
     (``ff_dim``, default ``2 * emb_dim``); an MLP head of one

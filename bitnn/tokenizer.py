@@ -1,6 +1,6 @@
 """Text tokenizers of the runtime: byte-level BPE and WordPiece, with HF's ids.
 
-The work happens in C (csrc/tokenizer.c); HF ``tokenizers`` is needed only to convert a
+The work happens in C (csrc/text/tokenizer.c); HF ``tokenizers`` is needed only to convert a
 trained HF tokenizer into bitnn's spec (:func:`spec_from_hf`). The spec's schema and
 every behaviour (special tokens, invalid UTF-8, decoding) is in docs/tokenizer.md.
 

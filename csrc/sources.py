@@ -1,9 +1,18 @@
-"""The C sources of bitnn and the flags they are compiled with: the one list.
+"""The C sources of bitnn, their include folders and the flags they are
+compiled with: the one list.
 
-setup.py imports this file; tests/c/run.sh and tests/c/run_fuzz.sh run it
-(``python3 csrc/sources.py flags|core|simd ...``, below). A C file added to,
-moved in or removed from csrc/ is changed here and nowhere else. Paths are
-relative to csrc/.
+setup.py imports this file; tests/c/run.sh, tests/c/run_fuzz.sh and
+.ci/sanitize (through setup.py) read it (``python3 csrc/sources.py
+flags|includes|core|simd ...``, below). A C file or folder added to, moved in
+or removed from csrc/ is changed here and nowhere else. Paths are relative to
+csrc/.
+
+The folders: include/ (bitnn.h, the public header), kernels/ (CPU detection,
+the kernels, the ops built on them and the thread pool), format/ (the .bnb
+loader and its JSON parser), graph/ (the classifier and language-decoder
+graphs, the sampler), text/ (the tokenizer and its Unicode tables). Each
+core group below is the portable .c files of one folder (kernels/ also holds
+the SIMD kernels), so a C harness that links a group links one folder.
 """
 import os
 import platform
@@ -19,27 +28,34 @@ VERSION_FILE = os.path.join(HERE, os.pardir, "bitnn", "_version.py")
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra",
          "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 
-# The portable core, compiled with FLAGS only, by group. The extension links
-# every group; the C harnesses link the groups they test (tests/c/run.sh:
-# kernels; tests/c/run_fuzz.sh: format).
+# The folders searched for headers, in this order, by every C and Cython
+# compile: a file includes a header by its name alone (``#include "bnb.h"``),
+# wherever the two live, so header names are unique across csrc/
+# (tests/test_build_config.py checks it).
+INCLUDE_DIRS = ["include", "kernels", "format", "graph", "text"]
+
+# The portable core, compiled with FLAGS only, by group (a group is a folder's
+# portable files). The extension links every group; the C harnesses link the
+# groups they test (tests/c/run.sh: kernels; tests/c/run_fuzz.sh: format).
 CORE = {
-    "kernels": ["cpu.c", "ops.c", "threadpool.c", "kernel_ref.c"],
-    "format": ["json.c", "bnb.c"],
-    "graph": ["conv.c", "model.c", "lm.c", "sampler.c"],
-    "text": ["tokenizer.c", "unicode_tables.c"],
+    "kernels": ["kernels/cpu.c", "kernels/ops.c", "kernels/threadpool.c",
+                "kernels/kernel_ref.c"],
+    "format": ["format/json.c", "format/bnb.c"],
+    "graph": ["graph/conv.c", "graph/model.c", "graph/lm.c", "graph/sampler.c"],
+    "text": ["text/tokenizer.c", "text/unicode_tables.c"],
 }
 
 # The SIMD kernels per machine: (file, macro, flags). Each file is compiled on
 # its own with its flags; the core is compiled with -D<macro>=1 and calls the
-# kernel only after run-time CPU detection (csrc/cpu.c).
+# kernel only after run-time CPU detection (csrc/kernels/cpu.c).
 SIMD = {
-    "x86_64": [("kernel_avx2.c", "BITNN_HAVE_AVX2", ["-mavx2"]),
-               ("kernel_avx512.c", "BITNN_HAVE_AVX512", ["-mavx512f", "-mavx512bw"]),
-               ("kernel_avx512_vnni.c", "BITNN_HAVE_AVX512VNNI",
+    "x86_64": [("kernels/kernel_avx2.c", "BITNN_HAVE_AVX2", ["-mavx2"]),
+               ("kernels/kernel_avx512.c", "BITNN_HAVE_AVX512", ["-mavx512f", "-mavx512bw"]),
+               ("kernels/kernel_avx512_vnni.c", "BITNN_HAVE_AVX512VNNI",
                 ["-mavx512f", "-mavx512bw", "-mavx512vnni"]),
-               ("kernel_avx512_gfni.c", "BITNN_HAVE_AVX512GFNI",
+               ("kernels/kernel_avx512_gfni.c", "BITNN_HAVE_AVX512GFNI",
                 ["-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mgfni"])],
-    "aarch64": [("kernel_neon.c", "BITNN_HAVE_NEON", [])],
+    "aarch64": [("kernels/kernel_neon.c", "BITNN_HAVE_NEON", [])],
 }
 MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -54,8 +70,13 @@ def version() -> str:
 
 
 def version_macro() -> tuple:
-    """(name, value) of the define that gives csrc/bitnn.h the version."""
+    """(name, value) of the define that gives csrc/include/bitnn.h the version."""
     return ("BITNN_VERSION_STRING", f'"{version()}"')
+
+
+def include_dirs(root: str = None) -> list:
+    """INCLUDE_DIRS, relative to csrc/ or, given ``root`` (the csrc folder), joined to it."""
+    return [d if root is None else os.path.join(root, d) for d in INCLUDE_DIRS]
 
 
 def core_sources(*groups: str) -> list:
@@ -74,12 +95,15 @@ def simd_sources(machine: str = None) -> list:
 
 def main(argv) -> int:
     """Print shell words, one a line:
-    ``flags``: FLAGS and the version define; ``core [GROUP...]``: file paths;
+    ``flags``: FLAGS and the version define; ``includes``: the include
+    folders; ``core [GROUP...]``: file paths (all relative to csrc/);
     ``simd [MACHINE]``: ``file:macro:flag,flag`` lines."""
     what, args = (argv[0], argv[1:]) if argv else ("", [])
     if what == "flags" and not args:
         name, value = version_macro()
         lines = FLAGS + [f"-D{name}={value}"]
+    elif what == "includes" and not args:
+        lines = include_dirs()
     elif what == "core":
         try:
             lines = core_sources(*args)
@@ -89,7 +113,8 @@ def main(argv) -> int:
     elif what == "simd" and len(args) <= 1:
         lines = [f"{f}:{m}:{','.join(fl)}" for f, m, fl in simd_sources(*args)]
     else:
-        print("usage: sources.py flags | core [GROUP...] | simd [MACHINE]", file=sys.stderr)
+        print("usage: sources.py flags | includes | core [GROUP...] | simd [MACHINE]",
+              file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

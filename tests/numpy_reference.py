@@ -8,7 +8,7 @@ numpy's float32 and float64 element-wise operations are single IEEE operations, 
 they give the documents' roundings; sums whose order matters are written out (never
 np.sum, whose order is numpy's own). exp and expf are the C library's, as the
 runtime uses them (math.exp calls it; expf through ctypes). gelu's 1 + erf(x) is the
-runtime's own (arithmetic.md), from the coefficient tables of csrc/erf_table.h.
+runtime's own (arithmetic.md), from the coefficient tables of csrc/kernels/erf_table.h.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ _exp = np.vectorize(math.exp, otypes=[F64])
 
 
 def _erf_tables() -> dict:
-    """The coefficient tables of csrc/erf_table.h (hexadecimal doubles, exact)."""
-    text = (Path(__file__).resolve().parent.parent / "csrc" / "erf_table.h").read_text()
+    """The coefficient tables of csrc/kernels/erf_table.h (hexadecimal doubles, exact)."""
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "kernels" / "erf_table.h").read_text()
     out = {}
     for name in ("small", "large", "exp"):
         body = re.search(rf"bitnn_erf_{name}\[\d+\] = \{{(.*?)\}};", text, re.S).group(1)

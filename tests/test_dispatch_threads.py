@@ -7,7 +7,7 @@
 * The pool counts the distinct threads that ran part of a job
   (``ThreadPool.threads_used``): work is really shared out.
 * Normalize of one long row (16,384+ values, 2+ threads) takes a separate,
-  chunk-parallel path (csrc/ops.c): it must give the same bits as the serial
+  chunk-parallel path (csrc/kernels/ops.c): it must give the same bits as the serial
   path and match an exact float64 reference.
 """
 import math
@@ -194,7 +194,7 @@ def test_long_row_chunk_order_is_the_documented_one(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lanes_within_a_chunk_combine_in_the_documented_order(threads):
     """Within a chunk value n goes to partial sum n % 8 and the eight are added
-    as ((0+4)+(2+6)) + ((1+5)+(3+7)) (csrc/ops.c): with +X in lane 0, -X in
+    as ((0+4)+(2+6)) + ((1+5)+(3+7)) (csrc/kernels/ops.c): with +X in lane 0, -X in
     lane 4 and 1 in lane 1 that keeps the 1 (mean 1/8 exactly); pairing lane 0
     with lane 1 first would lose it."""
     X = np.float32(1e30)

@@ -1,4 +1,4 @@
-"""The .bnb format: writer (bitnn/format.py), loader (csrc/bnb.c, csrc/json.c)
+"""The .bnb format: writer (bitnn/format.py), loader (csrc/format/bnb.c, csrc/format/json.c)
 and its binding (bitnn._core.BnbFile). docs/format.md is the specification.
 
 Most malformed-file tests build the file bytes with bitnn.format.pack_file,

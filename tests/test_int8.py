@@ -18,7 +18,7 @@ KERNELS = _core.kernels_supported()
 
 
 def quantize(x):
-    """numpy statement of the shared quantizer (csrc/ops.c)."""
+    """numpy statement of the shared quantizer (csrc/kernels/ops.c)."""
     x = np.asarray(x, dtype=np.float32)
     amax = np.abs(x).max(axis=1).astype(np.float32)
     q = np.zeros(x.shape, dtype=np.int64)

@@ -1,5 +1,5 @@
 """The language decoder: torch layers (bitnn.nn BinaryLM & co), export, and
-parity of the exported file with the C runtime (csrc/lm.c)."""
+parity of the exported file with the C runtime (csrc/graph/lm.c)."""
 
 import math
 

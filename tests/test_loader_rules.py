@@ -1,4 +1,4 @@
-"""Every rule the model builders enforce (csrc/model.c, csrc/lm.c and the
+"""Every rule the model builders enforce (csrc/graph/model.c, csrc/graph/lm.c and the
 Python side of bitnn.load) has a test that breaks exactly that rule in an
 otherwise valid file and names it; plus the eps stored in a file is the eps
 the runtime uses, classify's top_k check and the grey conversion of images.

@@ -157,7 +157,7 @@ def test_decoder_bit_for_bit(tmp_path, case):
 
 
 def test_gelu_erf_is_within_5e16_of_the_c_library():
-    """The runtime's 1 + erf(x) (csrc/erf.h; the same operations here) against the C
+    """The runtime's 1 + erf(x) (csrc/kernels/erf.h; the same operations here) against the C
     library's erf over [-12, 12] and at the range edges: at most 4.5e-16 apart (measured
     when the tables were made, tools/gen_erf.py)."""
     import math

@@ -1,6 +1,6 @@
 """What the sampler and generate() mean, checked as behaviour.
 
-The sampler (csrc/sampler.c) is tested against a float64 statement of its
+The sampler (csrc/graph/sampler.c) is tested against a float64 statement of its
 contract: the distribution it must draw from for a given temperature, top_k,
 top_p and repetition penalty. Frequencies over many draws from a fixed seed
 are compared with that distribution (deterministic: the random stream is

@@ -1,4 +1,4 @@
-"""The runtime tokenizer (csrc/tokenizer.c, bitnn/tokenizer.py).
+"""The runtime tokenizer (csrc/text/tokenizer.c, bitnn/tokenizer.py).
 
 Parity: small byte-level BPE and WordPiece tokenizers are trained with HF `tokenizers`
 on the "train" texts of tests/data/tokenizer_corpus.jsonl.gz (tools/make_test_corpus.py)

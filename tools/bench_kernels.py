@@ -27,7 +27,7 @@ in the output):
   Each shape's rate is then given as a share of it. The instruction mix
   of the AVX-512 int8 kernels per 64 weights of a row (vnni: a mask load and
   a masked byte move; gfni: a broadcast load and a gf2p8affineqb; then one
-  vpdpbusd) is described in csrc/kernel_q8_avx512.h; the int8 kernel a
+  vpdpbusd) is described in csrc/kernels/kernel_q8_avx512.h; the int8 kernel a
   kernel name runs is printed with the results. The fixed cost of one call
   (argument checks, output allocation, thread hand-off), measured on a 64 x 16
   layer, is printed next to it: it is part of every call, the peak's too.

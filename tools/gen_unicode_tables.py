@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate csrc/unicode_tables.c, the character data of the tokenizer (csrc/tokenizer.c).
+"""Generate csrc/text/unicode_tables.c, the character data of the tokenizer (csrc/text/tokenizer.c).
 
 The tokenizer must give the ids HF `tokenizers` gives, and HF's Rust code reads its
 character properties from three different Unicode versions:
@@ -34,10 +34,11 @@ import tempfile
 import unicodedata
 
 VERSIONS = {"bert": "8.0.0", "regex": "16.0.0", "case": "17.0.0"}
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "csrc", "unicode_tables.c")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "csrc", "text",
+                   "unicode_tables.c")
 NCP = 0x110000
 
-# Property bits: keep in sync with csrc/unicode_tables.h.
+# Property bits: keep in sync with csrc/text/unicode_tables.h.
 BL_LETTER = 1 << 0     # Oniguruma \p{L} (Unicode 16.0)
 BL_NUMBER = 1 << 1     # Oniguruma \p{N}
 WHITESPACE = 1 << 2    # Oniguruma \s == Rust char::is_whitespace == White_Space

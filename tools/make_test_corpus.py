@@ -54,7 +54,7 @@ WORDS = {
     "emoji": "😀 😃 👍🏽 👨‍👩‍👧‍👦 🇫🇷 🇯🇵 ❤️ ✌︎ 🏳️‍🌈 🧑🏿‍💻 😀😀😀 🥰 🫠 🪿",
 }
 # Characters the tables must get right in the versions HF uses (see the generator of
-# csrc/unicode_tables.c): assigned after Unicode 8.0 (BERT categories) and in 15-17
+# csrc/text/unicode_tables.c): assigned after Unicode 8.0 (BERT categories) and in 15-17
 # (regex classes, lowercase).
 NEW_CHARS = ("\u08d4\u08e2\u0c04\u1734\u1ab0\u1abf\u2e43\u2e50\U0001e95e\U00011938"
              "\U00031350\U000323af\U00010d50\U00010d70\U00016ea0\U00016ebb\ua7cb\ua7dc"

@@ -1,12 +1,13 @@
 /*
- * fuzz_bnb.c - fuzz the .bnb loader (csrc/bnb.c) and its JSON parser
- * (csrc/json.c). Meant to run under AddressSanitizer + UBSan, where any
+ * fuzz_bnb.c - fuzz the .bnb loader (csrc/format/bnb.c) and its JSON parser
+ * (csrc/format/json.c). Meant to run under AddressSanitizer + UBSan, where any
  * out-of-bounds read, leak, overflow or crash is a failure.
  *
  * Two builds:
  *  - standalone (gcc or clang): a random-mutation loop over seed files,
- *      cc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
- *         -Icsrc tests/c/fuzz_bnb.c csrc/bnb.c csrc/json.c -o /tmp/fuzz_bnb
+ *      cc $(python3 csrc/sources.py flags) -g -O1 -fsanitize=address,undefined \
+ *         -fno-sanitize-recover=all -Icsrc/include -Icsrc/format \
+ *         tests/c/fuzz_bnb.c csrc/format/bnb.c csrc/format/json.c -o /tmp/fuzz_bnb
  *      /tmp/fuzz_bnb SECONDS SEED_FILE...
  *    (tests/c/run_fuzz.sh writes seeds with bitnn.format and runs it);
  *  - libFuzzer (clang): add -DBITNN_LIBFUZZER -fsanitize=fuzzer.

@@ -28,18 +28,21 @@ QEMU="${QEMU:-qemu-aarch64}"
 QEMU_LD_PREFIX="${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}"
 PYTHON="${PYTHON:-python3}"
 
-# Files and flags come from csrc/sources.py, the list setup.py builds from:
-# FLAGS (-ffp-contract=off matters: a fused multiply-add anywhere could change
-# a rounding), the version define, and the core group "kernels".
+# Files, header folders and flags come from csrc/sources.py, the list setup.py
+# builds from: FLAGS (-ffp-contract=off matters: a fused multiply-add anywhere
+# could change a rounding), the version define, the include folders and the
+# core group "kernels".
 sources() { "$PYTHON" "$SRC/sources.py" "$@"; }
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "run.sh: needs $PYTHON to read csrc/sources.py (set PYTHON=...)" >&2
     exit 2
 fi
-FLAGS_TEXT="$(sources flags)" && CORE_TEXT="$(sources core kernels)" || exit 2
+FLAGS_TEXT="$(sources flags)" && INCLUDES_TEXT="$(sources includes)" &&
+    CORE_TEXT="$(sources core kernels)" || exit 2
 mapfile -t FLAGS <<<"$FLAGS_TEXT"
+mapfile -t INCLUDES <<<"$INCLUDES_TEXT"
 mapfile -t CORE <<<"$CORE_TEXT"
-FLAGS+=(-I"$SRC")
+for dir in "${INCLUDES[@]}"; do FLAGS+=(-I"$SRC/$dir"); done
 
 SLOW_ARG=quick
 if [ "${FULL:-0}" = 1 ]; then SLOW_ARG=; fi
@@ -60,18 +63,22 @@ build() {
     local dir="$BUILD/$(basename "$out").o.d"
     mkdir -p "$dir"
     local macros=() objs=()
-    local spec file kflags macro
+    local spec file kflags macro obj
     for spec in "$@"; do
         IFS=: read -r file macro kflags <<<"$spec"
         macros+=("-D$macro=1")
         # shellcheck disable=SC2086
         kflags="${kflags//,/ }" # several flags are comma-separated in the spec
-        "$cc" "${FLAGS[@]}" "${extra[@]}" $kflags -c "$SRC/$file" -o "$dir/${file%.c}.o" || return 1
-        objs+=("$dir/${file%.c}.o")
+        obj="$dir/${file%.c}.o" # file is FOLDER/NAME.c (relative to csrc/)
+        mkdir -p "$(dirname "$obj")"
+        "$cc" "${FLAGS[@]}" "${extra[@]}" $kflags -c "$SRC/$file" -o "$obj" || return 1
+        objs+=("$obj")
     done
     for file in "${CORE[@]}"; do
-        "$cc" "${FLAGS[@]}" "${extra[@]}" "${macros[@]}" -c "$SRC/$file" -o "$dir/${file%.c}.o" || return 1
-        objs+=("$dir/${file%.c}.o")
+        obj="$dir/${file%.c}.o"
+        mkdir -p "$(dirname "$obj")"
+        "$cc" "${FLAGS[@]}" "${extra[@]}" "${macros[@]}" -c "$SRC/$file" -o "$obj" || return 1
+        objs+=("$obj")
     done
     "$cc" "${FLAGS[@]}" "${extra[@]}" "${macros[@]}" -c "$HERE/test_kernels.c" -o "$dir/test_kernels.o" || return 1
     "$cc" "${extra[@]}" "$dir/test_kernels.o" "${objs[@]}" -o "$out" -lm -pthread || return 1

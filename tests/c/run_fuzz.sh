@@ -8,12 +8,14 @@ cd "$(dirname "$0")/../.."
 SECONDS_TO_RUN=${1:-60}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-# The flags and the loader's files (core group "format") come from csrc/sources.py.
+# The flags, the header folders and the loader's files (core group "format")
+# come from csrc/sources.py.
 FLAGS=$(python3 csrc/sources.py flags)
+INCLUDES=$(python3 csrc/sources.py includes | sed 's|^|-Icsrc/|')
 FILES=$(python3 csrc/sources.py core format | sed 's|^|csrc/|')
 # shellcheck disable=SC2086 # one flag or file a word
 ${CC:-cc} $FLAGS -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
-    -Icsrc tests/c/fuzz_bnb.c $FILES -o "$WORK/fuzz_bnb"
+    $INCLUDES tests/c/fuzz_bnb.c $FILES -o "$WORK/fuzz_bnb"
 python3 - "$WORK" <<'PY'
 import sys
 import numpy as np

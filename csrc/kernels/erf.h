@@ -4,7 +4,7 @@
  * computed and one is selected), with the same operations on every CPU
  * (IEEE additions and multiplications in a fixed order, no FMA: the core is
  * compiled with -ffp-contract=off). docs/arithmetic.md states it; the
- * coefficients are csrc/erf_table.h (tools/gen_erf.py), which
+ * coefficients are csrc/kernels/erf_table.h (tools/gen_erf.py), which
  * tests/numpy_reference.py reads too. At most 4.5e-16 from 1 + erf(x).
  */
 #ifndef BITNN_ERF_H
