@@ -262,11 +262,11 @@ BITNN_INLINE void weighted_sum(const float *w, size_t T, const float *v, size_t 
  * added), combined ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
  * (docs/arithmetic.md). */
 typedef float bitnn_v16f_keys __attribute__((vector_size(64)));
+typedef float bitnn_v16f_store __attribute__((vector_size(64), aligned(4), may_alias));
 
 BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
 {
     bitnn_v16f_keys p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, p4 = {0}, p5 = {0}, p6 = {0}, p7 = {0};
-    bitnn_v16f_keys *const p[8] = {&p0, &p1, &p2, &p3, &p4, &p5, &p6, &p7};
 #define KEY(k, pk) memcpy(&kv, kt + 16 * (e + (k)), sizeof kv), pk += q[e + (k)] * kv
     size_t e = 0;
     bitnn_v16f_keys kv;
@@ -274,39 +274,110 @@ BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
         KEY(0, p0); KEY(1, p1); KEY(2, p2); KEY(3, p3); KEY(4, p4); KEY(5, p5); KEY(6, p6); KEY(7, p7);
     }
 #undef KEY
-    for (; e < hd; e++) memcpy(&kv, kt + 16 * e, sizeof kv), *p[e % 8] += q[e] * kv;
+    for (; e < hd; e++) { /* a switch, not pointers: the sums stay in registers */
+        memcpy(&kv, kt + 16 * e, sizeof kv);
+        switch (e % 8) {
+        case 0: p0 += q[e] * kv; break;
+        case 1: p1 += q[e] * kv; break;
+        case 2: p2 += q[e] * kv; break;
+        case 3: p3 += q[e] * kv; break;
+        case 4: p4 += q[e] * kv; break;
+        case 5: p5 += q[e] * kv; break;
+        case 6: p6 += q[e] * kv; break;
+        default: p7 += q[e] * kv; break;
+        }
+    }
     const bitnn_v16f_keys r = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
     memcpy(out, &r, sizeof r);
 }
 
+/* The softmax weights of one (row, head) item into sc[0 .. p] (p = the
+ * row's position): scores q.k scaled, exp of the difference to their max,
+ * divided by the sum (docs/arithmetic.md). */
+BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double scale, float *sc)
+{
+    const size_t D = j->m->dim, hd = j->m->head_dim, p = j->p0 + r;
+    const float *qv = j->q + r * D + h * hd;
+    float mx = -INFINITY;
+    for (size_t t0 = 0; t0 <= p; t0 += 16)
+        dot16(qv, j->k + (h * (j->ldk / 16) + t0 / 16) * hd * 16, hd, sc + t0);
+    for (size_t t = 0; t <= p; t++) {
+        sc[t] = (float)(sc[t] * scale);
+        if (sc[t] > mx) mx = sc[t];
+    }
+    double total = 0.0;
+    for (size_t t = 0; t <= p; t++) {
+        sc[t] = expf(sc[t] - mx);
+        total += sc[t];
+    }
+    const float inv = (float)(1.0 / total);
+    for (size_t t = 0; t <= p; t++) sc[t] *= inv;
+}
+
+/* 4 heads' weighted sums of SZ values each, over the same keys: each output
+ * is still one chain in increasing t (weighted_sum), but 4 x SZ / 16
+ * independent chains overlap instead of SZ / 16 (a chain waits 4 cycles per
+ * key). */
+BITNN_INLINE void ws_block4(float *const *w, size_t T, const float *const *v, size_t ld,
+                            float *const *out, size_t e0, const int SZ)
+{
+    bitnn_v16f_keys acc[4][4] = {{{0}}}; /* constant indices: registers */
+    for (size_t t = 0; t < T; t++)
+        for (int i = 0; i < 4; i++) {
+            const float wi = w[i][t];
+            for (int k = 0; k < SZ / 16; k++) {
+                bitnn_v16f_keys x;
+                memcpy(&x, v[i] + t * ld + e0 + 16 * k, sizeof x);
+                acc[i][k] += wi * x;
+            }
+        }
+    for (int i = 0; i < 4; i++) /* stores through an unaligned vector type: taking the
+                                   accumulators' address would keep them in memory */
+        for (int k = 0; k < SZ / 16; k++) *(bitnn_v16f_store *)(out[i] + e0 + 16 * k) = acc[i][k];
+}
+
+BITNN_INLINE void weighted_sum4(float *const *w, size_t T, const float *const *v, size_t ld,
+                                size_t n, float *const *out)
+{
+    size_t e0 = 0;
+    for (; e0 + 64 <= n; e0 += 64) ws_block4(w, T, v, ld, out, e0, 64);
+    if (n - e0 >= 48) ws_block4(w, T, v, ld, out, e0, 48), e0 += 48;
+    if (n - e0 >= 32) ws_block4(w, T, v, ld, out, e0, 32), e0 += 32;
+    if (n - e0 >= 16) ws_block4(w, T, v, ld, out, e0, 16), e0 += 16;
+    for (int i = 0; i < 4 && e0 < n; i++) weighted_sum(w[i], T, v[i] + e0, ld, n - e0, out[i] + e0);
+}
+
+/* (row, head) items [i0, i1): the heads of a row 4 at a time where they can. */
 BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 {
     attn_job *j = ctx;
     const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
     const double scale = 1.0 / sqrt((double)hd);
-    float *sc = malloc((j->p0 + j->n + 16) * sizeof(float));
+    const size_t cap = j->p0 + j->n + 16;
+    float *sc = malloc(4 * cap * sizeof(float));
     if (!sc) {
         j->failed = 1; /* benign race: every writer stores 1 */
         return;
     }
-    for (size_t it = i0; it < i1; it++) {
+    for (size_t it = i0; it < i1;) {
         const size_t r = it / H, h = it % H, p = j->p0 + r;
-        const float *qv = j->q + r * D + h * hd;
-        float mx = -INFINITY;
-        for (size_t t0 = 0; t0 <= p; t0 += 16)
-            dot16(qv, j->k + (h * (j->ldk / 16) + t0 / 16) * hd * 16, hd, sc + t0);
-        for (size_t t = 0; t <= p; t++) {
-            sc[t] = (float)(sc[t] * scale);
-            if (sc[t] > mx) mx = sc[t];
+        if (h + 4 <= H && it + 4 <= i1) {
+            float *w[4];
+            const float *v[4];
+            float *out[4];
+            for (int i = 0; i < 4; i++) {
+                w[i] = sc + i * cap;
+                attn_weights(j, r, h + i, scale, w[i]);
+                v[i] = j->v + (h + i) * hd;
+                out[i] = j->out + r * D + (h + i) * hd;
+            }
+            weighted_sum4(w, p + 1, v, D, hd, out);
+            it += 4;
+        } else {
+            attn_weights(j, r, h, scale, sc);
+            weighted_sum(sc, p + 1, j->v + h * hd, D, hd, j->out + r * D + h * hd);
+            it++;
         }
-        double total = 0.0;
-        for (size_t t = 0; t <= p; t++) {
-            sc[t] = expf(sc[t] - mx);
-            total += sc[t];
-        }
-        const float inv = (float)(1.0 / total);
-        for (size_t t = 0; t <= p; t++) sc[t] *= inv;
-        weighted_sum(sc, p + 1, j->v + h * hd, D, hd, j->out + r * D + h * hd);
     }
     free(sc);
 }

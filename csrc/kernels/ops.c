@@ -563,8 +563,14 @@ BITNN_MULTIVERSION static void normalize_8rows(float *z, size_t ldz, size_t N, d
         LOAD8(v, zt[n + 6]), a6 += v;
         LOAD8(v, zt[n + 7]), a7 += v;
     }
-    bitnn_v8d_rows *const acc[8] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7};
-    for (size_t t = n; t < N; t++) LOAD8(v, zt[t]), *acc[t % 8] += v;
+    /* the tail by a switch, not pointers: the sums stay in registers */
+#define LANE(k, x) do { switch (k) { case 0: a0 += x; break; case 1: a1 += x; break; \
+    case 2: a2 += x; break; case 3: a3 += x; break; case 4: a4 += x; break; case 5: a5 += x; break; \
+    case 6: a6 += x; break; default: a7 += x; break; } } while (0)
+    for (size_t t = n; t < N; t++) {
+        LOAD8(v, zt[t]);
+        LANE(t % 8, v);
+    }
     const bitnn_v8d_rows zero = {0};
     const bitnn_v8d_rows sum = zero + (((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)));
     const bitnn_v8d_rows mean = sum / (double)N;
@@ -574,8 +580,16 @@ BITNN_MULTIVERSION static void normalize_8rows(float *z, size_t ldz, size_t N, d
         SQ(0, b0); SQ(1, b1); SQ(2, b2); SQ(3, b3); SQ(4, b4); SQ(5, b5); SQ(6, b6); SQ(7, b7);
     }
 #undef SQ
-    bitnn_v8d_rows *const bcc[8] = {&b0, &b1, &b2, &b3, &b4, &b5, &b6, &b7};
-    for (size_t t = n; t < N; t++) LOAD8(v, zt[t]), v -= mean, *bcc[t % 8] += v * v;
+#undef LANE
+#define LANE(k, x) do { switch (k) { case 0: b0 += x; break; case 1: b1 += x; break; \
+    case 2: b2 += x; break; case 3: b3 += x; break; case 4: b4 += x; break; case 5: b5 += x; break; \
+    case 6: b6 += x; break; default: b7 += x; break; } } while (0)
+    for (size_t t = n; t < N; t++) {
+        LOAD8(v, zt[t]);
+        v -= mean;
+        LANE(t % 8, v * v);
+    }
+#undef LANE
     const bitnn_v8d_rows ss = zero + (((b0 + b4) + (b2 + b6)) + ((b1 + b5) + (b3 + b7)));
     const bitnn_v8d_rows var = ss / (double)N + eps;
     for (size_t r = 0; r < 8; r++)
