@@ -185,7 +185,7 @@ int bitnn_isa_supported(int isa)
     switch (isa) {
     case BITNN_ISA_REF: return 1;
     case BITNN_ISA_AVX2: return (f & BITNN_CPU_AVX2) != 0;
-    case BITNN_ISA_AVX512: /* F for the masked adds, BW for the 16-bit broadcasts */
+    case BITNN_ISA_AVX512: /* F for the fp32 table kernel, BW for the int8 kernels' byte ops */
         return (f & BITNN_CPU_AVX512F) && (f & BITNN_CPU_AVX512BW);
     case BITNN_ISA_NEON: return (f & BITNN_CPU_NEON) != 0;
     default: return 0;
