@@ -70,9 +70,12 @@ typedef double bitnn_erf_v8d __attribute__((vector_size(64)));
 typedef int64_t bitnn_erf_v8l __attribute__((vector_size(64)));
 #define BITNN_ERF_SEL(m, a, b) \
     ((bitnn_erf_v8d)(((bitnn_erf_v8l)(a) & (m)) | ((bitnn_erf_v8l)(b) & ~(m))))
+/* fully unrolled: the three polynomials are independent chains that the
+ * core overlaps only when they are straight-line code */
 #define BITNN_ERF_HORNER8(r, c, n, x)                                \
     do {                                                             \
         (r) = (bitnn_erf_v8d){0} + (c)[(n) - 1];                     \
+        _Pragma("GCC unroll 32")                                     \
         for (int i_ = (n) - 2; i_ >= 0; i_--) (r) = (r) * (x) + (c)[i_]; \
     } while (0)
 
