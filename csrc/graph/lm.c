@@ -436,8 +436,11 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
         const size_t hd = m->head_dim, kb = s->ldk / 16;
         for (size_t i = 0; i < n; i++) { /* keys into the cache: blocks of 16 keys */
             const size_t t = p0 + i;
-            for (size_t d = 0; d < D; d++)
-                kc[((d / hd * kb + t / 16) * hd + d % hd) * 16 + t % 16] = s->t[i * D + d];
+            for (size_t h = 0; h < m->heads; h++) {
+                float *dst = kc + ((h * kb + t / 16) * hd) * 16 + t % 16;
+                const float *src = s->t + i * D + h * hd;
+                for (size_t e = 0; e < hd; e++) dst[16 * e] = src[e];
+            }
         }
         attn_job aj = {m, s->q, kc, vc, s->att, n, p0, s->ldk, 0};
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
