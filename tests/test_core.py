@@ -869,3 +869,40 @@ def test_ops_linear_unpacked_bias_length_must_match_n():
     x = np.ones((2, 10), np.float32)
     with pytest.raises(ValueError):
         bitnn.linear(x, np.ones((3, 10)), bias=[1, 0])
+
+
+def test_packed_weights_give_the_same_bits_as_raw_weights():
+    """bitnn.PackedWeights (the weights prepared once for the kernels) in place of the
+    packed array: the same results in both precisions, every kernel; a mismatched
+    shape is refused; it pickles."""
+    import pickle
+
+    rng = np.random.default_rng(11)
+    x, W, b = make_case(rng, 5, 37, 101)
+    wp, bp = packed(W, b)
+    pw = bitnn.PackedWeights(wp, 37, 101)
+    assert (pw.out_features, pw.in_features) == (37, 101)
+    for prec in ("fp32", "int8"):
+        for k in KERNELS:
+            raw = _core.linear(x, wp, 37, bias=bp, activation="gelu", kernel=k, precision=prec)
+            pre = _core.linear(x, pw, 37, bias=bp, activation="gelu", kernel=k, precision=prec)
+            assert np.array_equal(raw, pre), (k, prec)
+    assert np.array_equal(bitnn.linear(x, pw, b), bitnn.linear(x, W, b))
+    with pytest.raises(ValueError, match="PackedWeights are 37 x 101"):
+        _core.linear(x, pw, 36, bias=bp)
+    with pytest.raises(ValueError):
+        bitnn.PackedWeights(wp, 38, 101)
+    with pytest.raises(TypeError):
+        bitnn.PackedWeights(W, 37, 101)  # unpacked {0,1} bytes, not uint64 words
+    again = pickle.loads(pickle.dumps(pw))
+    assert np.array_equal(_core.linear(x, again, 37, bias=bp), _core.linear(x, pw, 37, bias=bp))
+
+
+def test_repeat_runs_the_op_that_many_times_with_the_same_result():
+    rng = np.random.default_rng(12)
+    x, W, b = make_case(rng, 3, 20, 70)
+    wp, bp = packed(W, b)
+    one = _core.binary_gemm(x, wp, 20, bias=bp)
+    assert np.array_equal(_core.binary_gemm(x, wp, 20, bias=bp, repeat=3), one)
+    with pytest.raises(ValueError, match="repeat"):
+        _core.binary_gemm(x, wp, 20, bias=bp, repeat=0)
