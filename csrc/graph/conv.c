@@ -148,10 +148,10 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
         }
         tile_tables(j, p0, p1, rows, buf, tp);
         if (j->qx)
-            j->ks->gemm_q8t((const uint8_t *const *)tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+            j->ks->gemm_q8t(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             scale, j->bias, z, j->Cout);
         else
-            j->ks->gemm_f32((const float *const *)tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+            j->ks->gemm_f32(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             j->bias, z, j->Cout);
     }
     free(rows), free(scale), free(tp), free(buf);

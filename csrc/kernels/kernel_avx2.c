@@ -16,7 +16,7 @@
  * group of 4 inputs, the 16-entry table is two 8-entry halves; vpermps reads
  * both with the low 3 bits of each row's index and bit 3 (moved to the sign)
  * chooses between them, then one add: the chain of docs/packing.md. */
-ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *tile,
+ALWAYS_INLINE void tblock(const void *const *tp, size_t kc, const uint32_t *tile,
                           const int MB, __m256 acc[4][2])
 {
     for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -28,7 +28,7 @@ ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *til
                 const __m256i ix = _mm256_srli_epi32(v[h], 4 * g);
                 const __m256 hi_sel = _mm256_castsi256_ps(_mm256_slli_epi32(ix, 28));
                 for (int i = 0; i < MB; i++) {
-                    const float *tg = tp[i * kc + c] + 16 * g;
+                    const float *tg = (const float *)tp[i * kc + c] + 16 * g;
                     const __m256 e = _mm256_blendv_ps(
                         _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg), ix),
                         _mm256_permutevar8x32_ps(_mm256_loadu_ps(tg + 8), ix), hi_sel);
@@ -38,7 +38,7 @@ ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *til
     }
 }
 
-ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_block(const void *const *tp, size_t kc, const uint32_t *tiles,
                              size_t blk, const int MB, size_t n0, size_t n1, const uint64_t *bias,
                              float *z, size_t ldz)
 {
@@ -54,7 +54,7 @@ ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *
     }
 }
 
-void bitnn_gemm_f32_avx2(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_avx2(const void *const *tp, size_t M, size_t kc,
                          const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                          float *z, size_t ldz)
 {

@@ -20,7 +20,7 @@
  * block b0: acc[i][r] lane l = row 16 (b0 + r) + l. The 4-bit indices of 8
  * groups sit in one 32-bit lane; a shift brings group g down and vpermps
  * reads the 16 rows' entries of group g's table (a memory operand) at once. */
-ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void tblock(const void *const *tp, size_t kc, const uint32_t *tiles,
                           size_t b0, const int RB, const int MB, __m512 acc[4][4])
 {
     const uint32_t *tb[4];
@@ -31,7 +31,7 @@ ALWAYS_INLINE void tblock(const float *const *tp, size_t kc, const uint32_t *til
         __m512i idx[4];
         for (int r = 0; r < RB; r++) idx[r] = _mm512_loadu_si512(tb[r] + 16 * c);
         const float *t[4];
-        for (int i = 0; i < MB; i++) t[i] = tp[i * kc + c];
+        for (int i = 0; i < MB; i++) t[i] = (const float *)tp[i * kc + c];
 #define BITNN_GROUP(g)                                                                      \
         for (int r = 0; r < RB; r++) {                                                      \
             const __m512i ix = (g) ? _mm512_srli_epi32(idx[r], 4 * (g)) : idx[r];            \
@@ -55,7 +55,7 @@ ALWAYS_INLINE void tstore(__m512 acc, size_t blk, size_t n0, size_t n1, const ui
     _mm512_mask_storeu_ps(z + 16 * blk, _cvtu32_mask16(rows_in_block(blk, n0, n1)), v);
 }
 
-ALWAYS_INLINE void run_blocks(const float *const *tp, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
                               size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const uint64_t *bias, float *z, size_t ldz)
 {
@@ -66,7 +66,7 @@ ALWAYS_INLINE void run_blocks(const float *const *tp, size_t kc, const uint32_t 
 }
 
 /* The blocks [b0, b1) for MB input rows: RB blocks at a time, then the rest. */
-void bitnn_gemm_f32_avx512(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_avx512(const void *const *tp, size_t M, size_t kc,
                            const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                            float *z, size_t ldz)
 {

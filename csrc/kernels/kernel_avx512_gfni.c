@@ -40,7 +40,7 @@
  * sums are looked up and summed apart, and recombined at the end. */
 #ifndef PF_DIST
 #endif
-ALWAYS_INLINE void q8t_blocks(const uint8_t *const *tp, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
                               size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz)
 {
@@ -57,7 +57,7 @@ ALWAYS_INLINE void q8t_blocks(const uint8_t *const *tp, size_t kc, const uint32_
             const __m512i a = _mm512_ternarylogic_epi32(v, low4, sel, 0xEA); /* (v & low4) | sel */
             const __m512i b = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 4), low4, sel, 0xEA);
             for (int i = 0; i < MB; i++) {
-                const uint8_t *t = tp[i * kc + c];
+                const uint8_t *t = (const uint8_t *)tp[i * kc + c];
                 lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t)), ones);
                 hi[i][r] = _mm512_dpbusd_epi32(hi[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t + 64)), ones);
                 lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(b, _mm512_loadu_si512(t + 128)), ones);
@@ -121,7 +121,7 @@ void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab)
     }
 }
 
-void bitnn_gemm_q8t_avx512vbmi(const uint8_t *const *tp, size_t M, size_t kc,
+void bitnn_gemm_q8t_avx512vbmi(const void *const *tp, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz)
 {

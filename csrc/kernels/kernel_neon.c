@@ -23,7 +23,7 @@ ALWAYS_INLINE float32x4_t lookup(const float *t, uint32x4_t idx)
 
 /* MB input rows x one block of 16 output rows (four 4-lane quarters), the
  * chain of docs/packing.md. */
-ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *tiles,
+ALWAYS_INLINE void run_block(const void *const *tp, size_t kc, const uint32_t *tiles,
                              size_t blk, const int MB, size_t n0, size_t n1, const uint64_t *bias,
                              float *z, size_t ldz)
 {
@@ -39,7 +39,7 @@ ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *
             for (int h = 0; h < 4; h++) {
                 const uint32x4_t ix = vandq_u32(v[h], nib);
                 for (int i = 0; i < MB; i++)
-                    acc[i][h] = vaddq_f32(acc[i][h], lookup(tp[i * kc + c] + 16 * g, ix));
+                    acc[i][h] = vaddq_f32(acc[i][h], lookup((const float *)tp[i * kc + c] + 16 * g, ix));
                 v[h] = vshrq_n_u32(v[h], 4);
             }
         }
@@ -53,7 +53,7 @@ ALWAYS_INLINE void run_block(const float *const *tp, size_t kc, const uint32_t *
     }
 }
 
-void bitnn_gemm_f32_neon(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_neon(const void *const *tp, size_t M, size_t kc,
                          const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                          float *z, size_t ldz)
 {

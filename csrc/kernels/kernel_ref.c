@@ -5,7 +5,7 @@
  */
 #include "kernel_common.h"
 
-void bitnn_gemm_f32_ref(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_ref(const void *const *tp, size_t M, size_t kc,
                         const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias,
                         float *z, size_t ldz)
 {
@@ -14,7 +14,7 @@ void bitnn_gemm_f32_ref(const float *const *tp, size_t M, size_t kc,
         for (size_t n = n0; n < n1; n++) {
             float acc = 0.0f;
             for (size_t g = 0; g < 8 * kc; g++)
-                acc += tp[m * kc + g / 8][16 * (g % 8) + tile_index(tiles, kc, n, g)];
+                acc += ((const float *)tp[m * kc + g / 8])[16 * (g % 8) + tile_index(tiles, kc, n, g)];
             z[m * ldz + n] = acc + bitnn_bias_value(bias, n);
         }
     }

@@ -19,7 +19,8 @@
  *   table of 16 subset sums, t[s] = (((0 + x0.s0) + x1.s1) + x2.s2) + x3.s3
  *   where x_b.s_b is x[4g+b] if bit b of s is set and +0.0 if not
  *   (bitnn_build_tables). A row has 8 * kc groups in kc chunks of 8 tables
- *   (128 floats); the kernels find chunk c of row m at tp[m * kc + c], so a
+ *   (128 floats); the kernels find chunk c of row m at tp[m * kc + c] (a
+ *   void pointer: one array type serves both table kinds), so a
  *   convolution can point every tap of every position at one table map of
  *   its input (conv.c) instead of copying it per position.
  * - tiles: the weight bits regrouped in blocks of 16 output rows:
@@ -32,7 +33,7 @@
  *   z[m*ldz + n] = (...((0 + tab_m[0][s_0]) + tab_m[1][s_1]) + ... + tab_m[G-1][s_G-1]) + bias_bit(n)
  * for m < M, with s_g the index of group g of row n, G = 8 kc, added in
  * increasing g: one chain per (m, n). Every kernel follows this order exactly. */
-typedef void (*bitnn_gemm_f32_fn)(const float *const *tp, size_t M, size_t kc,
+typedef void (*bitnn_gemm_f32_fn)(const void *const *tp, size_t M, size_t kc,
                                   const uint32_t *tiles, size_t n0, size_t n1,
                                   const uint64_t *bias, float *z, size_t ldz);
 
@@ -65,7 +66,7 @@ typedef void (*bitnn_gemm_q8_fn)(const int8_t *q, size_t ldq, size_t M, size_t K
  * the group's q values that s selects, split e = lo + 256 hi
  * (bitnn_build_tables_q8). Same result as bitnn_gemm_q8_fn (exact sums, the
  * bitnn_q8_out epilogue): where a kernel set has one, linear layers use it. */
-typedef void (*bitnn_gemm_q8t_fn)(const uint8_t *const *tp, size_t M, size_t kc,
+typedef void (*bitnn_gemm_q8t_fn)(const void *const *tp, size_t M, size_t kc,
                                   const uint32_t *tiles, size_t n0, size_t n1,
                                   const float *scale, const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t *tab);
@@ -129,13 +130,13 @@ static inline float bitnn_bias_value(const uint64_t *bias, size_t n)
     return bias ? (float)((bias[n >> 6] >> (n & 63)) & 1u) : 0.0f;
 }
 
-void bitnn_gemm_f32_ref(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_ref(const void *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx2(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_avx2(const void *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_avx512(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_avx512(const void *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_f32_neon(const float *const *tp, size_t M, size_t kc,
+void bitnn_gemm_f32_neon(const void *const *tp, size_t M, size_t kc,
     const uint32_t *tiles, size_t n0, size_t n1, const uint64_t *bias, float *z, size_t ldz);
 
 void bitnn_gemm_q8_ref(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
@@ -150,7 +151,7 @@ void bitnn_gemm_q8_avx512vnni(const int8_t *q, size_t ldq, size_t M, size_t K,
 void bitnn_gemm_q8_avx512gfni(const int8_t *q, size_t ldq, size_t M, size_t K,
                               const uint64_t *w, size_t wpr, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz);
-void bitnn_gemm_q8t_avx512vbmi(const uint8_t *const *tp, size_t M, size_t kc,
+void bitnn_gemm_q8t_avx512vbmi(const void *const *tp, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab);

@@ -38,13 +38,13 @@ typedef struct {
 static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_t n1)
 {
     if (j->q8t)
-        j->q8t((const uint8_t *const *)j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
+        j->q8t(j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
                j->scale + m0, j->bias, j->z + m0 * j->ldz, j->ldz);
     else if (j->q8)
         j->q8(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->K, j->w, j->wpr, n0, n1, j->scale + m0,
               j->bias, j->z + m0 * j->ldz, j->ldz);
     else
-        j->f32((const float *const *)j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
+        j->f32(j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
                j->bias, j->z + m0 * j->ldz, j->ldz);
 }
 

@@ -250,7 +250,7 @@ static void run_case(const case_t *c)
                 const size_t kc = bitnn_tile_chunks(K), ldt = 256 * kc;
                 uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
                 uint8_t *tab = xmalloc((M ? M : 1) * ldt);
-                const uint8_t **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
+                const void **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
                 bitnn_pack_tiles(w, N, K, tiles);
                 /* row m's tables stored at row M-1-m: the kernel must follow the pointers */
                 for (size_t m = 0; m < M; m++) {
@@ -265,7 +265,7 @@ static void run_case(const case_t *c)
                 const size_t kc = bitnn_tile_chunks(K), ldt = 128 * kc;
                 uint32_t *tiles = xmalloc(bitnn_tiles_words(N, K) * sizeof *tiles);
                 float *tab = xmalloc((M ? M : 1) * ldt * sizeof *tab);
-                const float **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
+                const void **tp = xmalloc((M ? M : 1) * kc * sizeof *tp);
                 bitnn_pack_tiles(w, N, K, tiles);
                 /* row m's tables stored at row M-1-m: the kernel must follow the pointers */
                 for (size_t m = 0; m < M; m++) {
