@@ -27,7 +27,11 @@ loss is the mean token cross-entropy, perplexity exp(loss), accuracy the
 next-token argmax accuracy.
 
 LR: AdamW, linear warmup over --warmup-steps, cosine decay to
---lr * --min-lr-frac at the last step.
+--lr * --min-lr-frac at the last step. With --time-budget S the decay follows
+the elapsed wall time instead (cosine over training time / S, evaluations
+included) and training ends when S seconds are spent: the same budget gives a
+completed schedule however fast the machine runs that day (the step count, and
+so the result, then depend on the machine's speed).
 
 Checkpoints: <checkpoint-dir>/last.pt every --checkpoint-every optimiser
 steps and after every epoch; --resume continues from it exactly (same data
@@ -87,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--stop-after", type=int, default=0,
                    help="end this invocation after N more steps (checkpointed; the schedule "
                         "still spans the whole run): for time-boxed sessions with --resume")
+    g.add_argument("--time-budget", type=float, default=0,
+                   help="train for this many seconds of wall time (evaluations included, "
+                        "resumed parts counted): the cosine decay follows the elapsed fraction "
+                        "of it instead of the step count, and training stops when it is spent "
+                        "(or at --epochs/--max-steps, whichever comes first); for a fixed "
+                        "budget on a machine whose speed varies. 0: off")
     g.add_argument("--batch-size", type=int, default=32, help="sequences per step per process")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -123,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "checkpoint_every"))
     if args.vocab_size < 260:
         p.error("--vocab-size must be >= 260 (256 bytes and some merges)")
+    if args.time_budget < 0:
+        p.error("--time-budget must be >= 0")
     if args.emb_dim % args.heads:
         p.error(f"--emb-dim {args.emb_dim} is not divisible by --heads {args.heads}")
     return args
@@ -353,11 +365,15 @@ class Trainer:
         if args.max_steps:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.opt = self._optimizer()
-        self.sched = common.warmup_cosine(self.opt, args.warmup_steps, self.total_steps,
-                                          args.min_lr_frac)
         self.history, self.evals, self.step_log = [], [], []
         self.start_epoch = self.start_step = self.global_step = 0
         self.elapsed_before = 0.0
+        self.t_start = time.time()
+        if args.time_budget:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._time_lr_factor)
+        else:
+            self.sched = common.warmup_cosine(self.opt, args.warmup_steps, self.total_steps,
+                                              args.min_lr_frac)
         self.ckpt_path = os.path.join(args.checkpoint_dir, "last.pt") \
             if args.checkpoint_dir else None
         if args.checkpoint_dir and dd.main:
@@ -370,6 +386,18 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.model)
         self.t_start = time.time()
+
+    def _time_lr_factor(self, step: int) -> float:
+        """--time-budget: linear warmup over --warmup-steps, then cosine decay to
+        --min-lr-frac over the elapsed fraction of the budget."""
+        a = self.args
+        if a.warmup_steps > 0 and step < a.warmup_steps:
+            return (step + 1) / a.warmup_steps
+        t = min(1.0, self.wall_time() / a.time_budget)
+        return a.min_lr_frac + (1.0 - a.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def out_of_time(self) -> bool:
+        return bool(self.args.time_budget) and self.wall_time() >= self.args.time_budget
 
     def _optimizer(self):
         """AdamW; no weight decay on vectors and Normalize scales."""
@@ -467,7 +495,7 @@ class Trainer:
         self.ddp.train()
         done, step = False, first
         for step in range(first, self.steps_per_epoch):
-            if self.global_step >= stop_at:
+            if self.global_step >= stop_at or self.out_of_time():
                 done = True
                 break
             idx = starts[step * B:(step + 1) * B]
@@ -504,11 +532,11 @@ class Trainer:
         ``wall_s``: the run's training time, resumed parts included."""
         self.t_start = time.time()
         args = self.args
-        done = self.global_step >= self.total_steps
+        done = self.global_step >= self.total_steps or self.out_of_time()
         stop_at = min(self.total_steps, self.global_step + args.stop_after) \
             if args.stop_after else self.total_steps
         for epoch in range(self.start_epoch, args.epochs):
-            if done or self.global_step >= stop_at:
+            if done or self.global_step >= stop_at or self.out_of_time():
                 break
             done = self.train_epoch(epoch, stop_at)
         self.wall_s = self.wall_time()
@@ -563,7 +591,9 @@ def metrics_record(args, tr: Trainer, summary, samples, command, state_path) -> 
         "dataset": dataset_record(tr.data),
         "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
                       "warmup_steps": args.warmup_steps, "min_lr_frac": args.min_lr_frac,
-                      "schedule": "linear warmup, cosine decay", "grad_clip": args.grad_clip,
+                      "schedule": "linear warmup, cosine decay"
+                      + (f" over {args.time_budget:g} s of wall time" if args.time_budget else ""),
+                      "grad_clip": args.grad_clip,
                       "batch_size": tr.B * world, "sequence_length": tr.T,
                       "steps_per_epoch": tr.steps_per_epoch, "total_steps": tr.total_steps},
         "loss": ("mean token cross-entropy of softmax(Normalize(z)) of the output layer; "
