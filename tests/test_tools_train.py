@@ -154,6 +154,21 @@ def test_train_lm_trains_resumes_and_exports(run_tool, shakespeare_dir, tmp_path
         assert len(a.generate(ids, 5, temperature=0)) == 5
 
 
+def test_train_lm_time_budget_ends_the_run_with_a_decayed_lr(run_tool, shakespeare_dir,
+                                                              tmp_path):
+    # --time-budget: the cosine follows the wall clock and the run stops when it is spent,
+    # long before the 50 epochs; the last logged LR is near --lr * --min-lr-frac.
+    metrics = tmp_path / "m.json"
+    rc, _, stderr = run_tool("train_lm", *LM, "--data-dir", shakespeare_dir, "--epochs", "50",
+                             "--time-budget", "3", "--warmup-steps", "2", "--log-every", "1",
+                             "--samples", "0", "--metrics", metrics, "--out", tmp_path / "t.bnb")
+    assert rc == 0, stderr
+    m = json.loads(metrics.read_text())
+    assert 0 < m["steps"] < m["optimizer"]["total_steps"]
+    assert "3 s of wall time" in m["optimizer"]["schedule"]
+    assert m["step_log"][-1]["lr"] < 0.3 * m["args"]["lr"]
+
+
 def test_train_lm_runs_as_a_module_from_the_repository_root():
     p = subprocess.run([sys.executable, "-m", "tools.train_lm", "--emb-dim", "10", "--heads", "4"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
