@@ -80,6 +80,36 @@ ALWAYS_INLINE uint32_t bias_bits16(const uint64_t *bias, size_t n)
     return (uint32_t)(v & 0xffffu);
 }
 
+/* The tiling of the direct int8 kernels (the file's row-major bits): output
+ * rows [n0, n1) in slabs whose bits fit in L2 (at least MINSLAB rows); input
+ * rows MB at a time, then one at a time; output rows R at a time, then one.
+ * BLOCK(m, n, r, mb) runs input rows m .. m+mb-1 on output rows n .. n+r-1. */
+#define BITNN_ROW_DRIVER(M, wpr, n0, n1, MINSLAB, MB, R, BLOCK)                 \
+    do {                                                                     \
+        size_t slab_ = SLAB_BYTES / ((wpr) * 8);                             \
+        if (slab_ < (MINSLAB)) slab_ = (MINSLAB);                            \
+        for (size_t s0_ = (n0); s0_ < (n1); s0_ += slab_) {                  \
+            const size_t s1_ = ((n1) - s0_ > slab_) ? s0_ + slab_ : (n1);    \
+            size_t m_ = 0, n_;                                               \
+            for (; m_ + (MB) <= (M); m_ += (MB)) {                           \
+                for (n_ = s0_; n_ + (R) <= s1_; n_ += (R)) BLOCK(m_, n_, R, MB); \
+                for (; n_ < s1_; n_++) BLOCK(m_, n_, 1, MB);                 \
+            }                                                                \
+            for (; m_ < (M); m_++) {                                         \
+                for (n_ = s0_; n_ + (R) <= s1_; n_ += (R)) BLOCK(m_, n_, R, 1); \
+                for (; n_ < s1_; n_++) BLOCK(m_, n_, 1, 1);                  \
+            }                                                                \
+        }                                                                    \
+    } while (0)
+
+/* Row i of a 16-row block's results v (MB rows of 16) into z: the rows of
+ * [n0, n1) (bits of `in`), each plus its bias bit (bits of bb). */
+ALWAYS_INLINE void store_rows16(const float *v, uint32_t bb, uint32_t in, float *z)
+{
+    for (int r = 0; r < 16; r++)
+        if ((in >> r) & 1u) z[r] = v[r] + (float)((bb >> r) & 1u);
+}
+
 /* The bias bits of rows [16 blk, 16 blk + 16) below n1 (rows from n1 on may
  * not exist: their bits are not read). */
 ALWAYS_INLINE uint32_t bias_bits_block(const uint64_t *bias, size_t blk, size_t n1)

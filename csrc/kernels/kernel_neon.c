@@ -48,8 +48,7 @@ ALWAYS_INLINE void run_block(const void *const *tp, size_t kc, const uint32_t *t
     for (int i = 0; i < MB; i++) {
         float v[16];
         for (int h = 0; h < 4; h++) vst1q_f32(v + 4 * h, acc[i][h]);
-        for (int r = 0; r < 16; r++)
-            if ((in >> r) & 1u) z[i * ldz + 16 * blk + r] = v[r] + (float)((bb >> r) & 1u);
+        store_rows16(v, bb, in, z + i * ldz + 16 * blk);
     }
 }
 
@@ -110,21 +109,9 @@ void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const u
                         const uint64_t *bias, float *z, size_t ldz)
 {
     (void)K;
-    size_t slab = SLAB_BYTES / (wpr * 8);
-    if (slab < 4) slab = 4;
-    for (size_t s0 = n0; s0 < n1; s0 += slab) {
-        const size_t s1 = (n1 - s0 > slab) ? s0 + slab : n1;
-        size_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            size_t n = s0;
-            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 2, scale + m, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 2, scale + m, bias, z + m * ldz, ldz);
-        }
-        for (; m < M; m++) {
-            size_t n = s0;
-            for (; n + 4 <= s1; n += 4) q8_block(q + m * ldq, ldq, w, wpr, n, 4, 1, scale + m, bias, z + m * ldz, ldz);
-            for (; n < s1; n++) q8_block(q + m * ldq, ldq, w, wpr, n, 1, 1, scale + m, bias, z + m * ldz, ldz);
-        }
-    }
+#define Q8_BLOCK(m, n, r, mb) \
+    q8_block(q + (m) * ldq, ldq, w, wpr, n, r, mb, scale + (m), bias, z + (m) * ldz, ldz)
+    BITNN_ROW_DRIVER(M, wpr, n0, n1, 4, 2, 4, Q8_BLOCK);
+#undef Q8_BLOCK
 }
 #endif
