@@ -14,6 +14,7 @@ cdef extern from "lm.h" nogil:
     ctypedef struct bitnn_lm_state:
         size_t ctx
         size_t pos
+        bitnn_precision cache_precision
     bitnn_status bitnn_lm_build(const bnb_file *f, bitnn_lm **out, char *err, size_t errlen)
     void bitnn_lm_free(bitnn_lm *m)
     bitnn_tokenizer *bitnn_lm_take_tokenizer(bitnn_lm *m)
@@ -130,6 +131,15 @@ cdef class LMState:
     def reset(self):
         bitnn_lm_state_reset(self.state)
 
+    def _check_cache_precision(self):
+        # The KV cache holds fp32 or int8 values (docs/packing.md): positions cached in
+        # one mode cannot be attended to in the other.
+        if self.state.pos and self.state.cache_precision != self.graph.model.precision:
+            raise ValueError(f"this state's {self.state.pos} cached positions were computed "
+                             f"in precision {PRECISIONS[self.state.cache_precision]!r}, the "
+                             f"model now runs in {PRECISIONS[self.graph.model.precision]!r}: "
+                             f"reset() the state first")
+
     def forward(self, ids, bint scores=True, threads=None, kernel=None):
         """Feed token ids; return the last position's scores (vocab,) or None."""
         if (<BnbFile>self.graph.file).ptr == NULL:
@@ -144,6 +154,7 @@ cdef class LMState:
         if arr.size > self.state.ctx - self.state.pos:
             raise ValueError(f"{arr.size} tokens do not fit: {self.state.pos} of "
                              f"{self.state.ctx} positions are used")
+        self._check_cache_precision()
         cdef int32_t[::1] iv = np.ascontiguousarray(arr, dtype=np.int32)
         cdef int isa = _resolve_kernel(kernel)
         cdef ThreadPool pool = get_pool(threads)
@@ -176,6 +187,7 @@ cdef class LMState:
         if n > self.state.ctx - self.state.pos:
             raise ValueError(f"{n} tokens do not fit: {self.state.pos} of "
                              f"{self.state.ctx} positions are used")
+        self._check_cache_precision()
         if first >= n:
             raise ValueError(f"first ({first}) must be below the {n} rows fed")
         cdef int32_t[::1] iv = np.ascontiguousarray(arr, dtype=np.int32)

@@ -1,6 +1,7 @@
 """A reader and forward pass of .bnb models in numpy, written from the documents alone:
 docs/format.md (the file), docs/packing.md (bits and the sum order of the binary layer)
-and docs/arithmetic.md (the precision and order of every other step). It imports
+and docs/arithmetic.md (the precision and order of every other step), in both numeric
+modes (precision "fp32" and "int8", packing.md "The int8 mode"). It imports
 nothing from bitnn. tests/test_numpy_reference.py checks that it gives the runtime's
 bits for classifiers and language decoders.
 
@@ -120,6 +121,28 @@ def binary_linear_raw(x, w, b):
     return acc + b.reshape(N).astype(F32)
 
 
+def quantize_rows(x):
+    """int8 mode's quantizer (packing.md): per row amax = max |x|; q = round half to even
+    of the fp32 product x * (127 / amax) (both fp32), clamped to [-127, 127]; scale =
+    amax / 127 (fp32). A row of zeros: q = 0, scale = 0."""
+    x = np.asarray(x, F32)
+    amax = np.abs(x).max(axis=-1).astype(F32)
+    q = np.zeros(x.shape, np.int64)
+    nz = amax > 0
+    inv = (F32(127.0) / amax[nz]).astype(F32)
+    q[nz] = np.clip(np.rint((x[nz] * inv[..., None]).astype(F32)), -127, 127).astype(np.int64)
+    return q, (amax / F32(127.0)).astype(F32)
+
+
+def binary_linear_raw_int8(x, w, b):
+    """int8 mode's raw sum: z = fp32(fp32(S) * scale) + b, S the exact integer sum of the
+    row's quantized values over the set bits."""
+    q, scale = quantize_rows(x)
+    S = q @ np.asarray(w, np.int64).reshape(w.shape[0], -1).T
+    z = (S.astype(F32) * scale[:, None]).astype(F32)
+    return (z + b.reshape(-1).astype(F32)).astype(F32)
+
+
 def _seq_sum(v, axis=-1):
     """Sum in increasing index order, one rounding per addition (np.cumsum is sequential)."""
     return np.cumsum(v, axis=axis).take(-1, axis=axis)
@@ -167,8 +190,9 @@ def normalize_act(z, eps, act="linear"):
     raise ValueError(act)
 
 
-def linear(x, w, b, eps, act):
-    return normalize_act(binary_linear_raw(x, w, b), eps, act)
+def linear(x, w, b, eps, act, precision="fp32"):
+    raw = binary_linear_raw_int8 if precision == "int8" else binary_linear_raw
+    return normalize_act(raw(x, w, b), eps, act)
 
 
 # ------------------------------------------------------------------ classifier
@@ -240,30 +264,42 @@ def _dot8(q, k):
         ((p[..., 1] + p[..., 5]) + (p[..., 3] + p[..., 7]))
 
 
-def attention(q, k, v, heads):
-    """Causal attention of rows q (T, D) over k, v (T, D); head h is columns h*hd..."""
+def attention(q, k, v, heads, precision="fp32"):
+    """Causal attention of rows q (T, D) over k, v (T, D); head h is columns h*hd...
+    In int8 mode every (position, head) key and value is quantized (quantize_rows): a
+    key's dot product is taken with its int8 values and multiplied by its scale, and
+    each softmax weight is multiplied by its value's scale (packing.md)."""
     T, D = q.shape
     hd = D // heads
     scale = 1.0 / math.sqrt(hd)
     qh, kh, vh = (a.reshape(T, heads, hd) for a in (q, k, v))
+    if precision == "int8":
+        kq, ks = quantize_rows(kh)
+        vq, vs = quantize_rows(vh)
+        kh, vh = kq.astype(F32), vq.astype(F32)
     out = np.empty((T, heads, hd), F32)
     for r in range(T):
-        s = (_dot8(qh[r][None], kh[:r + 1]).astype(F64) * scale).astype(F32)  # (r+1, heads)
+        d = _dot8(qh[r][None], kh[:r + 1])  # (r+1, heads)
+        if precision == "int8":
+            d = (d * ks[:r + 1]).astype(F32)
+        s = (d.astype(F64) * scale).astype(F32)
         e = _expf(s - s.max(axis=0))
         inv = (1.0 / _seq_sum(e.astype(F64), axis=0)).astype(F32)
         w = e * inv
+        if precision == "int8":
+            w = (w * vs[:r + 1]).astype(F32)
         out[r] = _seq_sum(w[:, :, None] * vh[:r + 1], axis=0)  # fp32, t increasing
     return out.reshape(T, D)
 
 
-def lm_scores(header, tensors, ids):
+def lm_scores(header, tensors, ids, precision="fp32"):
     """The normalized output scores (vocab,) after the last of ids (positions 0..n-1)."""
     c, eps = header["lm"], header["eps"]
     T = len(ids)
     t = lambda n: tensors[n]  # noqa: E731
 
     def lin(x, prefix, act="linear"):
-        return linear(x, t(prefix + ".weight"), t(prefix + ".bias"), eps, act)
+        return linear(x, t(prefix + ".weight"), t(prefix + ".bias"), eps, act, precision)
 
     tok = (t("embed.token.weight")[ids] + t("embed.token.bias").reshape(1, -1)).astype(F32)
     pos = (t("embed.position.weight")[:T] + t("embed.position.bias").reshape(1, -1)).astype(F32)
@@ -271,7 +307,7 @@ def lm_scores(header, tensors, ids):
     for i in range(c["num_blocks"]):
         p = f"blocks.{i}"
         att = attention(lin(x, p + ".attn.q"), lin(x, p + ".attn.k"), lin(x, p + ".attn.v"),
-                        c["num_heads"])
+                        c["num_heads"], precision)
         h = normalize_act(lin(att, p + ".attn.out") + x, eps)
         x = normalize_act(lin(lin(h, p + ".ff1", "gelu"), p + ".ff2") + h, eps)
     y = x[-1:]

@@ -208,3 +208,21 @@ def test_cli_precision_on_every_model_command():
     assert r.returncode == 0 and r.stdout.rstrip("\n").endswith(want.rstrip("\n")), (r.stdout, want)
     r = run("classify", "--precision", "int4", sample)
     assert r.returncode != 0 and "precision" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lm_state_refuses_a_cache_of_the_other_precision():
+    """int8 mode keeps the KV cache in int8 (docs/packing.md): a state filled in one mode
+    must not be continued in the other (a clear error, not wrong attention), and works
+    again after reset()."""
+    with bitnn.load("shakespeare") as lm:
+        g = lm._graph
+        st = g.new_state()
+        st.forward([5, 17, 300], scores=False)
+        g.precision = "int8"
+        with pytest.raises(ValueError, match="reset"):
+            st.forward([2])
+        with pytest.raises(ValueError, match="reset"):
+            st.logprobs([2, 3])
+        st.reset()
+        fresh = g.new_state()
+        assert np.array_equal(st.forward([5, 17, 300]), fresh.forward([5, 17, 300]))

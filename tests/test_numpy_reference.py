@@ -126,21 +126,25 @@ LMS = [
     (37, 10, 36, 3, 1, 40, []),
     (50, 9, 48, 2, 2, 96, [30, 20]),
     (21, 8, 20, 1, 0, 8, [16]),
+    # head_dim 15 (int8 rows padded to 16 bytes) and 70 (two passes of 64 outputs), 4 heads
+    (30, 20, 60, 4, 1, 32, []),
+    (25, 18, 280, 4, 1, 16, [8]),
 ]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("case", range(len(LMS)))
-def test_decoder_bit_for_bit(tmp_path, case):
+def test_decoder_bit_for_bit(tmp_path, case, precision):
     V, L, D, H, NB, FF, MLP = LMS[case]
     path = tmp_path / "lm.bnb"
     make_lm(path, case, V, L, D, H, NB, FF, MLP)
     header, tensors = ref.read_bnb(path.read_bytes())
     rng = np.random.default_rng(200 + case)
     ids = [int(v) for v in rng.integers(0, V, size=L)]
-    want = {n: ref.lm_scores(header, tensors, ids[:n]) for n in (1, L // 2, L - 1, L)}
+    want = {n: ref.lm_scores(header, tensors, ids[:n], precision) for n in (1, L // 2, L - 1, L)}
     for kernel in _kernels():
         for threads in (1, 2):
-            with bitnn.load(path, threads=threads, kernel=kernel) as m:
+            with bitnn.load(path, threads=threads, kernel=kernel, precision=precision) as m:
                 g = m._graph
                 for n, scores in want.items():  # the prompt as one batch of rows
                     got = g.new_state(L).forward(ids[:n], threads=threads, kernel=kernel)

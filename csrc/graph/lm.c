@@ -184,8 +184,15 @@ bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **
     for (size_t i = 0; i < m->n_head; i++)
         if (m->head[i].out > widest) widest = m->head[i].out;
     s->ldk = (ctx + 15) / 16 * 16;
+    /* Both modes' caches: only the one in use is ever touched (and resident). */
     s->k = calloc(nb * D * s->ldk, sizeof(float)); /* zeros: lanes past a row's keys */
     s->v = malloc(nb * ctx * D * sizeof(float));
+    const size_t hdp = (m->head_dim + 3) / 4 * 4; /* int8 rows: whole 4-byte lanes */
+    s->k8 = calloc(nb * m->heads * hdp * s->ldk, 1);
+    s->v8 = calloc(nb * m->heads * hdp * ctx + 64, 1); /* + 64: ws_block4_q8 reads 64 bytes */
+    s->ks = calloc(nb * m->heads * s->ldk, sizeof(float));
+    s->vs = malloc(nb * m->heads * ctx * sizeof(float));
+    s->qrow = malloc(m->head_dim ? m->head_dim : 1);
     s->x = malloc(ctx * D * sizeof(float));
     s->q = malloc(ctx * D * sizeof(float));
     s->att = malloc(ctx * D * sizeof(float));
@@ -195,7 +202,7 @@ bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **
     s->hv0 = malloc(widest * sizeof(float));
     s->hv1 = malloc(widest * sizeof(float));
     s->ws = bitnn_gemm_ws_new();
-    if (!s->k || !s->v || !s->x || !s->q || !s->att || !s->h || !s->t || !s->f || !s->hv0 ||
+    if (!s->k || !s->v || !s->k8 || !s->v8 || !s->ks || !s->vs || !s->qrow || !s->x || !s->q || !s->att || !s->h || !s->t || !s->f || !s->hv0 ||
         !s->hv1 || !s->ws) {
         bitnn_lm_state_free(s);
         return BITNN_ENOMEM;
@@ -207,7 +214,7 @@ bitnn_status bitnn_lm_state_new(const bitnn_lm *m, size_t ctx, bitnn_lm_state **
 void bitnn_lm_state_free(bitnn_lm_state *s)
 {
     if (!s) return;
-    free(s->k), free(s->v), free(s->x), free(s->q), free(s->att), free(s->h), free(s->t);
+    free(s->k), free(s->v), free(s->k8), free(s->v8), free(s->ks), free(s->vs), free(s->qrow), free(s->x), free(s->q), free(s->att), free(s->h), free(s->t);
     free(s->f), free(s->hv0), free(s->hv1);
     bitnn_gemm_ws_free(s->ws);
     free(s);
@@ -221,49 +228,76 @@ void bitnn_lm_state_reset(bitnn_lm_state *s)
 /* -------------------------------------------------------------- attention */
 typedef struct {
     const bitnn_lm *m;
-    const float *q, *k, *v; /* q: [n][D] rows for positions p0..; k: cache [H][ldk/16][hd][16]
-                               (16 keys side by side per head and dimension); v: [ctx][D] */
+    const float *q;         /* [n][D] rows for positions p0.. */
+    const void *k, *v;      /* this block's caches: k [H][ldk/16][hd][16] (16 keys side by
+                               side per head and dimension), v [H][ctx][hd] (each head's
+                               values one contiguous stream); f32, or int8 when q8 */
+    const float *ks, *vs;   /* int8 mode: the scale of each key [H][ldk] and value [H][ctx] */
     float *out;             /* [n][D] */
-    size_t n, p0, ldk;
-    int failed; /* a scratch allocation failed */
+    size_t n, p0, ldk, ctx, hdp; /* hdp: head_dim rounded up to 4 (int8 rows) */
+    int q8;                 /* the caches hold int8 values (precision int8) */
+    int failed;             /* a scratch allocation failed */
 } attn_job;
+
+typedef float bitnn_v16f_keys __attribute__((vector_size(64)));
+typedef float bitnn_v8f_att __attribute__((vector_size(32)));
+typedef double bitnn_v8d_att __attribute__((vector_size(64)));
+typedef int32_t bitnn_v8i_att __attribute__((vector_size(32)));
+typedef float bitnn_v16f_store __attribute__((vector_size(64), aligned(4), may_alias));
+
+/* A cache value as f32: as stored, or an int8 value converted (exactly). Q8
+ * is a compile-time constant at every call, so each mode gets its own loop. */
+BITNN_INLINE float cache1(const void *c, size_t i, const int Q8)
+{
+    return Q8 ? (float)((const int8_t *)c)[i] : ((const float *)c)[i];
+}
+
+/* int8 caches are read 64 bytes (16 int32 lanes of 4 bytes) at a time; byte k
+ * of every lane, sign-extended and converted (exactly) to f32, with shifts
+ * and a conversion the compiler emits for any vector width (a generic 16-lane
+ * int8 -> f32 conversion it scalarizes). */
+typedef int32_t bitnn_v16i_keys __attribute__((vector_size(64)));
+typedef uint32_t bitnn_v16u_keys __attribute__((vector_size(64)));
+
+#define byte_k(w, k) \
+    __builtin_convertvector((bitnn_v16i_keys)((bitnn_v16u_keys)(w) << (24 - 8 * (k))) >> 24, \
+                            bitnn_v16f_keys)
 
 /* SZ outputs from e0 kept in registers over the loop on t (a compile-time
  * size, so the accumulators are SZ / 16 independent vectors). */
-BITNN_INLINE void ws_block(const float *w, size_t T, const float *v, size_t ld, float *out,
-                           const int SZ)
+BITNN_INLINE void ws_block(const float *w, size_t T, const void *v, size_t ld, float *out,
+                           const int SZ, const int Q8)
 {
     float acc[64] = {0};
     for (size_t t = 0; t < T; t++)
-        for (int l = 0; l < SZ; l++) acc[l] += w[t] * v[t * ld + l];
+        for (int l = 0; l < SZ; l++) acc[l] += w[t] * cache1(v, t * ld + l, Q8);
     memcpy(out, acc, (size_t)SZ * sizeof(float));
 }
 
 /* out[0..n) = sum_t w[t] * v[t*ld + 0..n), each output summed in increasing
  * t from 0.0f, up to 64 outputs (independent add chains) per pass over t. */
-BITNN_INLINE void weighted_sum(const float *w, size_t T, const float *v, size_t ld, size_t n,
-                               float *out)
+BITNN_INLINE void weighted_sum(const float *w, size_t T, const void *v, size_t ld, size_t n,
+                               float *out, const int Q8)
 {
+    const size_t es = Q8 ? 1 : sizeof(float); /* bytes per cached value */
     size_t e0 = 0;
-    for (; e0 + 64 <= n; e0 += 64) ws_block(w, T, v + e0, ld, out + e0, 64);
-    if (n - e0 >= 48) ws_block(w, T, v + e0, ld, out + e0, 48), e0 += 48;
-    if (n - e0 >= 32) ws_block(w, T, v + e0, ld, out + e0, 32), e0 += 32;
-    if (n - e0 >= 16) ws_block(w, T, v + e0, ld, out + e0, 16), e0 += 16;
+#define WS(SZ) ws_block(w, T, (const char *)v + e0 * es, ld, out + e0, SZ, Q8), e0 += SZ
+    while (e0 + 64 <= n) WS(64);
+    if (n - e0 >= 48) WS(48);
+    if (n - e0 >= 32) WS(32);
+    if (n - e0 >= 16) WS(16);
+#undef WS
     for (; e0 < n; e0++) {
         float acc = 0.0f;
-        for (size_t t = 0; t < T; t++) acc += w[t] * v[t * ld + e0];
+        for (size_t t = 0; t < T; t++) acc += w[t] * cache1(v, t * ld + e0, Q8);
         out[e0] = acc;
     }
 }
 
-/* One (row, head) pair per item: each output value is computed by one thread. */
 /* q . k for the 16 keys of one block of one head (kt: [hd][16]), one lane per
  * key: 8 partial sums per key (value e into e % 8, products rounded then
  * added), combined ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
  * (docs/arithmetic.md). */
-typedef float bitnn_v16f_keys __attribute__((vector_size(64)));
-typedef float bitnn_v16f_store __attribute__((vector_size(64), aligned(4), may_alias));
-
 BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
 {
     bitnn_v16f_keys p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, p4 = {0}, p5 = {0}, p6 = {0}, p7 = {0};
@@ -291,27 +325,92 @@ BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
     memcpy(out, &r, sizeof r);
 }
 
+/* dot16 on an int8 key block (kt: [hd4][16][4] bytes: dimensions 4g .. 4g+3 of
+ * key l in lane l of group g): the same products q[e] * k[e] (the int8 value
+ * as f32) and the same partial sums and combination. */
+BITNN_INLINE void dot16_q8(const float *q, const int8_t *kt, size_t hd, float *out)
+{
+    bitnn_v16f_keys p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, p4 = {0}, p5 = {0}, p6 = {0}, p7 = {0};
+    bitnn_v16i_keys w0, w1;
+    size_t e = 0;
+    for (; e + 8 <= hd; e += 8) {
+        memcpy(&w0, kt + 16 * e, sizeof w0);
+        memcpy(&w1, kt + 16 * e + 64, sizeof w1);
+        p0 += q[e] * byte_k(w0, 0), p1 += q[e + 1] * byte_k(w0, 1);
+        p2 += q[e + 2] * byte_k(w0, 2), p3 += q[e + 3] * byte_k(w0, 3);
+        p4 += q[e + 4] * byte_k(w1, 0), p5 += q[e + 5] * byte_k(w1, 1);
+        p6 += q[e + 6] * byte_k(w1, 2), p7 += q[e + 7] * byte_k(w1, 3);
+    }
+    for (; e < hd; e++) {
+        memcpy(&w0, kt + 16 * (e & ~(size_t)3), sizeof w0);
+        const bitnn_v16f_keys kv = byte_k(w0, (int)(e % 4));
+        switch (e % 8) {
+        case 0: p0 += q[e] * kv; break;
+        case 1: p1 += q[e] * kv; break;
+        case 2: p2 += q[e] * kv; break;
+        case 3: p3 += q[e] * kv; break;
+        case 4: p4 += q[e] * kv; break;
+        case 5: p5 += q[e] * kv; break;
+        case 6: p6 += q[e] * kv; break;
+        default: p7 += q[e] * kv; break;
+        }
+    }
+    const bitnn_v16f_keys r = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
+    memcpy(out, &r, sizeof r);
+}
+
 /* The softmax weights of one (row, head) item into sc[0 .. p] (p = the
  * row's position): scores q.k scaled, exp of the difference to their max,
- * divided by the sum (docs/arithmetic.md). */
-BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double scale, float *sc)
+ * divided by the sum (docs/arithmetic.md). In int8 mode a key's dot is
+ * multiplied by the key's scale first, and each weight by its value's scale
+ * last (docs/packing.md). */
+BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double scale, float *sc,
+                               const int Q8)
 {
     const size_t D = j->m->dim, hd = j->m->head_dim, p = j->p0 + r;
     const float *qv = j->q + r * D + h * hd;
+    const size_t kb = j->ldk / 16;
     float mx = -INFINITY;
-    for (size_t t0 = 0; t0 <= p; t0 += 16)
-        dot16(qv, j->k + (h * (j->ldk / 16) + t0 / 16) * hd * 16, hd, sc + t0);
-    for (size_t t = 0; t <= p; t++) {
+    for (size_t t0 = 0; t0 <= p; t0 += 16) {
+        if (!Q8) {
+            dot16(qv, (const float *)j->k + (h * kb + t0 / 16) * hd * 16, hd, sc + t0);
+            continue;
+        }
+        dot16_q8(qv, (const int8_t *)j->k + (h * kb + t0 / 16) * j->hdp * 16, hd, sc + t0);
+        bitnn_v16f_keys d, ks;
+        memcpy(&d, sc + t0, sizeof d);
+        memcpy(&ks, j->ks + h * j->ldk + t0, sizeof ks);
+        d *= ks;
+        memcpy(sc + t0, &d, sizeof d);
+    }
+    /* s_t = (f32)((f64) dot * scale) and their max, 8 lanes at a time (the max is
+     * exact, so its grouping cannot change it) */
+    bitnn_v8f_att m8 = {0};
+    m8 -= INFINITY;
+    size_t t = 0;
+    for (; t + 8 <= p + 1; t += 8) { /* then the tail one at a time */
+        bitnn_v8f_att x;
+        memcpy(&x, sc + t, sizeof x);
+        x = __builtin_convertvector(__builtin_convertvector(x, bitnn_v8d_att) * scale, bitnn_v8f_att);
+        memcpy(sc + t, &x, sizeof x);
+        const bitnn_v8i_att gt = x > m8;
+        m8 = (bitnn_v8f_att)(((bitnn_v8i_att)x & gt) | ((bitnn_v8i_att)m8 & ~gt));
+    }
+    for (int l = 0; l < 8; l++)
+        if (m8[l] > mx) mx = m8[l];
+    for (; t <= p; t++) {
         sc[t] = (float)(sc[t] * scale);
         if (sc[t] > mx) mx = sc[t];
     }
     double total = 0.0;
-    for (size_t t = 0; t <= p; t++) {
+    for (t = 0; t <= p; t++) {
         sc[t] = expf(sc[t] - mx);
         total += sc[t];
     }
     const float inv = (float)(1.0 / total);
-    for (size_t t = 0; t <= p; t++) sc[t] *= inv;
+    for (t = 0; t <= p; t++) sc[t] *= inv;
+    if (Q8)
+        for (t = 0; t <= p; t++) sc[t] *= j->vs[h * j->ctx + t];
 }
 
 /* 4 heads' weighted sums of SZ values each, over the same keys: each output
@@ -336,50 +435,109 @@ BITNN_INLINE void ws_block4(float *const *w, size_t T, const float *const *v, si
         for (int k = 0; k < SZ / 16; k++) *(bitnn_v16f_store *)(out[i] + e0 + 16 * k) = acc[i][k];
 }
 
-BITNN_INLINE void weighted_sum4(float *const *w, size_t T, const float *const *v, size_t ld,
-                                size_t n, float *const *out)
+/* ws_block4 on int8 values (rows of ld bytes, 4 consecutive values per int32
+ * lane): 64 outputs e0 .. e0+63 per pass, the accumulator of byte k holding
+ * outputs e0 + 4l + k; each output is the same chain in increasing t. Reads
+ * up to 64 bytes from e0 of every row (the cache has 64 bytes of slack). */
+BITNN_INLINE void ws_block4_q8(float *const *w, size_t T, const int8_t *const *v, size_t ld,
+                               float *const *out, size_t e0, size_t n)
 {
+    bitnn_v16f_keys acc[4][4] = {{{0}}};
+    for (size_t t = 0; t < T; t++)
+        for (int i = 0; i < 4; i++) {
+            const float wi = w[i][t];
+            bitnn_v16i_keys x;
+            memcpy(&x, v[i] + t * ld + e0, sizeof x);
+            for (int k = 0; k < 4; k++) acc[i][k] += wi * byte_k(x, k);
+        }
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++) {
+            float a[16];
+            *(bitnn_v16f_store *)a = acc[i][k]; /* not &acc: it would stay in memory */
+            for (size_t l = 0; l < 16 && e0 + 4 * l + k < n; l++) out[i][e0 + 4 * l + k] = a[l];
+        }
+}
+
+BITNN_INLINE void weighted_sum4(float *const *w, size_t T, const void *const *v, size_t ld,
+                                size_t n, float *const *out, const int Q8)
+{
+    if (Q8) {
+        for (size_t e0 = 0; e0 < n; e0 += 64) ws_block4_q8(w, T, (const int8_t *const *)v, ld, out, e0, n);
+        return;
+    }
+    const float *const *vf = (const float *const *)v;
     size_t e0 = 0;
-    for (; e0 + 64 <= n; e0 += 64) ws_block4(w, T, v, ld, out, e0, 64);
-    if (n - e0 >= 48) ws_block4(w, T, v, ld, out, e0, 48), e0 += 48;
-    if (n - e0 >= 32) ws_block4(w, T, v, ld, out, e0, 32), e0 += 32;
-    if (n - e0 >= 16) ws_block4(w, T, v, ld, out, e0, 16), e0 += 16;
-    for (int i = 0; i < 4 && e0 < n; i++) weighted_sum(w[i], T, v[i] + e0, ld, n - e0, out[i] + e0);
+    for (; e0 + 64 <= n; e0 += 64) ws_block4(w, T, vf, ld, out, e0, 64);
+    if (n - e0 >= 48) ws_block4(w, T, vf, ld, out, e0, 48), e0 += 48;
+    if (n - e0 >= 32) ws_block4(w, T, vf, ld, out, e0, 32), e0 += 32;
+    if (n - e0 >= 16) ws_block4(w, T, vf, ld, out, e0, 16), e0 += 16;
+    for (int i = 0; i < 4 && e0 < n; i++) weighted_sum(w[i], T, vf[i] + e0, ld, n - e0, out[i] + e0, 0);
 }
 
 /* (row, head) items [i0, i1): the heads of a row 4 at a time where they can. */
+BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_t cap, const int Q8)
+{
+    const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
+    const size_t ldv = Q8 ? j->hdp : hd; /* a value row: f32 values, or hdp bytes */
+    const size_t vsz = Q8 ? 1 : sizeof(float);
+    const double scale = 1.0 / sqrt((double)hd);
+    for (size_t it = i0; it < i1;) {
+        const size_t r = it / H, h = it % H, p = j->p0 + r;
+        const size_t nh = h + 4 <= H && it + 4 <= i1 ? 4 : 1;
+        float *w[4];
+        const void *v[4];
+        float *out[4];
+        for (size_t i = 0; i < nh; i++) {
+            w[i] = sc + i * cap;
+            attn_weights(j, r, h + i, scale, w[i], Q8);
+            v[i] = (const char *)j->v + (h + i) * j->ctx * ldv * vsz;
+            out[i] = j->out + r * D + (h + i) * hd;
+        }
+        if (nh == 4) weighted_sum4(w, p + 1, v, ldv, hd, out, Q8);
+        else weighted_sum(w[0], p + 1, v[0], ldv, hd, out[0], Q8);
+        it += nh;
+    }
+}
+
 BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 {
     attn_job *j = ctx;
-    const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
-    const double scale = 1.0 / sqrt((double)hd);
     const size_t cap = j->p0 + j->n + 16;
     float *sc = malloc(4 * cap * sizeof(float));
     if (!sc) {
         j->failed = 1; /* benign race: every writer stores 1 */
         return;
     }
-    for (size_t it = i0; it < i1;) {
-        const size_t r = it / H, h = it % H, p = j->p0 + r;
-        if (h + 4 <= H && it + 4 <= i1) {
-            float *w[4];
-            const float *v[4];
-            float *out[4];
-            for (int i = 0; i < 4; i++) {
-                w[i] = sc + i * cap;
-                attn_weights(j, r, h + i, scale, w[i]);
-                v[i] = j->v + (h + i) * hd;
-                out[i] = j->out + r * D + (h + i) * hd;
+    if (j->q8) attn_range(j, i0, i1, sc, cap, 1);
+    else attn_range(j, i0, i1, sc, cap, 0);
+    free(sc);
+}
+
+/* Rows [0, n) of this block's keys (kt) and values (vt), [n][D], into the caches
+ * at positions p0..: in int8 mode each (position, head) quantized with its own
+ * scale (docs/packing.md). */
+static void cache_append(const bitnn_lm *m, bitnn_lm_state *s, size_t b, const float *kt,
+                         const float *vt, size_t n, size_t p0)
+{
+    const size_t D = m->dim, hd = m->head_dim, H = m->heads, kb = s->ldk / 16;
+    for (size_t i = 0; i < n; i++) {
+        const size_t t = p0 + i;
+        for (size_t h = 0; h < H; h++) {
+            const float *ksrc = kt + i * D + h * hd, *vsrc = vt + i * D + h * hd;
+            if (m->precision == BITNN_PRECISION_INT8) {
+                const size_t hdp = (hd + 3) / 4 * 4;
+                int8_t *kd = s->k8 + ((b * H + h) * kb + t / 16) * hdp * 16 + (t % 16) * 4;
+                s->ks[(b * H + h) * s->ldk + t] = bitnn_quantize_row(ksrc, hd, s->qrow, hd);
+                for (size_t e = 0; e < hd; e++) kd[(e / 4) * 64 + e % 4] = s->qrow[e];
+                s->vs[(b * H + h) * s->ctx + t] =
+                    bitnn_quantize_row(vsrc, hd, s->v8 + ((b * H + h) * s->ctx + t) * hdp, hdp);
+            } else {
+                float *kd = s->k + ((b * H + h) * kb + t / 16) * hd * 16 + t % 16;
+                for (size_t e = 0; e < hd; e++) kd[16 * e] = ksrc[e];
+                memcpy(s->v + ((b * H + h) * s->ctx + t) * hd, vsrc, hd * sizeof(float));
             }
-            weighted_sum4(w, p + 1, v, D, hd, out);
-            it += 4;
-        } else {
-            attn_weights(j, r, h, scale, sc);
-            weighted_sum(sc, p + 1, j->v + h * hd, D, hd, j->out + r * D + h * hd);
-            it++;
         }
     }
-    free(sc);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -405,6 +563,8 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
     if (!m || !s || (!ids && n)) return BITNN_EINVAL;
     if (n == 0) return scores ? BITNN_EINVAL : BITNN_OK;
     if (s->pos >= s->ctx || n > s->ctx - s->pos) return BITNN_EINVAL;
+    if (s->pos == 0) s->cache_precision = m->precision;
+    else if (s->cache_precision != m->precision) return BITNN_EINVAL; /* the cache is the other mode's */
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (size_t)ids[i] >= m->vocab) return BITNN_EINVAL;
     const size_t D = m->dim, p0 = s->pos, wpr = bitnn_words_per_row(D);
@@ -428,21 +588,28 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
 
     for (size_t b = 0; b < m->blocks; b++) {
         const bitnn_lm_block *B = &m->block[b];
-        float *kc = s->k + b * D * s->ldk, *vc = s->v + b * s->ctx * D;
         if ((st = lin(m, s->ws, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
             (st = lin(m, s->ws, &B->k, s->x, n, s->t, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, s->ws, &B->v, s->x, n, vc + p0 * D, BITNN_ACT_LINEAR, isa, pool)))
+            (st = lin(m, s->ws, &B->v, s->x, n, s->att, BITNN_ACT_LINEAR, isa, pool)))
             return st;
-        const size_t hd = m->head_dim, kb = s->ldk / 16;
-        for (size_t i = 0; i < n; i++) { /* keys into the cache: blocks of 16 keys */
-            const size_t t = p0 + i;
-            for (size_t h = 0; h < m->heads; h++) {
-                float *dst = kc + ((h * kb + t / 16) * hd) * 16 + t % 16;
-                const float *src = s->t + i * D + h * hd;
-                for (size_t e = 0; e < hd; e++) dst[16 * e] = src[e];
-            }
-        }
-        attn_job aj = {m, s->q, kc, vc, s->att, n, p0, s->ldk, 0};
+        cache_append(m, s, b, s->t, s->att, n, p0);
+        const int q8 = m->precision == BITNN_PRECISION_INT8;
+        const size_t hdp = (m->head_dim + 3) / 4 * 4, sat = b * m->heads;
+        const size_t kat = b * D * s->ldk, vat = b * s->ctx * D, qat = sat * hdp * s->ldk;
+        attn_job aj = {m,
+                       s->q,
+                       q8 ? (const void *)(s->k8 + qat) : (const void *)(s->k + kat),
+                       q8 ? (const void *)(s->v8 + qat / s->ldk * s->ctx) : (const void *)(s->v + vat),
+                       s->ks + sat * s->ldk,
+                       s->vs + sat * s->ctx,
+                       s->att,
+                       n,
+                       p0,
+                       s->ldk,
+                       s->ctx,
+                       hdp,
+                       q8,
+                       0};
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;
         /* h = Normalize(x + O(att)) */

@@ -38,8 +38,12 @@ typedef struct {
     size_t ctx;        /* capacity in positions, <= max_len */
     size_t pos;        /* tokens processed so far */
     size_t ldk;        /* ctx rounded up to 16 */
-    float *k, *v;      /* k: [blocks][heads][ldk / 16][head_dim][16] (16 keys side by
-                          side), v: [blocks][ctx][dim] */
+    float *k, *v;      /* fp32 mode: k: [blocks][heads][ldk / 16][head_dim][16] (16 keys
+                          side by side), v: [blocks][heads][ctx][head_dim] */
+    int8_t *k8, *v8;   /* int8 mode: the same layouts in int8 (docs/packing.md) ... */
+    float *ks, *vs;    /* ... and the scale of each (position, head): [blocks][heads][ldk], [blocks][heads][ctx] */
+    int8_t *qrow;      /* [head_dim]: a key being quantized */
+    bitnn_precision cache_precision; /* the mode the cached positions were computed in */
     float *x, *q, *att, *h, *f, *t; /* scratch: [ctx][dim] (f: [ctx][ff_dim]) */
     float *hv0, *hv1;  /* head scratch: widest head layer */
     bitnn_gemm_ws *ws; /* the binary layers' buffers */
