@@ -54,7 +54,9 @@ SIMD = {
                ("kernels/kernel_avx512_vnni.c", "BITNN_HAVE_AVX512VNNI",
                 ["-mavx512f", "-mavx512bw", "-mavx512vnni"]),
                ("kernels/kernel_avx512_gfni.c", "BITNN_HAVE_AVX512GFNI",
-                ["-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mgfni"])],
+                ["-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mgfni"]),
+               ("kernels/kernel_amx.c", "BITNN_HAVE_AMX",
+                ["-mavx512f", "-mavx512bw", "-mamx-tile", "-mamx-int8"])],
     "aarch64": [("kernels/kernel_neon.c", "BITNN_HAVE_NEON", [])],
 }
 MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}

@@ -226,3 +226,30 @@ def test_lm_state_refuses_a_cache_of_the_other_precision():
         st.reset()
         fresh = g.new_state()
         assert np.array_equal(st.forward([5, 17, 300]), fresh.forward([5, 17, 300]))
+
+
+def test_amx_can_be_declined_and_gives_the_same_bits():
+    """BITNN_AMX=0 keeps the AMX tile kernel (GEMMs of 16+ rows on CPUs that
+    have it) out; the sums are exact either way, so the bits are the same."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import numpy as np, bitnn, sys\n"
+            "from bitnn import _core\n"
+            "rng = np.random.default_rng(7)\n"
+            "x = rng.standard_normal((70, 300)).astype(np.float32)\n"
+            "W = (rng.random((40, 300)) < 0.5).astype(np.uint8)\n"
+            "z = _core.binary_gemm(x, bitnn.pack_bits(W), 40, threads=2, precision='int8')\n"
+            "np.save(sys.argv[1], z)\n"
+            "print(bitnn.system_info()['int8_kernel'])\n")
+    with tempfile.TemporaryDirectory() as d:
+        outs = {}
+        for amx in ("1", "0"):
+            env = dict(os.environ, BITNN_AMX=amx)
+            p = subprocess.run([sys.executable, "-c", code, f"{d}/{amx}.npy"], env=env,
+                               capture_output=True, text=True, check=True)
+            outs[amx] = (p.stdout.strip(), np.load(f"{d}/{amx}.npy"))
+    assert "amx" not in outs["0"][0]
+    assert np.array_equal(outs["0"][1], outs["1"][1])

@@ -29,7 +29,8 @@ typedef struct {
     const uint64_t *bias;
     float *z;
     const bitnn_kernel_set *ks;
-    int tables;       /* table kernels (fp32, or int8 with gemm_q8t); else direct int8 */
+    int tables;       /* table kernels (fp32, or int8 with gemm_q8t); else im2col rows */
+    bitnn_gemm_q8m_fn q8m; /* int8 im2col rows on the tiles (AMX), else the direct kernel */
     const void *map;  /* tables of every input pixel (C % 32 == 0), chunk of 32 channels */
     const void *zero; /* the tables of 32 zero inputs: taps outside the image */
     size_t cb;        /* bytes per chunk of tables: 512 (fp32) or 256 (int8) */
@@ -127,7 +128,8 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     conv_job *j = ctx;
     const size_t P = j->H * j->W, wpr = bitnn_words_per_row(j->K);
     const size_t es = j->qx ? 1 : sizeof(float);
-    void *rows = j->map ? NULL : malloc(j->tile * j->ld * es), *buf = NULL;
+    /* gemm_q8m reads whole blocks of 32 rows: 32 more (zero) rows */
+    void *rows = j->map ? NULL : calloc(j->tile + (j->q8m ? 32 : 0), j->ld * es), *buf = NULL;
     float *scale = j->qx ? malloc(j->tile * sizeof(float)) : NULL;
     const void **tp = j->tables ? malloc(j->tile * j->kc * sizeof *tp) : NULL;
     if (j->tables && !j->map && posix_memalign(&buf, 64, j->tile * j->kc * j->cb) != 0) buf = NULL;
@@ -140,10 +142,14 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     for (size_t t = t0; t < t1; t++) {
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
         float *z = j->z + p0 * j->Cout;
-        if (!j->tables) { /* int8 without table kernels: im2col + the direct kernel */
+        if (!j->tables) { /* int8 without table kernels: im2col + a row kernel */
             im2col(j, j->qx, 1, p0, p1, rows);
-            j->ks->gemm_q8(rows, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale, j->bias,
-                           z, j->Cout);
+            if (j->q8m)
+                j->q8m(rows, j->ld, p1 - p0, j->kc, j->w->tiles, 0, j->Cout, scale, j->bias, z,
+                       j->Cout);
+            else
+                j->ks->gemm_q8(rows, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale,
+                               j->bias, z, j->Cout);
             continue;
         }
         tile_tables(j, p0, p1, rows, buf, tp);
@@ -208,7 +214,11 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
     const size_t Cout = w->N, kc = bitnn_tile_chunks(f * f * C);
     conv_job j = {x, NULL, 0.0f, H, W, C, f, f * f * C, f * f * C, 0, w, Cout, kc, bias, z, ks};
-    j.tables = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
+    /* int8: im2col rows through the many-row kernel where there is one (AMX:
+     * tables cost more than its multiply-adds), else tables where there are
+     * table kernels, else im2col rows through the direct kernel */
+    if (prec == BITNN_PRECISION_INT8 && ks->gemm_q8m && w->tiles) j.q8m = ks->gemm_q8m;
+    j.tables = prec == BITNN_PRECISION_FP32 || (ks->gemm_q8t && !j.q8m);
     j.cb = prec == BITNN_PRECISION_FP32 ? 128 * sizeof(float) : 256;
     if (j.tables && !w->tiles) return BITNN_EINVAL;
     int8_t *qx = NULL;

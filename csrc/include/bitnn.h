@@ -57,7 +57,8 @@ enum {
     BITNN_CPU_NEON = 1u << 10,
     BITNN_CPU_DOTPROD = 1u << 11,
     BITNN_CPU_AVX512VBMI = 1u << 12,
-    BITNN_CPU_GFNI = 1u << 13      /* with AVX-512 (zmm) state */
+    BITNN_CPU_GFNI = 1u << 13,     /* with AVX-512 (zmm) state */
+    BITNN_CPU_AMXINT8 = 1u << 14   /* AMX-TILE + AMX-INT8, tile state enabled and granted */
 };
 
 /* Features usable by this process: cpuid AND the OS's saved register state

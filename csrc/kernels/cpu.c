@@ -51,6 +51,15 @@ static uint32_t detect(void)
             if ((c >> 1) & 1) f |= BITNN_CPU_AVX512VBMI;
             if ((c >> 8) & 1) f |= BITNN_CPU_GFNI;
         }
+#if defined(BITNN_HAVE_AMX)
+        /* AMX-TILE (edx 24) and AMX-INT8 (25), the OS saving the tile
+         * configuration and data (XCR0 bits 17, 18), and this process granted
+         * the tile data (Linux asks for it; BITNN_AMX=0 declines). */
+        const char *amx_env = getenv("BITNN_AMX");
+        if (zmm_ok && ((d >> 24) & 1) && ((d >> 25) & 1) && (xcr0 & 0x60000) == 0x60000 &&
+            !(amx_env && strcmp(amx_env, "0") == 0) && bitnn_amx_request())
+            f |= BITNN_CPU_AMXINT8;
+#endif
     }
 #elif defined(__aarch64__) || defined(_M_ARM64)
     f |= BITNN_CPU_NEON;
@@ -76,7 +85,8 @@ uint32_t bitnn_cpu_features(void)
 
 static const char *const feature_names[] = {
     "sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
-    "avx512dq", "avx512vnni", "avx512vpopcntdq", "neon", "dotprod", "avx512vbmi", "gfni"};
+    "avx512dq", "avx512vnni", "avx512vpopcntdq", "neon", "dotprod", "avx512vbmi", "gfni",
+    "amx-int8"};
 
 const char *bitnn_cpu_feature_name(int bit)
 {
@@ -112,14 +122,22 @@ static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gem
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512GFNI)
 static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
                                              bitnn_gemm_q8t_avx512vbmi,
-                                             bitnn_build_tables_q8_avx512vbmi};
+                                             bitnn_build_tables_q8_avx512vbmi, NULL};
+#if defined(BITNN_HAVE_AMX)
+/* ... and with AMX (Sapphire Rapids and later), GEMMs of many rows on tiles. */
+static const bitnn_kernel_set avx512_gfni_amx = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
+                                                 bitnn_gemm_q8t_avx512vbmi,
+                                                 bitnn_build_tables_q8_avx512vbmi,
+                                                 bitnn_gemm_q8m_amx};
+#endif
 #endif
 
-static int avx512_q8_variant(void) /* 2: gfni, 1: vnni, 0: neither */
+static int avx512_q8_variant(void) /* 3: gfni + amx, 2: gfni, 1: vnni, 0: neither */
 {
 #if defined(BITNN_HAVE_AVX512GFNI)
     const uint32_t gfni = BITNN_CPU_AVX512VNNI | BITNN_CPU_AVX512VBMI | BITNN_CPU_GFNI;
-    if ((bitnn_cpu_features() & gfni) == gfni) return 2;
+    if ((bitnn_cpu_features() & gfni) == gfni)
+        return (bitnn_cpu_features() & BITNN_CPU_AMXINT8) ? 3 : 2;
 #endif
 #if defined(BITNN_HAVE_AVX512VNNI)
     if (bitnn_cpu_features() & BITNN_CPU_AVX512VNNI) return 1;
@@ -143,6 +161,9 @@ const bitnn_kernel_set *bitnn_kernels_for(int isa)
         const int v = avx512_q8_variant();
 #if defined(BITNN_HAVE_AVX512GFNI)
         if (v == 2) return &avx512_gfni;
+#if defined(BITNN_HAVE_AMX)
+        if (v == 3) return &avx512_gfni_amx;
+#endif
 #endif
 #if defined(BITNN_HAVE_AVX2)
         if (v == 0) return &avx512_no_vnni;
@@ -155,7 +176,8 @@ const bitnn_kernel_set *bitnn_kernels_for(int isa)
 const char *bitnn_q8_kernel_name(int isa)
 {
     if (isa == BITNN_ISA_AVX512) {
-        static const char *const names[] = {"avx2", "avx512-vnni", "avx512-gfni"};
+        static const char *const names[] = {"avx2", "avx512-vnni", "avx512-gfni",
+                                            "avx512-gfni+amx"};
         return names[avx512_q8_variant()];
     }
     return bitnn_isa_name(isa);

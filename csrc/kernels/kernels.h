@@ -71,12 +71,24 @@ typedef void (*bitnn_gemm_q8t_fn)(const void *const *tp, size_t M, size_t kc,
                                   const float *scale, const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8(const int8_t *q, size_t K, uint8_t *tab);
 
+/* Integer binary GEMM of many input rows on the tiles and the quantized rows
+ * (q, ldq as for bitnn_gemm_q8_fn, ldq a multiple of 64, and rows readable
+ * up to 32 past the last one: gemm_operands pads them with zeros); n0 a
+ * multiple of 16. Same result as bitnn_gemm_q8_fn (exact sums, the
+ * bitnn_q8_out epilogue). Where a kernel set has one, GEMMs of at least
+ * BITNN_Q8M_MIN_ROWS input rows use it. */
+typedef void (*bitnn_gemm_q8m_fn)(const int8_t *q, size_t ldq, size_t M, size_t kc,
+                                  const uint32_t *tiles, size_t n0, size_t n1,
+                                  const float *scale, const uint64_t *bias, float *z, size_t ldz);
+#define BITNN_Q8M_MIN_ROWS 16
+
 typedef struct {
     bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
     bitnn_gemm_q8_fn gemm_q8;     /* BITNN_PRECISION_INT8 */
     bitnn_gemm_q8t_fn gemm_q8t;   /* BITNN_PRECISION_INT8 on tiles, or NULL */
     void (*tables_q8)(const int8_t *q, size_t K, uint8_t *tab); /* with gemm_q8t: its
                                      tables, the same bytes as bitnn_build_tables_q8 */
+    bitnn_gemm_q8m_fn gemm_q8m;   /* BITNN_PRECISION_INT8, many rows (AMX), or NULL */
 } bitnn_kernel_set;
 
 /* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
@@ -155,6 +167,11 @@ void bitnn_gemm_q8t_avx512vbmi(const void *const *tp, size_t M, size_t kc,
                                const uint32_t *tiles, size_t n0, size_t n1, const float *scale,
                                const uint64_t *bias, float *z, size_t ldz);
 void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab);
+void bitnn_gemm_q8m_amx(const int8_t *q, size_t ldq, size_t M, size_t kc, const uint32_t *tiles,
+                        size_t n0, size_t n1, const float *scale, const uint64_t *bias, float *z,
+                        size_t ldz);
+/* Ask the OS for the AMX tile state (Linux: arch_prctl); 1 if granted. */
+int bitnn_amx_request(void);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
                         size_t wpr, size_t n0, size_t n1, const float *scale,
                         const uint64_t *bias, float *z, size_t ldz);

@@ -23,6 +23,7 @@ typedef struct {
     bitnn_gemm_f32_fn f32; /* exactly one of f32 / q8 is set */
     bitnn_gemm_q8_fn q8;
     bitnn_gemm_q8t_fn q8t; /* int8 on the tiles (then tab8 holds the int8 tables) */
+    bitnn_gemm_q8m_fn q8m; /* int8 on the tiles and q, for many rows */
     void (*tables_q8)(const int8_t *q, size_t K, uint8_t *tab);
     uint8_t *tab8;
     const uint32_t *tiles; /* fp32: the weights as tiles, and the tables of x */
@@ -37,7 +38,10 @@ typedef struct {
 /* Rows [m0, m1) x outputs [n0, n1): the one place that calls a GEMM kernel. */
 static void gemm_block(const gemm_job *j, size_t m0, size_t m1, size_t n0, size_t n1)
 {
-    if (j->q8t)
+    if (j->q8m)
+        j->q8m(j->q + m0 * j->ldq, j->ldq, m1 - m0, j->kc, j->tiles, n0, n1, j->scale + m0,
+               j->bias, j->z + m0 * j->ldz, j->ldz);
+    else if (j->q8t)
         j->q8t(j->tp + m0 * j->kc, m1 - m0, j->kc, j->tiles, n0, n1,
                j->scale + m0, j->bias, j->z + m0 * j->ldz, j->ldz);
     else if (j->q8)
@@ -278,10 +282,16 @@ static bitnn_status gemm_operands(gemm_job *j, const bitnn_kernel_set *ks, bitnn
     j->tp = ws->tp.p;
     if (prec == BITNN_PRECISION_INT8) {
         j->ldq = 64 * j->wpr;
-        if (bitnn_buf_reserve(&ws->q, M * j->ldq) || bitnn_buf_reserve(&ws->scale, M * sizeof(float)))
+        /* the many-row kernel reads whole blocks of 32 rows: zero rows after M */
+        const size_t pad = ks->gemm_q8m && M >= BITNN_Q8M_MIN_ROWS ? 32 : 0;
+        if (bitnn_buf_reserve(&ws->q, (M + pad) * j->ldq) ||
+            bitnn_buf_reserve(&ws->scale, M * sizeof(float)))
             return BITNN_ENOMEM;
         j->q = ws->q.p, j->scale = ws->scale.p;
-        if (ks->gemm_q8t) {
+        if (pad) {
+            j->q8m = ks->gemm_q8m;
+            memset(j->q + M * j->ldq, 0, pad * j->ldq);
+        } else if (ks->gemm_q8t) {
             j->q8t = ks->gemm_q8t, j->tables_q8 = ks->tables_q8, j->ldt = 256 * j->kc;
             if (bitnn_buf_reserve(&ws->tab, M * j->ldt)) return BITNN_ENOMEM;
             j->tab8 = ws->tab.p;
@@ -326,7 +336,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
          * z[m,n] is always computed whole by one thread, so the split never
          * changes it. */
         if (M >= 4 * threads && N < 64 * threads)
-            bitnn_parallel_for(pool, M, 4, gemm_rows_m, &j);
+            bitnn_parallel_for(pool, M, j.q8m ? 32 : 4, gemm_rows_m, &j);
         else
             bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
     }
