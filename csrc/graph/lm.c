@@ -216,6 +216,7 @@ void bitnn_lm_state_free(bitnn_lm_state *s)
     if (!s) return;
     free(s->k), free(s->v), free(s->k8), free(s->v8), free(s->ks), free(s->vs), free(s->qrow), free(s->x), free(s->q), free(s->att), free(s->h), free(s->t);
     free(s->f), free(s->hv0), free(s->hv1);
+    bitnn_buf_free(&s->widened);
     bitnn_gemm_ws_free(s->ws);
     free(s);
 }
@@ -229,13 +230,16 @@ void bitnn_lm_state_reset(bitnn_lm_state *s)
 typedef struct {
     const bitnn_lm *m;
     const float *q;         /* [n][D] rows for positions p0.. */
-    const void *k, *v;      /* this block's caches: k [H][ldk/16][hd][16] (16 keys side by
-                               side per head and dimension), v [H][ctx][hd] (each head's
-                               values one contiguous stream); f32, or int8 when q8 */
+    const void *k, *v;      /* this block's keys, per head [keys/16][hd][16] (16 keys side
+                               by side per dimension; int8: [keys/16][hdp/4][16][4]), and
+                               values, per head [keys][ldv] (one contiguous stream); f32,
+                               or int8 when q8 */
+    size_t kst, vst, ldv;   /* elements per head of k and v, and per value row */
     const float *ks, *vs;   /* int8 mode: the scale of each key [H][ldk] and value [H][ctx] */
     float *out;             /* [n][D] */
     size_t n, p0, ldk, ctx, hdp; /* hdp: head_dim rounded up to 4 (int8 rows) */
-    int q8;                 /* the caches hold int8 values (precision int8) */
+    int q8;                 /* k and v hold int8 values */
+    int scaled;             /* int8 mode: apply ks and vs (also to k, v widened to f32) */
     int failed;             /* a scratch allocation failed */
 } attn_job;
 
@@ -365,18 +369,17 @@ BITNN_INLINE void dot16_q8(const float *q, const int8_t *kt, size_t hd, float *o
  * multiplied by the key's scale first, and each weight by its value's scale
  * last (docs/packing.md). */
 BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double scale, float *sc,
-                               const int Q8)
+                               const int Q8, const int SCALED)
 {
     const size_t D = j->m->dim, hd = j->m->head_dim, p = j->p0 + r;
     const float *qv = j->q + r * D + h * hd;
-    const size_t kb = j->ldk / 16;
     float mx = -INFINITY;
     for (size_t t0 = 0; t0 <= p; t0 += 16) {
-        if (!Q8) {
-            dot16(qv, (const float *)j->k + (h * kb + t0 / 16) * hd * 16, hd, sc + t0);
-            continue;
-        }
-        dot16_q8(qv, (const int8_t *)j->k + (h * kb + t0 / 16) * j->hdp * 16, hd, sc + t0);
+        if (Q8)
+            dot16_q8(qv, (const int8_t *)j->k + h * j->kst + t0 * j->hdp, hd, sc + t0);
+        else
+            dot16(qv, (const float *)j->k + h * j->kst + t0 * hd, hd, sc + t0);
+        if (!SCALED) continue;
         bitnn_v16f_keys d, ks;
         memcpy(&d, sc + t0, sizeof d);
         memcpy(&ks, j->ks + h * j->ldk + t0, sizeof ks);
@@ -409,7 +412,7 @@ BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double sca
     }
     const float inv = (float)(1.0 / total);
     for (t = 0; t <= p; t++) sc[t] *= inv;
-    if (Q8)
+    if (SCALED)
         for (t = 0; t <= p; t++) sc[t] *= j->vs[h * j->ctx + t];
 }
 
@@ -475,10 +478,10 @@ BITNN_INLINE void weighted_sum4(float *const *w, size_t T, const void *const *v,
 }
 
 /* (row, head) items [i0, i1): the heads of a row 4 at a time where they can. */
-BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_t cap, const int Q8)
+BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_t cap, const int Q8,
+                             const int SCALED)
 {
-    const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads;
-    const size_t ldv = Q8 ? j->hdp : hd; /* a value row: f32 values, or hdp bytes */
+    const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads, ldv = j->ldv;
     const size_t vsz = Q8 ? 1 : sizeof(float);
     const double scale = 1.0 / sqrt((double)hd);
     for (size_t it = i0; it < i1;) {
@@ -489,8 +492,8 @@ BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_
         float *out[4];
         for (size_t i = 0; i < nh; i++) {
             w[i] = sc + i * cap;
-            attn_weights(j, r, h + i, scale, w[i], Q8);
-            v[i] = (const char *)j->v + (h + i) * j->ctx * ldv * vsz;
+            attn_weights(j, r, h + i, scale, w[i], Q8, SCALED);
+            v[i] = (const char *)j->v + (h + i) * j->vst * vsz;
             out[i] = j->out + r * D + (h + i) * hd;
         }
         if (nh == 4) weighted_sum4(w, p + 1, v, ldv, hd, out, Q8);
@@ -508,9 +511,37 @@ BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
         j->failed = 1; /* benign race: every writer stores 1 */
         return;
     }
-    if (j->q8) attn_range(j, i0, i1, sc, cap, 1);
-    else attn_range(j, i0, i1, sc, cap, 0);
+    if (j->q8) attn_range(j, i0, i1, sc, cap, 1, 1);
+    else if (j->scaled) attn_range(j, i0, i1, sc, cap, 0, 1);
+    else attn_range(j, i0, i1, sc, cap, 0, 0);
     free(sc);
+}
+
+/* int8 mode, many rows: each head's int8 keys and values of positions [0, P)
+ * widened once to f32 (exact) for all the rows, instead of once per row and
+ * key; the attention then reads them as the fp32 mode reads its caches and
+ * applies the scales as the int8 path does: the same products, the same bits. */
+typedef struct {
+    const attn_job *j; /* the int8 caches */
+    float *kf, *vf;    /* per head: [P16/16][hd][16], [P][hd] */
+    size_t P, P16;
+} widen_job;
+
+BITNN_MULTIVERSION static void widen_heads(void *ctx, size_t h0, size_t h1)
+{
+    const widen_job *w = ctx;
+    const attn_job *j = w->j;
+    const size_t hd = j->m->head_dim, hdp = j->hdp;
+    for (size_t h = h0; h < h1; h++) {
+        const int8_t *k8 = (const int8_t *)j->k + h * j->kst, *v8 = (const int8_t *)j->v + h * j->vst;
+        float *kf = w->kf + h * w->P16 * hd, *vf = w->vf + h * w->P * hd;
+        for (size_t t0 = 0; t0 < w->P16; t0 += 16) /* a block: [hdp/4][16][4] -> [hd][16] */
+            for (size_t e = 0; e < hd; e++)
+                for (size_t l = 0; l < 16; l++)
+                    kf[t0 * hd + 16 * e + l] = (float)k8[t0 * hdp + (e / 4) * 64 + 4 * l + e % 4];
+        for (size_t t = 0; t < w->P; t++)
+            for (size_t e = 0; e < hd; e++) vf[t * hd + e] = (float)v8[t * hdp + e];
+    }
 }
 
 /* Rows [0, n) of this block's keys (kt) and values (vt), [n][D], into the caches
@@ -594,22 +625,26 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
             return st;
         cache_append(m, s, b, s->t, s->att, n, p0);
         const int q8 = m->precision == BITNN_PRECISION_INT8;
-        const size_t hdp = (m->head_dim + 3) / 4 * 4, sat = b * m->heads;
-        const size_t kat = b * D * s->ldk, vat = b * s->ctx * D, qat = sat * hdp * s->ldk;
-        attn_job aj = {m,
-                       s->q,
-                       q8 ? (const void *)(s->k8 + qat) : (const void *)(s->k + kat),
-                       q8 ? (const void *)(s->v8 + qat / s->ldk * s->ctx) : (const void *)(s->v + vat),
-                       s->ks + sat * s->ldk,
-                       s->vs + sat * s->ctx,
-                       s->att,
-                       n,
-                       p0,
-                       s->ldk,
-                       s->ctx,
-                       hdp,
-                       q8,
-                       0};
+        const size_t hd = m->head_dim, hdp = (hd + 3) / 4 * 4, sat = b * m->heads;
+        attn_job aj = {.m = m, .q = s->q, .ks = s->ks + sat * s->ldk, .vs = s->vs + sat * s->ctx,
+                       .out = s->att, .n = n, .p0 = p0, .ldk = s->ldk, .ctx = s->ctx,
+                       .hdp = hdp, .q8 = q8, .scaled = q8};
+        if (q8) {
+            aj.k = s->k8 + sat * s->ldk * hdp, aj.kst = s->ldk * hdp;
+            aj.v = s->v8 + sat * s->ctx * hdp, aj.vst = s->ctx * hdp, aj.ldv = hdp;
+        } else {
+            aj.k = s->k + sat * s->ldk * hd, aj.kst = s->ldk * hd;
+            aj.v = s->v + sat * s->ctx * hd, aj.vst = s->ctx * hd, aj.ldv = hd;
+        }
+        if (q8 && n >= 8) { /* a prompt: widen each head's int8 cache once */
+            widen_job wj = {&aj, NULL, NULL, p0 + n, (p0 + n + 15) / 16 * 16};
+            const size_t kfn = m->heads * wj.P16 * hd, vfn = m->heads * wj.P * hd;
+            if ((st = bitnn_buf_reserve(&s->widened, (kfn + vfn) * sizeof(float)))) return st;
+            wj.kf = s->widened.p, wj.vf = wj.kf + kfn;
+            bitnn_parallel_for(pool, m->heads, 1, widen_heads, &wj);
+            aj.k = wj.kf, aj.kst = wj.P16 * hd, aj.v = wj.vf, aj.vst = wj.P * hd, aj.ldv = hd;
+            aj.q8 = 0;
+        }
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;
         /* h = Normalize(x + O(att)) */
