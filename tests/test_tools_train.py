@@ -174,3 +174,37 @@ def test_train_lm_runs_as_a_module_from_the_repository_root():
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 2 and "not divisible" in p.stderr, p.stderr
+
+
+def test_train_lm_distills_from_a_teacher_and_starts_from_weights(run_tool, shakespeare_dir,
+                                                                  tmp_path):
+    # a teacher (the fp32 twin) and a binary run, then a student that starts from the binary
+    # run's weights and learns from the teacher's scores; a teacher with another tokenizer
+    # is refused (distillation compares token ids)
+    teacher, student, metrics = tmp_path / "t", tmp_path / "s", tmp_path / "m.json"
+    for d, extra in ((teacher, ["--fp32"]), (student, [])):
+        rc, _, stderr = run_tool("train_lm", *LM, "--data-dir", shakespeare_dir, "--epochs", "1",
+                                 "--max-steps", "2", "--samples", "0", "--checkpoint-dir", d,
+                                 *extra)
+        assert rc == 0, stderr
+    rc, _, stderr = run_tool("train_lm", *LM, "--data-dir", shakespeare_dir, "--epochs", "1",
+                             "--max-steps", "2", "--samples", "0", "--teacher",
+                             teacher / "model.pt", "--kd-weight", "0.7", "--init-from",
+                             student / "model.pt", "--metrics", metrics,
+                             "--out", tmp_path / "kd.bnb")
+    assert rc == 0, stderr
+    m = json.loads(metrics.read_text())
+    assert "distilled from" in m["loss"] and m["args"]["kd_weight"] == 0.7
+    assert m["init_from"].endswith("model.pt") and m["steps"] == 2
+    with bitnn.load(str(tmp_path / "kd.bnb")) as lm:
+        assert len(lm.generate("ROMEO.", 3, temperature=0)) == 3
+
+    other = tmp_path / "o"
+    rc, _, stderr = run_tool("train_lm", *LM, "--vocab-size", "280", "--data-dir",
+                             shakespeare_dir, "--epochs", "1", "--max-steps", "1", "--samples",
+                             "0", "--checkpoint-dir", other, "--fp32")
+    assert rc == 0, stderr
+    rc, _, stderr = run_tool("train_lm", *LM, "--data-dir", shakespeare_dir, "--epochs", "1",
+                             "--max-steps", "1", "--samples", "0", "--teacher",
+                             other / "model.pt")
+    assert rc == 2 and "another tokenizer" in stderr

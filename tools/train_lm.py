@@ -98,6 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(or at --epochs/--max-steps, whichever comes first); for a fixed "
                         "budget on a machine whose speed varies. 0: off")
     g.add_argument("--batch-size", type=int, default=32, help="sequences per step per process")
+    g.add_argument("--init-from", default=None,
+                   help="start from the weights (and tokenizer) of a weights file this tool "
+                        "wrote (<checkpoint-dir>/model.pt) of the same shape, instead of a "
+                        "random initialisation; the optimizer and schedule start fresh")
+    g.add_argument("--teacher", default=None,
+                   help="knowledge distillation: a weights file (model.pt) of a trained model "
+                        "with the same tokenizer, usually the fp32 twin; the loss becomes "
+                        "(1 - w) CE + w t^2 KL(teacher || student) on the scores at "
+                        "temperature t")
+    g.add_argument("--kd-weight", type=float, default=0.5, help="w, with --teacher")
+    g.add_argument("--kd-temperature", type=float, default=1.0, help="t, with --teacher")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup-steps", type=int, default=100)
@@ -325,6 +336,8 @@ def prepare_data(args, dd: Dist, plays, ck) -> SimpleNamespace:
     train_plays, valid_plays = shakespeare.split_plays(plays)
     if ck is not None:
         tok_json = ck["tokenizer"]
+    elif args.init_from:
+        tok_json = common.torch_load(args.init_from)["tokenizer"]
     else:
         tok_json = train_tokenizer(train_plays.values(), args.vocab_size).to_str() \
             if dd.main else None
@@ -357,6 +370,13 @@ class Trainer:
         self.model = build_model(args, data.vocab)
         if ck is not None and ck["config"] != self.model.config:
             raise ValueError(f"checkpoint config {ck['config']} differs from {self.model.config}")
+        if args.init_from and ck is None:
+            init = common.torch_load(args.init_from)
+            if init["config"] != self.model.config:
+                raise ValueError(f"--init-from config {init['config']} differs from "
+                                 f"{self.model.config}")
+            self.model.load_state_dict(init["state_dict"])
+        self.teacher = self._teacher(data) if args.teacher else None
         self.T, self.B = args.max_len, args.batch_size
         n_windows = len(epoch_windows(len(data.train_ids), self.T, args.seed, 0))
         # the same count each epoch and rank
@@ -386,6 +406,19 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.model)
         self.t_start = time.time()
+
+    def _teacher(self, data: SimpleNamespace) -> BinaryLM:
+        """--teacher: its model, frozen, in eval mode; its tokenizer must be ours."""
+        t = common.torch_load(self.args.teacher)
+        if t["tokenizer"] != data.tok_json:
+            raise ValueError(f"--teacher {self.args.teacher} was trained with another "
+                             "tokenizer: distillation needs the same token ids")
+        teacher = BinaryLM(**t["config"])
+        teacher.load_state_dict(t["state_dict"])
+        teacher.eval()
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
+        return teacher
 
     def _time_lr_factor(self, step: int) -> float:
         """--time-budget: linear warmup over --warmup-steps, then cosine decay to
@@ -454,6 +487,13 @@ class Trainer:
         """One optimiser step on a (B, T+1) batch of windows; its loss."""
         scores = self.ddp(batch[:, :-1])
         loss = F.cross_entropy(scores.flatten(0, 1), batch[:, 1:].flatten())
+        if self.teacher is not None:
+            w, t = self.args.kd_weight, self.args.kd_temperature
+            with torch.no_grad():
+                target = F.log_softmax(self.teacher(batch[:, :-1]).flatten(0, 1) / t, dim=-1)
+            kd = F.kl_div(F.log_softmax(scores.flatten(0, 1) / t, dim=-1), target,
+                          reduction="batchmean", log_target=True)
+            loss = (1.0 - w) * loss + w * t * t * kd
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.grad_clip > 0:
@@ -599,7 +639,13 @@ def metrics_record(args, tr: Trainer, summary, samples, command, state_path) -> 
         "loss": ("mean token cross-entropy of softmax(Normalize(z)) of the output layer; "
                  "the final Normalize (mean 0, variance 1 over the vocabulary) bounds the "
                  "scores' scale" + (" (the fp32 twin has a learnable scale there)"
-                                    if args.fp32 else "")),
+                                    if args.fp32 else "")
+                 + (f"; distilled from {args.teacher}: (1 - {args.kd_weight:g}) CE + "
+                    f"{args.kd_weight:g} x {args.kd_temperature:g}^2 x KL(teacher || student) "
+                    f"at temperature {args.kd_temperature:g} (train losses in step_log are "
+                    "this mix; evaluation is the plain cross-entropy)"
+                    if args.teacher else "")),
+        "init_from": args.init_from,
         "evaluation": ("validation: every token of the held-out plays predicted once, in "
                        "non-overlapping windows of max_len tokens (context restarts at each "
                        "window); perplexity = exp(val_loss); train_*: same on "
