@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import os
 import sys
+import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -48,10 +49,30 @@ def simd_sources():
 class BuildCore(build_ext):
     """Compile csrc/ into objects with per-file flags, then link them in."""
 
+    def _accepts(self, flags, source):
+        """Whether the compiler takes a kernel file's flags (an older GCC lacks -mamx-*):
+        a kernel it cannot build is left out, and run-time dispatch never picks it."""
+        try:
+            from setuptools.errors import CompileError
+        except ImportError:  # older setuptools
+            from distutils.errors import CompileError
+
+        with tempfile.TemporaryDirectory() as d:
+            probe = os.path.join(d, "probe.c")
+            with open(probe, "w") as f:
+                f.write("int bitnn_probe;\n")
+            try:
+                self.compiler.compile([probe], output_dir=d, extra_postargs=flags)
+                return True
+            except CompileError:
+                print(f"bitnn: the compiler does not take {' '.join(flags)}: building "
+                      f"without {source}", file=sys.stderr)
+                return False
+
     def build_extension(self, ext):
         if self.compiler.compiler_type == "msvc":
             sys.exit("bitnn needs a GCC- or Clang-compatible compiler (POSIX threads)")
-        simd = simd_sources()
+        simd = [k for k in simd_sources() if self._accepts(k[1], k[0])]
         macros = [(macro, "1") for _, _, macro in simd] + [VERSION_MACRO]
         objects = self.compiler.compile(CORE_SOURCES, output_dir=self.build_temp,
                                         macros=macros, include_dirs=INCLUDE_DIRS,
