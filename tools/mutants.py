@@ -83,8 +83,10 @@ MUTANTS = [
       'if (env && *env && strcmp(env, "auto") != 0) {', "if (0) {",
       [CORE, DISPATCH], "BITNN_KERNEL is ignored"),
     m("ref-chain-order", "csrc/kernels/kernel_ref.c",
-      "for (size_t g = 0; g < 8 * kc; g++)\n                acc += ((const float *)tp[m * kc + g / 8])",
-      "for (size_t g = 8 * kc; g-- > 0;)\n                acc += ((const float *)tp[m * kc + g / 8])",
+      "for (size_t g = 0; g < 8 * kc; g++)\n"
+      "                acc += ((const float *)tp[m * kc + g / 8])",
+      "for (size_t g = 8 * kc; g-- > 0;)\n"
+      "                acc += ((const float *)tp[m * kc + g / 8])",
       [CORE, C_NATIVE], "the reference adds the groups in decreasing order"),
     m("ref-index-nibble", "csrc/kernels/kernel_common.h",
       "return (tiles[((n / 16) * kc + g / 8) * 16 + n % 16] >> (4 * (g % 8))) & 15u;",
@@ -225,8 +227,10 @@ MUTANTS = [
       "if (nh == 4) weighted_sum4(w, p, v, ldv, hd, out, Q8);",
       [LM], "attention leaves out the current position's value"),
     m("attention-dot-tail", "csrc/graph/lm.c",
-      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n        case 0: p0 += q[e] * kv;",
-      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n        case 0: p0 += q[e] * q[e];",
+      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n"
+      "        case 0: p0 += q[e] * kv;",
+      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n"
+      "        case 0: p0 += q[e] * q[e];",
       [LM], "q.k tail (head_dim % 8 values) multiplies q by itself"),
     m("attention-residual-dropped", "csrc/graph/lm.c",
       "add_rows(s->h, s->x, n * D);", "(void)0;",

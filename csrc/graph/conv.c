@@ -10,6 +10,7 @@
  * on the thread count. Out-of-image taps ('same' padding) contribute 0.0.
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@ typedef struct {
     const void *map;  /* tables of every input pixel (C % 32 == 0), chunk of 32 channels */
     const void *zero; /* the tables of 32 zero inputs: taps outside the image */
     size_t cb;        /* bytes per chunk of tables: 512 (fp32) or 256 (int8) */
+    unsigned char *slots; /* per-thread scratch, slot_bytes each (conv_tiles) */
+    size_t slot_bytes, n_slots;
+    atomic_size_t next_slot;
     int failed;       /* set when a scratch allocation fails */
 } conv_job;
 
@@ -123,30 +127,51 @@ static void tile_tables(conv_job *j, size_t p0, size_t p1, void *rows, void *buf
     }
 }
 
+/* The scratch of one conv_tiles call, carved from its slot (64-byte pieces):
+ * im2col rows (gemm_q8m reads whole blocks of 32 rows: 32 more), tables,
+ * chunk pointers and the row scales. */
+static size_t round64(size_t n) { return (n + 63) / 64 * 64; }
+
+static size_t slot_bytes(const conv_job *j)
+{
+    const size_t es = j->qx ? 1 : sizeof(float);
+    return (j->map ? 0 : round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es)) +
+           (j->tables && !j->map ? round64(j->tile * j->kc * j->cb) : 0) +
+           (j->tables ? round64(j->tile * j->kc * sizeof(void *)) : 0) +
+           (j->qx ? round64(j->tile * sizeof(float)) : 0);
+}
+
 static void conv_tiles(void *ctx, size_t t0, size_t t1)
 {
     conv_job *j = ctx;
     const size_t P = j->H * j->W, wpr = bitnn_words_per_row(j->K);
     const size_t es = j->qx ? 1 : sizeof(float);
-    /* gemm_q8m reads whole blocks of 32 rows: 32 more (zero) rows */
-    void *rows = j->map ? NULL : calloc(j->tile + (j->q8m ? 32 : 0), j->ld * es), *buf = NULL;
-    float *scale = j->qx ? malloc(j->tile * sizeof(float)) : NULL;
-    const void **tp = j->tables ? malloc(j->tile * j->kc * sizeof *tp) : NULL;
-    if (j->tables && !j->map && posix_memalign(&buf, 64, j->tile * j->kc * j->cb) != 0) buf = NULL;
-    if ((!j->map && !rows) || (j->qx && !scale) || (j->tables && (!tp || (!j->map && !buf)))) {
-        j->failed = 1; /* benign race: every writer stores 1 */
-        free(rows), free(scale), free(tp), free(buf);
+    /* each call of the parallel loop (at most one per thread) claims a slot */
+    const size_t slot = atomic_fetch_add(&j->next_slot, 1);
+    if (slot >= j->n_slots) {
+        j->failed = 1; /* cannot happen: one call per thread; benign race */
         return;
     }
+    unsigned char *at = j->slots + slot * j->slot_bytes;
+    void *rows = NULL, *buf = NULL;
+    const void **tp = NULL;
+    float *scale = NULL;
+    if (!j->map) rows = at, at += round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es);
+    if (j->tables && !j->map) buf = at, at += round64(j->tile * j->kc * j->cb);
+    if (j->tables) tp = (const void **)(void *)at, at += round64(j->tile * j->kc * sizeof *tp);
+    if (j->qx) scale = (float *)(void *)at;
+
     for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
     for (size_t t = t0; t < t1; t++) {
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
         float *z = j->z + p0 * j->Cout;
         if (!j->tables) { /* int8 without table kernels: im2col + a row kernel */
             im2col(j, j->qx, 1, p0, p1, rows);
-            if (j->q8m)
+            if (j->q8m) { /* it reads up to 32 rows past the tile's: keep them defined */
+                memset((unsigned char *)rows + (p1 - p0) * j->ld, 0, 32 * j->ld);
                 j->q8m(rows, j->ld, p1 - p0, j->kc, j->w->tiles, 0, j->Cout, scale, j->bias, z,
                        j->Cout);
+            }
             else
                 j->ks->gemm_q8(rows, j->ld, p1 - p0, j->K, j->w->bits, wpr, 0, j->Cout, scale,
                                j->bias, z, j->Cout);
@@ -160,7 +185,6 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
             j->ks->gemm_f32(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             j->bias, z, j->Cout);
     }
-    free(rows), free(scale), free(tp), free(buf);
 }
 
 /* The table map: pixels [r0, r1) of the input, C / 32 chunks each. */
@@ -204,7 +228,7 @@ static void quantize_chunks(void *ctx, size_t c0, size_t c1)
 
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
-                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_buf *ws)
+                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws)
 {
     if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
         f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
@@ -221,16 +245,21 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     j.tables = prec == BITNN_PRECISION_FP32 || (ks->gemm_q8t && !j.q8m);
     j.cb = prec == BITNN_PRECISION_FP32 ? 128 * sizeof(float) : 256;
     if (j.tables && !w->tiles) return BITNN_EINVAL;
+    bitnn_conv_ws own = {{0}}, *cw = ws ? ws : &own; /* own: this call's buffers */
     int8_t *qx = NULL;
     if (prec == BITNN_PRECISION_INT8) {
         /* One scale for the whole input map: quantize it once, then gather
          * int8 im2col rows (a quarter of the fp32 traffic). */
         const size_t n = H * W * C;
-        qx = malloc(n);
+        if (bitnn_buf_reserve(&cw->q, n) != BITNN_OK) {
+            bitnn_conv_ws_free(&own);
+            return BITNN_ENOMEM;
+        }
+        qx = cw->q.p;
         quant_job q = {x, n, (n + QUANT_CHUNK - 1) / QUANT_CHUNK, NULL, qx, 0.0f, 0};
         q.part = malloc(q.chunks * sizeof(float));
-        if (!qx || !q.part) {
-            free(qx), free(q.part);
+        if (!q.part) {
+            bitnn_conv_ws_free(&own);
             return BITNN_ENOMEM;
         }
         bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
@@ -242,13 +271,13 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     }
     /* With whole chunks of 32 channels per pixel, the tables are made once per
      * input pixel and every tap of every position points at them. */
-    bitnn_buf own = {NULL, 0}, *mb = ws ? ws : &own;
+    bitnn_buf *mb = &cw->map;
     const int8_t zero_q[32] = {0};
     const float zero_x[32] = {0};
     unsigned char zero_t[512] __attribute__((aligned(64)));
     if (j.tables && C % 32 == 0) {
         if (bitnn_buf_reserve(mb, H * W * (C / 32) * j.cb) != BITNN_OK) {
-            free(qx);
+            bitnn_conv_ws_free(&own);
             return BITNN_ENOMEM;
         }
         if (qx)
@@ -270,10 +299,22 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
         if (t < tile) tile = t;
     }
     j.tile = tile;
+    j.n_slots = threads, j.slot_bytes = slot_bytes(&j);
+    if (bitnn_buf_reserve(&cw->rows, j.n_slots * j.slot_bytes) != BITNN_OK) {
+        bitnn_conv_ws_free(&own);
+        return BITNN_ENOMEM;
+    }
+    j.slots = cw->rows.p;
+    atomic_init(&j.next_slot, 0);
     bitnn_parallel_for(pool, (P + tile - 1) / tile, 1, conv_tiles, &j);
-    free(qx);
-    bitnn_buf_free(&own);
+    bitnn_conv_ws_free(&own);
     return j.failed ? BITNN_ENOMEM : BITNN_OK;
+}
+
+void bitnn_conv_ws_free(bitnn_conv_ws *ws)
+{
+    if (!ws) return;
+    bitnn_buf_free(&ws->map), bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->rows);
 }
 
 typedef struct {

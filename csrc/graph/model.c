@@ -462,7 +462,7 @@ void bitnn_classifier_state_free(bitnn_classifier_state *s)
 {
     if (!s) return;
     free(s->a), free(s->b), free(s->acc);
-    bitnn_buf_free(&s->map), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
+    bitnn_conv_ws_free(&s->conv), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
     bitnn_gemm_ws_free(s->ws);
     free(s);
 }
@@ -499,7 +499,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
                 s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
-                                     m->precision, isa, pool, &st->map);
+                                     m->precision, isa, pool, &st->conv);
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
                         s = bitnn_normalize_act(b, L->out, L->H * L->W, L->out, m->eps, L->act, pool);

@@ -9,6 +9,7 @@
 
 #include "bitnn.h"
 #include "bnb.h"
+#include "conv.h"
 
 typedef enum {
     BITNN_LAYER_CONV2D = 0,
@@ -83,7 +84,7 @@ void bitnn_classifier_free(bitnn_classifier *m);
 typedef struct {
     float *a, *b;  /* the activation of one image, twice (max_act floats) */
     double *acc;   /* pooling sums (max_channels) */
-    bitnn_buf map; /* a convolution's input tables */
+    bitnn_conv_ws conv; /* a convolution's buffers */
     bitnn_buf va, vb; /* the batched linear part */
     bitnn_gemm_ws *ws;  /* the linear layers' buffers */
 } bitnn_classifier_state;
