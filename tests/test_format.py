@@ -123,9 +123,17 @@ def spec_json(text: bytes):
     def reject(_):
         raise ValueError("constant")
 
+    def number(s):
+        try:
+            return decimal.Decimal(s)
+        except decimal.InvalidOperation:
+            # an exponent beyond Decimal's range (1e18446744073709551616): what a
+            # double parser reads, infinity (rejected below) or zero
+            return decimal.Decimal(float(s))
+
     try:
         doc = json.loads(text.decode("utf-8"), object_pairs_hook=pairs,
-                         parse_float=decimal.Decimal, parse_constant=reject)
+                         parse_float=number, parse_constant=reject)
     except (ValueError, RecursionError):
         return INVALID
 
