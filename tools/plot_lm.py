@@ -1,7 +1,7 @@
 """Validation bits per byte against training time, from tools.train_lm metrics files.
 
     python3 -m tools.plot_lm binary=bitnn/models/shakespeare.metrics.json \\
-        fp32=tools/results/shakespeare_fp32.metrics.json --out docs/lm_curves.png
+        "fp32 twin=tools/results/shakespeare_fp32_v4096.metrics.json" --out docs/lm_curves.png
     python3 -m tools.plot_lm --table run1=a.json run2=b.json   # the figures, no plot
 
 The training script's validation scores every held-out token once in
