@@ -227,10 +227,8 @@ MUTANTS = [
       "if (nh == 4) weighted_sum4(w, p, v, ldv, hd, out, Q8);",
       [LM], "attention leaves out the current position's value"),
     m("attention-dot-tail", "csrc/graph/lm.c",
-      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n"
-      "        case 0: p0 += q[e] * kv;",
-      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        switch (e % 8) {\n"
-      "        case 0: p0 += q[e] * q[e];",
+      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        PARTIAL_ADD(e, q[e] * kv);",
+      "        memcpy(&kv, kt + 16 * e, sizeof kv);\n        PARTIAL_ADD(e, q[e] * q[e]);",
       [LM], "q.k tail (head_dim % 8 values) multiplies q by itself"),
     m("attention-residual-dropped", "csrc/graph/lm.c",
       "add_rows(s->h, s->x, n * D);", "(void)0;",

@@ -298,6 +298,21 @@ BITNN_INLINE void weighted_sum(const float *w, size_t T, const void *v, size_t l
     }
 }
 
+/* Value e of a dot16 into partial sum e % 8 (a switch, not pointers: the
+ * named partial sums p0..p7 stay in registers), and their combination. */
+#define PARTIAL_ADD(e, t)                 \
+    switch ((e) % 8) {                    \
+    case 0: p0 += (t); break;             \
+    case 1: p1 += (t); break;             \
+    case 2: p2 += (t); break;             \
+    case 3: p3 += (t); break;             \
+    case 4: p4 += (t); break;             \
+    case 5: p5 += (t); break;             \
+    case 6: p6 += (t); break;             \
+    default: p7 += (t); break;            \
+    }
+#define PARTIAL_COMBINE() (((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7)))
+
 /* q . k for the 16 keys of one block of one head (kt: [hd][16]), one lane per
  * key: 8 partial sums per key (value e into e % 8, products rounded then
  * added), combined ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
@@ -312,20 +327,11 @@ BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
         KEY(0, p0); KEY(1, p1); KEY(2, p2); KEY(3, p3); KEY(4, p4); KEY(5, p5); KEY(6, p6); KEY(7, p7);
     }
 #undef KEY
-    for (; e < hd; e++) { /* a switch, not pointers: the sums stay in registers */
+    for (; e < hd; e++) {
         memcpy(&kv, kt + 16 * e, sizeof kv);
-        switch (e % 8) {
-        case 0: p0 += q[e] * kv; break;
-        case 1: p1 += q[e] * kv; break;
-        case 2: p2 += q[e] * kv; break;
-        case 3: p3 += q[e] * kv; break;
-        case 4: p4 += q[e] * kv; break;
-        case 5: p5 += q[e] * kv; break;
-        case 6: p6 += q[e] * kv; break;
-        default: p7 += q[e] * kv; break;
-        }
+        PARTIAL_ADD(e, q[e] * kv);
     }
-    const bitnn_v16f_keys r = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
+    const bitnn_v16f_keys r = PARTIAL_COMBINE();
     memcpy(out, &r, sizeof r);
 }
 
@@ -348,18 +354,9 @@ BITNN_INLINE void dot16_q8(const float *q, const int8_t *kt, size_t hd, float *o
     for (; e < hd; e++) {
         memcpy(&w0, kt + 16 * (e & ~(size_t)3), sizeof w0);
         const bitnn_v16f_keys kv = byte_k(w0, (int)(e % 4));
-        switch (e % 8) {
-        case 0: p0 += q[e] * kv; break;
-        case 1: p1 += q[e] * kv; break;
-        case 2: p2 += q[e] * kv; break;
-        case 3: p3 += q[e] * kv; break;
-        case 4: p4 += q[e] * kv; break;
-        case 5: p5 += q[e] * kv; break;
-        case 6: p6 += q[e] * kv; break;
-        default: p7 += q[e] * kv; break;
-        }
+        PARTIAL_ADD(e, q[e] * kv);
     }
-    const bitnn_v16f_keys r = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
+    const bitnn_v16f_keys r = PARTIAL_COMBINE();
     memcpy(out, &r, sizeof r);
 }
 
