@@ -8,8 +8,8 @@ bits for classifiers and language decoders.
 numpy's float32 and float64 element-wise operations are single IEEE operations, so
 they give the documents' roundings; sums whose order matters are written out (never
 np.sum, whose order is numpy's own). exp and expf are the C library's, as the
-runtime uses them (math.exp calls it; expf through ctypes). gelu's 1 + erf(x) is the
-runtime's own (arithmetic.md), from the coefficient tables of csrc/kernels/erf_table.h.
+runtime uses them (math.exp calls it; expf through ctypes). gelu is the runtime's own
+float32 arithmetic (arithmetic.md), from the coefficient tables of csrc/kernels/erf_table.h.
 """
 from __future__ import annotations
 
@@ -33,45 +33,42 @@ _expf = np.vectorize(lambda v: _libm.expf(float(v)), otypes=[F32])
 _exp = np.vectorize(math.exp, otypes=[F64])
 
 
-def _erf_tables() -> dict:
-    """The coefficient tables of csrc/kernels/erf_table.h (hexadecimal doubles, exact)."""
+def _gelu_tables() -> dict:
+    """The coefficient tables of csrc/kernels/erf_table.h (hexadecimal float32 values)."""
     text = (Path(__file__).resolve().parent.parent / "csrc" / "kernels" / "erf_table.h").read_text()
     out = {}
-    for name in ("small", "large", "exp"):
-        body = re.search(rf"bitnn_erf_{name}\[\d+\] = \{{(.*?)\}};", text, re.S).group(1)
-        out[name] = [float.fromhex(v) for v in body.replace(",", " ").split()]
+    for name in ("erfc", "exp"):
+        body = re.search(rf"bitnn_gelu_{name}\[\d+\] = \{{(.*?)\}};", text, re.S).group(1)
+        out[name] = [F32(float.fromhex(v.rstrip("f"))) for v in body.replace(",", " ").split()]
     return out
 
 
-_ERF = _erf_tables()
+_GELU = _gelu_tables()
 
 
 def _horner(c, x):
-    """c[0] + x (c[1] + x (... + x c[-1])), from the highest coefficient down."""
+    """c[0] + x (c[1] + x (... + x c[-1])), from the highest coefficient down, in x's dtype."""
     r = np.full_like(x, c[-1])
     for ci in reversed(c[:-1]):
         r = r * x + ci
     return r
 
 
-def _exp_neg(y):
-    """exp(y), -700 <= y <= 0, as arithmetic.md states it (2^k from k's bits)."""
-    inv_ln2, ln2_hi = float.fromhex("0x1.71547652b82fep+0"), float.fromhex("0x1.62e42feep-1")
-    ln2_lo, magic = float.fromhex("0x1.a39ef35793c76p-33"), float.fromhex("0x1.8p+52")
-    t = y * inv_ln2 + magic
-    k = t - magic
-    s = ((t.view(np.int64) - np.array(magic).view(np.int64) + 1023) << 52).view(F64)
-    r = (y - k * ln2_hi) - k * ln2_lo
-    return _horner(_ERF["exp"], r) * s
-
-
-def _one_plus_erf(x):
-    """1 + erf(x) in f64 as arithmetic.md states it."""
+def gelu(v):
+    """gelu of float32 values as arithmetic.md states it (float32 operations throughout)."""
+    v = np.asarray(v, F32)
+    x = v * F32(0.70710678118654752440)
     a = np.abs(x)
-    e = a * _horner(_ERF["small"], a * a)
-    big = _horner(_ERF["large"], (np.minimum(a, 6.0) - 3.5) / 2.5)
-    c = _exp_neg(-(np.clip(a, 1.0, 26.0) ** 2)) * big
-    return np.where(a < 1.0, np.where(x < 0, 1.0 - e, 1.0 + e), np.where(x < 0, c, 2.0 - c))
+    a = np.where(a < F32(9.0), a, F32(9.0))  # NaN -> 9, as the C select does
+    t = F32(1.0) / (F32(1.0) + F32(0.5) * a)
+    y = -(a * a) + _horner(_GELU["erfc"], t)
+    magic = F32(float.fromhex("0x1.8p+23"))
+    tk = y * F32(float.fromhex("0x1.715476p+0")) + magic
+    k = tk - magic
+    s = ((tk.view(np.int32) - np.array(magic).view(np.int32) + 127) << 23).view(F32)
+    r = (y - k * F32(float.fromhex("0x1.63p-1"))) - k * F32(float.fromhex("-0x1.bd0106p-13"))
+    h = F32(0.5) * (t * (_horner(_GELU["exp"], r) * s))
+    return v * np.where(x < 0, h, F32(1.0) - h)
 
 
 # ------------------------------------------------------------------ the file
@@ -178,8 +175,7 @@ def normalize_act(z, eps, act="linear"):
     if act == "relu":
         return np.where(v > 0, v, F32(0))
     if act == "gelu":
-        vd = v.astype(F64)
-        return (0.5 * vd * _one_plus_erf(vd * 0.70710678118654752440)).astype(F32)
+        return gelu(v)
     if act == "softmax":
         mx = v.max(axis=1)
         e = _exp(v.astype(F64) - mx.astype(F64)[:, None]).astype(F32)

@@ -160,31 +160,33 @@ def test_decoder_bit_for_bit(tmp_path, case, precision):
                                                         ref.lm_probs(want[L])]))
 
 
-def test_gelu_erf_is_within_5e16_of_the_c_library():
-    """The runtime's 1 + erf(x) (csrc/kernels/erf.h; the same operations here) against the C
-    library's erf over [-12, 12] and at the range edges: at most 4.5e-16 apart (measured
-    when the tables were made, tools/gen_erf.py)."""
+def _gelu64(v):
     import math
 
-    x = np.concatenate([np.linspace(-12, 12, 240001),
-                        np.nextafter(np.array([1.0, 6.0, 26.0]), 0), [1.0, 6.0, 26.0], [0.0, -0.0]])
-    x = np.concatenate([x, -x])
-    got = ref._one_plus_erf(x)
-    want = np.array([1.0 + math.erf(v) for v in x])
-    assert np.abs(got - want).max() <= 5e-16
+    return np.array([0.5 * x * math.erfc(-x * 0.70710678118654752440) for x in v])
 
 
-def test_gelu_is_within_one_float32_ulp_of_the_c_library_erf():
-    """gelu(v) = f32(0.5 v (1 + erf(v / sqrt 2))) with the runtime's erf against the same
-    expression with the C library's erf, on [-5, 40] (below, the library's 1 + erf(x),
-    computed as 1 + erf, loses its digits to cancellation): at most 1 float32 ulp apart."""
-    import math
+def test_gelu_is_within_4e7_of_double_precision():
+    """The runtime's float32 gelu (csrc/kernels/erf.h; the same operations here) against
+    0.5 v erfc(-v / sqrt 2) in double precision over [-15, 15] and at the clamp edge
+    (|x| = 9): at most 3.9e-7 apart (measured on 2,000,001 points when it was written,
+    tools/gen_erf.py; PyTorch's own CPU gelu is 1.2e-6 away), and within 2e-5 relative
+    wherever |gelu| > 1e-30 (the far negative tail, erfc / 2 without cancellation)."""
+    v = np.concatenate([np.linspace(-15, 15, 300001), [0.0, -0.0],
+                        np.array([9.0, -9.0]) * np.sqrt(2.0)]).astype(np.float32)
+    got = ref.gelu(v).astype(np.float64)
+    want = _gelu64(v.astype(np.float64))
+    err = np.abs(got - want)
+    assert err.max() <= 3.9e-7, v[err.argmax()]
+    big = np.abs(want) > 1e-30
+    assert (err[big] / np.abs(want[big])).max() <= 2e-5
 
-    rng = np.random.default_rng(5)
-    v = np.concatenate([rng.standard_normal(20000) * 3, np.linspace(-5, 40, 4501)])
-    v = np.clip(v, -5, 40).astype(np.float32).astype(np.float64)
-    ours = (0.5 * v * ref._one_plus_erf(v * 0.70710678118654752440)).astype(np.float32)
-    lib = np.array([0.5 * x * (1.0 + math.erf(x * 0.70710678118654752440))
-                    for x in v]).astype(np.float32)
-    ulps = np.abs(ours.view(np.int32).astype(np.int64) - lib.view(np.int32).astype(np.int64))
-    assert ulps.max() <= 1, v[ulps.argmax()]
+
+def test_gelu_of_special_values():
+    """NaN stays NaN, +inf stays +inf, zeros and the tiny values keep their sign."""
+    v = np.array([np.nan, np.inf, 0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0], np.float32)
+    g = ref.gelu(v)
+    assert np.isnan(g[0]) and g[1] == np.inf
+    assert g[2] == 0 and g[3] == 0 and np.signbit(g[3])
+    assert 0 < g[4] <= 1e-30 and -1e-30 <= g[5] < 0
+    assert g[6] == 100.0 and -1e-30 < g[7] <= 0

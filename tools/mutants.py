@@ -145,8 +145,9 @@ MUTANTS = [
       "return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));",
       [CORE, DISPATCH], "the 8 partial sums of a chunk are combined in another order"),
     m("gelu-tanh-approximation", "csrc/kernels/ops.c",
-      "z[n] = (float)(0.5 * v * bitnn_one_plus_erf(v * 0.70710678118654752440));",
-      "z[n] = (float)(0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));",
+      "bitnn_gelu16(v, v);",
+      "for (int i_ = 0; i_ < 16; i_++) v[i_] = (float)(0.5 * v[i_] * (1.0 + tanh("
+      "0.7978845608028654 * (v[i_] + 0.044715 * v[i_] * v[i_] * v[i_]))));",
       [CORE], "gelu by its tanh approximation"),
     m("relu-leaky", "csrc/kernels/ops.c",
       "z[n] = v > 0.0f ? v : 0.0f;", "z[n] = v > 0.0f ? v : 0.01f * v;",
