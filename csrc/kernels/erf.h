@@ -43,9 +43,17 @@ BITNN_ERF_INLINE void bitnn_gelu16(const float *vp, float *out)
     bitnn_gelu_v16f v, p, q;
     memcpy(&v, vp, sizeof v);
     const bitnn_gelu_v16f x = v * 0.70710678118654752440f;
-    const bitnn_gelu_v16i neg = x < 0.0f;
-    bitnn_gelu_v16f a = BITNN_GELU_SEL(neg, -x, x);
-    a = BITNN_GELU_SEL(a < 9.0f, a, (bitnn_gelu_v16f){0} + 9.0f); /* NaN -> 9 (v stays NaN) */
+    /* the selects on integer lanes (GCC lowers a float comparison of a
+     * 16-lane vector to scalar code on AVX2): neg = sign bit set (for x
+     * nonzero and not NaN, x < 0; at +-0 both sides give the same result);
+     * |x| clears the sign bit, and for non-negative floats the bit patterns
+     * order as the values, NaN's above 9's (so NaN -> 9; v stays NaN) */
+    const bitnn_gelu_v16i xi = (bitnn_gelu_v16i)x, nine = (bitnn_gelu_v16i){0} + 0x41100000;
+    const bitnn_gelu_v16i neg = xi >> 31;
+    bitnn_gelu_v16i ai = xi & 0x7fffffff;
+    const bitnn_gelu_v16i big = ai > nine;
+    ai = (ai & ~big) | (nine & big);
+    const bitnn_gelu_v16f a = (bitnn_gelu_v16f)ai; /* min(|x|, 9) */
     const bitnn_gelu_v16f t = 1.0f / (1.0f + 0.5f * a);
     BITNN_GELU_HORNER(p, bitnn_gelu_erfc, BITNN_GELU_ERFC_N, t);
     const bitnn_gelu_v16f y = -(a * a) + p; /* in [-82.3, 0] */
