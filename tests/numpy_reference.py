@@ -7,14 +7,12 @@ bits for classifiers and language decoders.
 
 numpy's float32 and float64 element-wise operations are single IEEE operations, so
 they give the documents' roundings; sums whose order matters are written out (never
-np.sum, whose order is numpy's own). exp and expf are the C library's, as the
-runtime uses them (math.exp calls it; expf through ctypes). gelu is the runtime's own
-float32 arithmetic (arithmetic.md), from the coefficient tables of csrc/kernels/erf_table.h.
+np.sum, whose order is numpy's own). The f64 exp is the C library's, as the runtime
+uses it (math.exp calls it). gelu and attention's float32 exp are the runtime's own
+arithmetic (arithmetic.md), from the coefficient tables of csrc/kernels/erf_table.h.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import math
 import re
@@ -26,10 +24,6 @@ import numpy as np
 F32, F64 = np.float32, np.float64
 NORM_CHUNK = 4096
 
-_libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-_libm.expf.restype = ctypes.c_float
-_libm.expf.argtypes = [ctypes.c_float]
-_expf = np.vectorize(lambda v: _libm.expf(float(v)), otypes=[F32])
 _exp = np.vectorize(math.exp, otypes=[F64])
 
 
@@ -54,6 +48,19 @@ def _horner(c, x):
     return r
 
 
+def exp32(y):
+    """bitnn's float32 exp (arithmetic.md, BITNN_EXP16 in csrc/kernels/erf.h), -87 <= y:
+    k = y / ln 2 rounded half to even, r = (y - k ln2_hi) - k ln2_lo, the degree-7 Taylor
+    polynomial of r times 2^k made from k's bits."""
+    y = np.asarray(y, F32)
+    magic = F32(float.fromhex("0x1.8p+23"))
+    tk = y * F32(float.fromhex("0x1.715476p+0")) + magic
+    k = tk - magic
+    s = ((tk.view(np.int32) - np.array(magic).view(np.int32) + 127) << 23).view(F32)
+    r = (y - k * F32(float.fromhex("0x1.63p-1"))) - k * F32(float.fromhex("-0x1.bd0106p-13"))
+    return _horner(_GELU["exp"], r) * s
+
+
 def gelu(v):
     """gelu of float32 values as arithmetic.md states it (float32 operations throughout)."""
     v = np.asarray(v, F32)
@@ -62,12 +69,7 @@ def gelu(v):
     a = np.where(a < F32(9.0), a, F32(9.0))  # NaN -> 9, as the C select does
     t = F32(1.0) / (F32(1.0) + F32(0.5) * a)
     y = -(a * a) + _horner(_GELU["erfc"], t)
-    magic = F32(float.fromhex("0x1.8p+23"))
-    tk = y * F32(float.fromhex("0x1.715476p+0")) + magic
-    k = tk - magic
-    s = ((tk.view(np.int32) - np.array(magic).view(np.int32) + 127) << 23).view(F32)
-    r = (y - k * F32(float.fromhex("0x1.63p-1"))) - k * F32(float.fromhex("-0x1.bd0106p-13"))
-    h = F32(0.5) * (t * (_horner(_GELU["exp"], r) * s))
+    h = F32(0.5) * (t * exp32(y))
     return v * np.where(x < 0, h, F32(1.0) - h)
 
 
@@ -143,6 +145,16 @@ def binary_linear_raw_int8(x, w, b):
 def _seq_sum(v, axis=-1):
     """Sum in increasing index order, one rounding per addition (np.cumsum is sequential)."""
     return np.cumsum(v, axis=axis).take(-1, axis=axis)
+
+
+def _sum8(v):
+    """Attention's softmax total of float64 values v (T, ...) over t: value t into partial
+    t % 8, each sequential in increasing t, combined ((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
+    (a3 + a7))."""
+    pad = -v.shape[0] % 8
+    v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], F64)]).reshape((-1, 8) + v.shape[1:])
+    a = _seq_sum(v, axis=0)
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 
 
 def _chunk_sum8(v):
@@ -279,8 +291,8 @@ def attention(q, k, v, heads, precision="fp32"):
         if precision == "int8":
             d = (d * ks[:r + 1]).astype(F32)
         s = (d.astype(F64) * scale).astype(F32)
-        e = _expf(s - s.max(axis=0))
-        inv = (1.0 / _seq_sum(e.astype(F64), axis=0)).astype(F32)
+        e = exp32(np.maximum(s - s.max(axis=0), F32(-87.0)))
+        inv = (1.0 / _sum8(e.astype(F64))).astype(F32)
         w = e * inv
         if precision == "int8":
             w = (w * vs[:r + 1]).astype(F32)

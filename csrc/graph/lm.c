@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "erf.h"
 #include "kernels.h"
 #include "lm.h"
 #include "model.h"
@@ -402,11 +403,35 @@ BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double sca
         sc[t] = (float)(sc[t] * scale);
         if (sc[t] > mx) mx = sc[t];
     }
-    double total = 0.0;
-    for (t = 0; t <= p; t++) {
-        sc[t] = expf(sc[t] - mx);
-        total += sc[t];
+    /* e_t = exp32(max(s_t - mx, -87)) (erf.h), 16 at a time; T = the (f64) e_t in
+     * 8 partial sums (e_t into t % 8, each in increasing t), combined as
+     * Normalize combines its 8 (docs/arithmetic.md) */
+    bitnn_v8d_att part = {0};
+    for (t = 0; t + 16 <= p + 1; t += 16) {
+        bitnn_v16f_keys x;
+        memcpy(&x, sc + t, sizeof x);
+        x -= mx;
+        memcpy(sc + t, &x, sizeof x);
+        bitnn_expf16_neg(sc + t, sc + t);
+        bitnn_v8f_att lo, hi;
+        memcpy(&lo, sc + t, sizeof lo);
+        memcpy(&hi, sc + t + 8, sizeof hi);
+        part += __builtin_convertvector(lo, bitnn_v8d_att);
+        part += __builtin_convertvector(hi, bitnn_v8d_att);
     }
+    double a8[8];
+    for (int l = 0; l < 8; l++) a8[l] = part[l];
+    if (t <= p) { /* the last keys through a zero-padded copy */
+        float y[16] = {0};
+        const size_t m = p + 1 - t;
+        for (size_t l = 0; l < m; l++) y[l] = sc[t + l] - mx;
+        bitnn_expf16_neg(y, y);
+        for (size_t l = 0; l < m; l++) {
+            sc[t + l] = y[l];
+            a8[l % 8] += (double)y[l];
+        }
+    }
+    const double total = ((a8[0] + a8[4]) + (a8[2] + a8[6])) + ((a8[1] + a8[5]) + (a8[3] + a8[7]));
     const float inv = (float)(1.0 / total);
     for (t = 0; t <= p; t++) sc[t] *= inv;
     if (SCALED)

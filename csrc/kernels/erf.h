@@ -37,6 +37,44 @@ typedef int32_t bitnn_gelu_v16i __attribute__((vector_size(64)));
         for (int i_ = (n) - 2; i_ >= 0; i_--) (r) = (r) * (x) + (c)[i_]; \
     } while (0)
 
+/* r = exp(y) for 16 values -87 <= y <= 88 (the caller keeps y there): k =
+ * y / ln 2 rounded to an integer (half to even, by adding and subtracting
+ * 1.5 * 2^23), r = (y - k ln2_hi) - k ln2_lo (ln2_hi has 9 significant bits,
+ * so k ln2_hi is exact), exp(r) by its degree-7 Taylor polynomial
+ * (|r| <= ln2 / 2), times 2^k built from k's bits. A statement macro: a
+ * vector-valued function would change the ABI of the clones without AVX. */
+#define BITNN_EXP16(res, yin)                                                                 \
+    do {                                                                                      \
+        const bitnn_gelu_v16f y_ = (yin);                                                     \
+        const float inv_ln2_ = 0x1.715476p+0f, ln2_hi_ = 0x1.63p-1f, ln2_lo_ = -0x1.bd0106p-13f, \
+                    magic_ = 0x1.8p+23f;                                                      \
+        int32_t mb_;                                                                          \
+        memcpy(&mb_, &magic_, sizeof mb_);                                                    \
+        const bitnn_gelu_v16f tk_ = y_ * inv_ln2_ + magic_;                                   \
+        const bitnn_gelu_v16f k_ = tk_ - magic_;                                              \
+        const bitnn_gelu_v16f s_ = (bitnn_gelu_v16f)(((bitnn_gelu_v16i)tk_ - mb_ + 127) << 23); \
+        const bitnn_gelu_v16f r_ = (y_ - k_ * ln2_hi_) - k_ * ln2_lo_;                        \
+        bitnn_gelu_v16f e_;                                                                   \
+        BITNN_GELU_HORNER(e_, bitnn_gelu_exp, BITNN_GELU_EXP_N, r_);                          \
+        (res) = e_ * s_;                                                                      \
+    } while (0)
+
+/* out[i] = exp(max(y[i], -87)) for 16 values y <= 0 (y and out may alias):
+ * attention's softmax (exp(-87) = 1.6e-38; below, the result would leave the
+ * normal floats). The clamp compares bit patterns: for negative floats a
+ * larger magnitude is a larger pattern once the sign bit is cleared. */
+BITNN_ERF_INLINE void bitnn_expf16_neg(const float *yp, float *out)
+{
+    bitnn_gelu_v16i yi;
+    memcpy(&yi, yp, sizeof yi);
+    const bitnn_gelu_v16i m87 = (bitnn_gelu_v16i){0} + 0x42ae0000; /* 87.0f */
+    const bitnn_gelu_v16i low = (yi & 0x7fffffff) > m87;
+    yi = (yi & ~low) | ((m87 | (int32_t)0x80000000u) & low);
+    bitnn_gelu_v16f r;
+    BITNN_EXP16(r, (bitnn_gelu_v16f)yi);
+    memcpy(out, &r, sizeof r);
+}
+
 /* out[i] = gelu(v[i]) for 16 values (v and out may alias). */
 BITNN_ERF_INLINE void bitnn_gelu16(const float *vp, float *out)
 {
@@ -57,19 +95,8 @@ BITNN_ERF_INLINE void bitnn_gelu16(const float *vp, float *out)
     const bitnn_gelu_v16f t = 1.0f / (1.0f + 0.5f * a);
     BITNN_GELU_HORNER(p, bitnn_gelu_erfc, BITNN_GELU_ERFC_N, t);
     const bitnn_gelu_v16f y = -(a * a) + p; /* in [-82.3, 0] */
-    /* exp(y): k = y / ln 2 rounded to an integer (half to even, by adding and
-     * subtracting 1.5 * 2^23), r = (y - k ln2_hi) - k ln2_lo (ln2_hi has 9
-     * significant bits, so k ln2_hi is exact), 2^k built from k's bits. */
-    const float inv_ln2 = 0x1.715476p+0f, ln2_hi = 0x1.63p-1f, ln2_lo = -0x1.bd0106p-13f,
-                magic = 0x1.8p+23f;
-    int32_t mb;
-    memcpy(&mb, &magic, sizeof mb);
-    const bitnn_gelu_v16f tk = y * inv_ln2 + magic;
-    const bitnn_gelu_v16f k = tk - magic;
-    const bitnn_gelu_v16f s = (bitnn_gelu_v16f)(((bitnn_gelu_v16i)tk - mb + 127) << 23);
-    const bitnn_gelu_v16f r = (y - k * ln2_hi) - k * ln2_lo;
-    BITNN_GELU_HORNER(q, bitnn_gelu_exp, BITNN_GELU_EXP_N, r);
-    const bitnn_gelu_v16f h = 0.5f * (t * (q * s)); /* erfc(|x|) / 2 */
+    BITNN_EXP16(q, y);
+    const bitnn_gelu_v16f h = 0.5f * (t * q); /* erfc(|x|) / 2 */
     const bitnn_gelu_v16f res = v * BITNN_GELU_SEL(neg, h, 1.0f - h);
     memcpy(out, &res, sizeof res);
 }
