@@ -11,6 +11,7 @@
   path and match an exact float64 reference.
 """
 import math
+import os
 
 import numpy as np
 import pytest
@@ -132,6 +133,34 @@ def test_classifier_and_decoder_use_both_threads(cnn_path, lm_path):
     with bitnn.load(path, threads=6) as model:
         model.generate([1, 2, 3], 4, temperature=0)
     assert _core.get_pool(6).threads_used >= 2
+
+
+def test_more_threads_than_cpus_gives_the_same_bits(lm_path):
+    """A pool larger than the CPUs the process may use (here 4 threads pinned to one
+    CPU, in a child process): the waiting threads spin and yield (threadpool.c), the
+    job still completes and gives the 1-thread bits (a hang fails on the timeout)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    _, path, _ = lm_path
+    code = textwrap.dedent(f"""
+        import os, numpy as np, bitnn
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        ids = np.arange(1, 20, dtype=np.int32) % 50
+        out, gen = [], []
+        for t in (1, 4):
+            with bitnn.load({str(path)!r}, threads=t) as m:
+                out.append(m.predict([ids])[0])
+                gen.append(m.generate([1, 2, 3], 8, temperature=0))
+        assert np.array_equal(out[0], out[1]), "bits differ"
+        assert gen[0] == gen[1], gen
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 # ------------------------------------------------- Normalize of a long row
