@@ -148,9 +148,9 @@ def _seq_sum(v, axis=-1):
 
 
 def _sum8(v):
-    """Attention's softmax total of float64 values v (T, ...) over t: value t into partial
-    t % 8, each sequential in increasing t, combined ((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
-    (a3 + a7))."""
+    """The sum over axis 0 of float64 values v (T, ...): value t into partial t % 8, each
+    sequential in increasing t, combined ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))
+    (attention's softmax total; Normalize's sums per chunk)."""
     pad = -v.shape[0] % 8
     v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], F64)]).reshape((-1, 8) + v.shape[1:])
     a = _seq_sum(v, axis=0)
@@ -158,18 +158,12 @@ def _sum8(v):
 
 
 def _chunk_sum8(v):
-    """Normalize's sum of float64 rows v (M, N): chunks of 4096 values in order; in a
-    chunk, value n into partial (n - c0) % 8, partials combined
-    ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))."""
+    """Normalize's sum of float64 rows v (M, N): chunks of 4096 values in order, each
+    summed as _sum8 sums (value n into partial (n - c0) % 8)."""
     M, N = v.shape
     total = np.zeros(M, F64)
     for c0 in range(0, N, NORM_CHUNK):
-        c = v[:, c0:c0 + NORM_CHUNK]
-        pad = -c.shape[1] % 8
-        c = np.concatenate([c, np.zeros((M, pad), F64)], axis=1).reshape(M, -1, 8)
-        a = _seq_sum(c, axis=1)  # (M, 8)
-        total = total + (((a[:, 0] + a[:, 4]) + (a[:, 2] + a[:, 6]))
-                         + ((a[:, 1] + a[:, 5]) + (a[:, 3] + a[:, 7])))
+        total = total + _sum8(v[:, c0:c0 + NORM_CHUNK].T)
     return total
 
 

@@ -431,7 +431,7 @@ BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double sca
             a8[l % 8] += (double)y[l];
         }
     }
-    const double total = ((a8[0] + a8[4]) + (a8[2] + a8[6])) + ((a8[1] + a8[5]) + (a8[3] + a8[7]));
+    const double total = bitnn_combine8(a8);
     const float inv = (float)(1.0 / total);
     for (t = 0; t <= p; t++) sc[t] *= inv;
     if (SCALED)

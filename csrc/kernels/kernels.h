@@ -137,6 +137,14 @@ void bitnn_buf_free(bitnn_buf *b);
 #endif
 #define BITNN_INLINE static inline __attribute__((always_inline))
 
+/* 8 partial sums (value n into sum n % 8 of its run) added pairwise, the one
+ * documented combination (docs/arithmetic.md): Normalize's statistics and
+ * attention's softmax total. */
+BITNN_INLINE double bitnn_combine8(const double a[8])
+{
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
 static inline float bitnn_bias_value(const uint64_t *bias, size_t n)
 {
     return bias ? (float)((bias[n >> 6] >> (n & 63)) & 1u) : 0.0f;

@@ -363,12 +363,9 @@ bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
 #define NORM_CHUNK 4096
 
 /* Within a chunk, 8 partial sums (value n goes to sum (n - n0) % 8), added
- * pairwise at the end: independent adds that the compiler can vectorize,
- * instead of one chain that waits on every add. The order is still fixed. */
-BITNN_INLINE double combine8(const double a[8])
-{
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
+ * pairwise at the end (bitnn_combine8, kernels.h): independent adds that the
+ * compiler can vectorize, instead of one chain that waits on every add. The
+ * order is still fixed. */
 
 /* The 8 partial sums live in one vector (GCC vector extensions: one zmm, two
  * ymm or four xmm per clone); lane l still adds the values n0 + l, n0 + l + 8,
@@ -406,7 +403,7 @@ BITNN_INLINE double sum_range(const float *z, size_t n0, size_t n1)
     double a[8];
     STORE8(a, v);
     for (int l = 0; n < n1; n++, l++) a[l] += z[n];
-    return combine8(a);
+    return bitnn_combine8(a);
 }
 
 BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double mean)
@@ -425,7 +422,7 @@ BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double me
         const double d = z[n] - mean;
         a[l] += d * d;
     }
-    return combine8(a);
+    return bitnn_combine8(a);
 }
 
 /* Normalize + act of z[n0, n1) given the row's statistics. Softmax is split:
@@ -626,7 +623,7 @@ BITNN_MULTIVERSION static void normalize_4rows(float *z, size_t ldz, size_t N, d
     STORE8(a[3], s3);
     for (int r = 0; r < 4; r++) {
         for (size_t t = n, l = 0; t < N; t++, l++) a[r][l] += z[r * ldz + t];
-        mean[r] = (0.0 + combine8(a[r])) / (double)N;
+        mean[r] = (0.0 + bitnn_combine8(a[r])) / (double)N;
     }
     bitnn_v8d d0, d1, d2, d3;
     s0 = s1 = s2 = s3 = (bitnn_v8d){0};
@@ -644,7 +641,7 @@ BITNN_MULTIVERSION static void normalize_4rows(float *z, size_t ldz, size_t N, d
             const double d = z[r * ldz + t] - mean[r];
             a[r][l] += d * d;
         }
-        inv[r] = 1.0 / sqrt((0.0 + combine8(a[r])) / (double)N + eps);
+        inv[r] = 1.0 / sqrt((0.0 + bitnn_combine8(a[r])) / (double)N + eps);
     }
     for (int r = 0; r < 4; r++) act_range(z + r * ldz, 0, N, mean[r], inv[r], act, 0.0f);
 }
