@@ -204,18 +204,29 @@ def preprocess(img_u8, pre):
     return (x * F32(pre["scale"]) - np.asarray(pre["mean"], F32)) / np.asarray(pre["std"], F32)
 
 
-def conv2d(x, w, b, eps, act, norm):
-    """x (H, W, C) float32; w bits (Cout, f, f, C); 'same' zero padding, stride 1."""
+def conv2d(x, w, b, eps, act, norm, precision="fp32"):
+    """x (H, W, C) float32; w bits (Cout, f, f, C); 'same' zero padding, stride 1. int8:
+    the whole input map is quantized with one scale (quantize_rows of the map as one
+    row), then the exact integer sums over the taps and int8 mode's epilogue."""
     H, W, C = x.shape
     Cout, f = w.shape[0], w.shape[1]
     pad = f // 2
-    xp = np.zeros((H + 2 * pad, W + 2 * pad, C), F32)
+    scale = None
+    if precision == "int8":
+        q, scale = quantize_rows(x.reshape(1, -1))
+        x, scale = q.reshape(H, W, C), scale[0]
+    xp = np.zeros((H + 2 * pad, W + 2 * pad, C), x.dtype)
     xp[pad:pad + H, pad:pad + W] = x
-    cols = np.empty((H, W, f, f, C), F32)  # taps in (dy, dx, c) order
+    cols = np.empty((H, W, f, f, C), x.dtype)  # taps in (dy, dx, c) order
     for dy in range(f):
         for dx in range(f):
             cols[:, :, dy, dx] = xp[dy:dy + H, dx:dx + W]
-    z = binary_linear_raw(cols.reshape(H * W, f * f * C), w.reshape(Cout, -1), b)  # (P, Cout)
+    cols = cols.reshape(H * W, f * f * C)
+    if precision == "int8":
+        S = cols @ np.asarray(w, np.int64).reshape(Cout, -1).T
+        z = ((S.astype(F32) * scale).astype(F32) + b.reshape(-1).astype(F32)).astype(F32)
+    else:
+        z = binary_linear_raw(cols, w.reshape(Cout, -1), b)  # (P, Cout)
     if norm == "c":
         return normalize_act(z, eps, act).reshape(H, W, Cout)
     return normalize_act(z.reshape(1, -1), eps, act).reshape(H, W, Cout)  # one row, HWC order
@@ -233,7 +244,7 @@ def global_avg_pool(x):
     return (acc / F64(H * W)).astype(F32)
 
 
-def classifier_forward(header, tensors, images):
+def classifier_forward(header, tensors, images, precision="fp32"):
     """Probabilities (N, classes) of float32 NHWC images (already preprocessed)."""
     eps = header["eps"]
     out = []
@@ -242,14 +253,14 @@ def classifier_forward(header, tensors, images):
             t = ly["type"]
             if t == "conv2d":
                 x = conv2d(x, tensors[ly["weight"]], tensors[ly["bias"]], eps,
-                           ly.get("activation", "linear"), ly.get("norm", "chw"))
+                           ly.get("activation", "linear"), ly.get("norm", "chw"), precision)
             elif t == "maxpool2d":
                 x = maxpool2d(x, ly["size"])
             elif t == "global_avg_pool":
                 x = global_avg_pool(x)
             else:
                 x = linear(x.reshape(1, -1), tensors[ly["weight"]], tensors[ly["bias"]], eps,
-                           ly.get("activation", "linear"))[0]
+                           ly.get("activation", "linear"), precision)[0]
         out.append(x)
     return np.stack(out)
 

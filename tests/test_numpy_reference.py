@@ -53,6 +53,8 @@ CLASSIFIERS = [
     (3, 12, 12, [(32, 3, "gelu", "chw"), (40, 5, "relu", "c")], [(33, "gelu"), (150, "relu")], 3),
     # a "chw" row of 15 * 15 * 24 = 5400 values spans two Normalize chunks
     (2, 15, 15, [(24, 3, "linear", "chw")], [(70, "relu"), (5, "linear")], 0),
+    # 16 * 23 * 48 = 17664 values: 4 whole chunks summed together, then a partial one
+    (3, 16, 23, [(48, 3, "gelu", "chw")], [(9, "relu"), (4, "linear")], 0),
 ]
 
 
@@ -61,7 +63,7 @@ def test_classifier_bit_for_bit(tmp_path, case):
     C, H, W, convs, fcs, pool = CLASSIFIERS[case]
     path = tmp_path / "c.bnb"
     make_classifier(path, case, C, H, W, convs, fcs, pool,
-                    final_act="linear" if case == 2 else "softmax")
+                    final_act="linear" if case >= 2 else "softmax")
     header, tensors = ref.read_bnb(path.read_bytes())
     rng = np.random.default_rng(100 + case)
     raw = rng.integers(0, 256, size=(3, H, W, C), dtype=np.uint8)
@@ -78,6 +80,38 @@ def test_classifier_bit_for_bit(tmp_path, case):
                 got = m.predict(floats, layout="NHWC", preprocessed=True)
                 np.testing.assert_array_equal(got, want_float,
                                               err_msg=f"{kernel}, {threads} threads")
+
+
+CLASSIFIERS_INT8 = [
+    # C, H, W, convs, fcs, pool: input channels not a multiple of 4 (padded to 4 in the
+    # direct int8 kernels), output channels in 1, 2, 3, 4 and 5 blocks of 16 with partial
+    # blocks, rows that are not a multiple of any position block, f 1, 3, 5, images
+    # narrower than the kernel
+    (1, 9, 7, [(8, 3, "relu", "c"), (12, 1, "gelu", "chw")], [(10, "relu")], 2),
+    (3, 13, 26, [(17, 3, "relu", "chw"), (40, 5, "linear", "c")], [(33, "gelu"), (6, "relu")], 2),
+    (5, 6, 31, [(64, 3, "relu", "c"), (80, 3, "gelu", "chw")], [(7, "linear")], 0),
+    (32, 5, 5, [(48, 3, "relu", "chw"), (16, 5, "relu", "c")], [(5, "relu")], 0),
+    (2, 3, 2, [(20, 5, "relu", "c")], [(4, "linear")], 0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CLASSIFIERS_INT8)))
+def test_classifier_int8_bit_for_bit(tmp_path, case):
+    """precision="int8": every kernel (the direct int8 convolution where the CPU has
+    VNNI, tables or im2col rows elsewhere) equals the numpy statement, 1 and 2 threads."""
+    C, H, W, convs, fcs, pool = CLASSIFIERS_INT8[case]
+    path = tmp_path / "c8.bnb"
+    make_classifier(path, 50 + case, C, H, W, convs, fcs, pool, final_act="linear")
+    header, tensors = ref.read_bnb(path.read_bytes())
+    x = (np.random.default_rng(200 + case).standard_normal((2, H, W, C)) * 3).astype(np.float32)
+    x[1, 0, 0, 0] = 0.0
+    want = ref.classifier_forward(header, tensors, x, precision="int8")
+    for kernel in _kernels():
+        for threads in (1, 2):
+            with bitnn.load(path, threads=threads, kernel=kernel, precision="int8") as m:
+                for _ in range(2):  # the second call reuses the state's buffers
+                    got = m.predict(x, layout="NHWC", preprocessed=True)
+                    np.testing.assert_array_equal(got, want, err_msg=f"{kernel}, {threads} threads")
 
 
 def test_bundled_classifier_bit_for_bit():
