@@ -226,9 +226,75 @@ static void quantize_chunks(void *ctx, size_t c0, size_t c1)
     }
 }
 
+/* ------------------------------------------------ int8, direct (conv_q8) */
+static size_t conv_q8_channels(size_t C) { return (C + 3) / 4 * 4; }
+
+size_t bitnn_conv_q8_bytes(size_t N, size_t f, size_t C)
+{
+    return (N + 15) / 16 * 16 * f * f * conv_q8_channels(C);
+}
+
+void bitnn_conv_expand_q8(const uint64_t *bits, size_t N, size_t f, size_t C, uint8_t *wx)
+{
+    const size_t T = f * f, Cp = conv_q8_channels(C), wpr = bitnn_words_per_row(T * C);
+    memset(wx, 0, bitnn_conv_q8_bytes(N, f, C));
+    for (size_t n = 0; n < N; n++) {
+        const uint64_t *row = bits + n * wpr;
+        for (size_t t = 0; t < T; t++)
+            for (size_t c = 0; c < C; c++) {
+                const size_t k = t * C + c;
+                wx[(((n / 16) * T + t) * (Cp / 4) + c / 4) * 64 + 4 * (n % 16) + c % 4] =
+                    (uint8_t)((row[k >> 6] >> (k & 63)) & 1u);
+            }
+    }
+}
+
+typedef struct {
+    const float *x;
+    size_t H, W, C, Cp, f, Wp;
+    float amax;
+    int8_t *xp;
+    const uint8_t *wx;
+    size_t N;
+    bitnn_conv_q8_fn conv;
+    const uint64_t *bias;
+    float *z;
+} direct_job;
+
+/* Rows [r0, r1) of the padded map: zeros around the image, inside it the
+ * quantized input (the quantizer of every int8 path, amax of the whole map). */
+static void direct_pad_rows(void *ctx, size_t r0, size_t r1)
+{
+    const direct_job *j = ctx;
+    const size_t pad = j->f / 2, Cp = j->Cp, C = j->C;
+    for (size_t r = r0; r < r1; r++) {
+        int8_t *row = j->xp + r * j->Wp * Cp;
+        if (r < pad || r - pad >= j->H) {
+            memset(row, 0, j->Wp * Cp);
+            continue;
+        }
+        memset(row, 0, pad * Cp);
+        memset(row + (pad + j->W) * Cp, 0, (j->Wp - pad - j->W) * Cp);
+        const float *src = j->x + (r - pad) * j->W * C;
+        if (Cp == C)
+            bitnn_quantize_with(src, j->W * C, j->amax, row + pad * Cp, j->W * C);
+        else
+            for (size_t px = 0; px < j->W; px++)
+                bitnn_quantize_with(src + px * C, C, j->amax, row + (pad + px) * Cp, Cp);
+    }
+}
+
+static void direct_rows(void *ctx, size_t y0, size_t y1)
+{
+    const direct_job *j = ctx;
+    j->conv(j->xp, j->Wp, j->Cp, j->f, j->W, j->wx, j->N, y0, y1, j->amax / 127.0f, j->bias,
+            j->z);
+}
+
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
-                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws)
+                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws,
+                              bitnn_buf *wx)
 {
     if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
         f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
@@ -246,6 +312,34 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     j.cb = prec == BITNN_PRECISION_FP32 ? 128 * sizeof(float) : 256;
     if (j.tables && !w->tiles) return BITNN_EINVAL;
     bitnn_conv_ws own = {{0}}, *cw = ws ? ws : &own; /* own: this call's buffers */
+    if (prec == BITNN_PRECISION_INT8 && ks->conv_q8 && !j.q8m) {
+        /* The direct kernel: the quantized map, zero-padded, and the weights
+         * as bytes (the caller's, made on their first use, or this call's). */
+        direct_job d = {x, H, W, C, conv_q8_channels(C), f, W + f - 1, 0.0f, NULL, NULL, Cout,
+                        ks->conv_q8, bias, z};
+        const size_t n = H * W * C, chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
+        bitnn_buf *wb = wx ? wx : &cw->map;
+        const int fresh = !wx || !wx->p;
+        bitnn_status s = bitnn_buf_reserve(&cw->q, (H + f - 1) * d.Wp * d.Cp);
+        if (s == BITNN_OK && fresh) s = bitnn_buf_reserve(wb, bitnn_conv_q8_bytes(Cout, f, C));
+        quant_job q = {x, n, chunks, malloc(chunks * sizeof(float)), NULL, 0.0f, 0};
+        if (s == BITNN_OK && !q.part) s = BITNN_ENOMEM;
+        if (s != BITNN_OK) {
+            free(q.part);
+            bitnn_conv_ws_free(&own);
+            return s;
+        }
+        if (fresh) bitnn_conv_expand_q8(w->bits, Cout, f, C, wb->p);
+        d.wx = wb->p;
+        bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
+        for (size_t c = 0; c < q.chunks; c++) d.amax = q.part[c] > d.amax ? q.part[c] : d.amax;
+        free(q.part);
+        d.xp = cw->q.p;
+        bitnn_parallel_for(pool, H + f - 1, 8, direct_pad_rows, &d);
+        bitnn_parallel_for(pool, H, 1, direct_rows, &d);
+        bitnn_conv_ws_free(&own);
+        return BITNN_OK;
+    }
     int8_t *qx = NULL;
     if (prec == BITNN_PRECISION_INT8) {
         /* One scale for the whole input map: quantize it once, then gather

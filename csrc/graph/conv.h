@@ -6,8 +6,9 @@
 #include "kernels.h"
 
 /* A convolution's buffers, kept between calls by the caller (a classifier
- * state): the input's tables, the quantized input map, and one slot of rows
- * per thread. Allocating them per call costs page faults whenever other
+ * state): the input's tables (or, on the direct int8 path, the weights as
+ * bytes when the caller gives none), the quantized input map (padded on the
+ * direct path), and one slot of rows per thread. Allocating them per call costs page faults whenever other
  * work in the process has returned the memory to the system. */
 typedef struct {
     bitnn_buf map, q, rows;
@@ -22,7 +23,17 @@ typedef struct {
  * NULL: buffers for this call). */
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
-                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws);
+                              bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws,
+                              bitnn_buf *wx);
+
+/* The weights of a convolution as the direct int8 kernels want them
+ * (bitnn_conv_q8_fn, kernels.h): bitnn_conv_q8_bytes(N, f, C) bytes, made
+ * from the packed rows by bitnn_conv_expand_q8. wx of bitnn_conv2d_raw: a
+ * buffer the caller keeps for this layer (empty at first): the call that
+ * takes the direct path fills it and later calls reuse it; NULL: made for
+ * each such call. Other paths leave it alone. */
+size_t bitnn_conv_q8_bytes(size_t N, size_t f, size_t C);
+void bitnn_conv_expand_q8(const uint64_t *bits, size_t N, size_t f, size_t C, uint8_t *wx);
 void bitnn_conv_ws_free(bitnn_conv_ws *ws);
 
 /* k x k max-pool with stride k, floor: y is (H/k, W/k, C). Output rows are

@@ -449,8 +449,10 @@ bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classif
         st->b = malloc(m->max_act * sizeof(float));
         st->acc = malloc((m->max_channels ? m->max_channels : 1) * sizeof(double));
         st->ws = bitnn_gemm_ws_new();
+        st->n_wx = m->n_layers;
+        st->wx = calloc(m->n_layers ? m->n_layers : 1, sizeof *st->wx);
     }
-    if (!st || !st->a || !st->b || !st->acc || !st->ws) {
+    if (!st || !st->a || !st->b || !st->acc || !st->ws || !st->wx) {
         bitnn_classifier_state_free(st);
         return BITNN_ENOMEM;
     }
@@ -464,6 +466,8 @@ void bitnn_classifier_state_free(bitnn_classifier_state *s)
     free(s->a), free(s->b), free(s->acc);
     bitnn_conv_ws_free(&s->conv), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
     bitnn_gemm_ws_free(s->ws);
+    for (size_t i = 0; s->wx && i < s->n_wx; i++) bitnn_buf_free(&s->wx[i]);
+    free(s->wx);
     free(s);
 }
 
@@ -499,7 +503,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
                 s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
-                                     m->precision, isa, pool, &st->conv);
+                                     m->precision, isa, pool, &st->conv, &st->wx[i]);
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
                         s = bitnn_normalize_act(b, L->out, L->H * L->W, L->out, m->eps, L->act, pool);

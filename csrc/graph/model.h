@@ -85,6 +85,9 @@ typedef struct {
     float *a, *b;  /* the activation of one image, twice (max_act floats) */
     double *acc;   /* pooling sums (max_channels) */
     bitnn_conv_ws conv; /* a convolution's buffers */
+    size_t n_wx;
+    bitnn_buf *wx;      /* n_wx = the model's layers: a convolution's weights as int8 kernels want them
+                           (bitnn_conv2d_raw fills them on first use) */
     bitnn_buf va, vb; /* the batched linear part */
     bitnn_gemm_ws *ws;  /* the linear layers' buffers */
 } bitnn_classifier_state;

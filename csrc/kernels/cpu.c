@@ -97,13 +97,22 @@ const char *bitnn_cpu_feature_name(int bit)
 /* ------------------------------------------------------------ kernel table */
 static const char *const isa_names[BITNN_ISA_COUNT] = {"ref", "avx2", "avx512", "neon"};
 
+/* The direct int8 convolution needs only VNNI (every AVX-512 int8 set below
+ * that has VNNI). */
+#if defined(BITNN_HAVE_AVX512VNNI)
+#define CONV_Q8_VNNI bitnn_conv_q8_avx512vnni
+#else
+#define CONV_Q8_VNNI NULL
+#endif
+
 static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
     [BITNN_ISA_REF] = {bitnn_gemm_f32_ref, bitnn_gemm_q8_ref},
 #if defined(BITNN_HAVE_AVX2)
     [BITNN_ISA_AVX2] = {bitnn_gemm_f32_avx2, bitnn_gemm_q8_avx2},
 #endif
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512VNNI)
-    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni},
+    [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni, NULL, NULL, NULL,
+                          CONV_Q8_VNNI},
 #elif defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
     [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2},
 #endif
@@ -115,20 +124,23 @@ static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
 /* The int8 entry of the AVX-512 isa depends on extensions beyond F and BW:
  * VNNI + VBMI + GFNI (Ice Lake, Sapphire Rapids, Zen 4+): the gfni kernel,
  * and vpermb tables on the tiles for linear layers;
- * VNNI only (Cascade Lake): the vnni kernel; neither: the AVX2 one. */
+ * VNNI only (Cascade Lake): the vnni kernel; neither: the AVX2 one.
+ * With VNNI, convolutions run the direct kernel (conv_q8), unless AMX
+ * takes them (gemm_q8m on im2col rows). */
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
 static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2};
 #endif
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512GFNI)
 static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
                                              bitnn_gemm_q8t_avx512vbmi,
-                                             bitnn_build_tables_q8_avx512vbmi, NULL};
+                                             bitnn_build_tables_q8_avx512vbmi, NULL,
+                                             CONV_Q8_VNNI};
 #if defined(BITNN_HAVE_AMX)
 /* ... and with AMX (Sapphire Rapids and later), GEMMs of many rows on tiles. */
 static const bitnn_kernel_set avx512_gfni_amx = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
                                                  bitnn_gemm_q8t_avx512vbmi,
                                                  bitnn_build_tables_q8_avx512vbmi,
-                                                 bitnn_gemm_q8m_amx};
+                                                 bitnn_gemm_q8m_amx, CONV_Q8_VNNI};
 #endif
 #endif
 

@@ -2,7 +2,8 @@
  * kernel_avx512_vnni.c - the int8 kernel for AVX-512 with VNNI (no GFNI or
  * VBMI needed: Cascade Lake and later). Compiled with -mavx512f -mavx512bw
  * -mavx512vnni (setup.py) and only called after bitnn_cpu_features()
- * reported all three with OS support. The body is kernel_q8_avx512.h.
+ * reported all three with OS support. The GEMM body is kernel_q8_avx512.h;
+ * the direct convolution (bitnn_conv_q8_fn) is below.
  */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -15,4 +16,93 @@
 #define Q8_NAME(x) vnni_##x
 #define Q8_KERNEL bitnn_gemm_q8_avx512vnni
 #include "kernel_q8_avx512.h"
+
+/* ------------------------------------------------------ direct convolution */
+/* MB positions (x .. x+MB-1 of one output row) x NB blocks of 16 output
+ * channels: for each tap and group of 4 input channels, NB loads of 64 weight
+ * bytes and MB broadcasts of a position's 4 activations feed MB * NB vpdpbusd
+ * (weights as the unsigned operand, activations signed). a: the first tap of
+ * position x in the padded map; w: block b0's weights. */
+ALWAYS_INLINE void conv_block(const int8_t *a, size_t Wp, size_t Cp, size_t f, const uint8_t *w,
+                              size_t bstride, const int NB, const int MB, size_t b0, size_t N,
+                              float scale, const uint64_t *bias, float *z)
+{
+    __m512i acc[12][4];
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_si512();
+    /* the f taps of a kernel row are f neighbouring pixels: f * Cp / 4
+     * groups of 4 contiguous bytes, in the order of the weights */
+    const size_t G = f * Cp / 4;
+    for (size_t dy = 0; dy < f; dy++) {
+        const int8_t *at = a + dy * Wp * Cp;
+        for (size_t g = 0; g < G; g++, w += 64) {
+            __m512i b[4];
+            for (int j = 0; j < NB; j++) b[j] = _mm512_loadu_si512(w + j * bstride);
+            for (int i = 0; i < MB; i++) {
+                int32_t v;
+                memcpy(&v, at + i * Cp + 4 * g, sizeof v);
+                const __m512i av = _mm512_set1_epi32(v);
+                for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], b[j], av);
+            }
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int j = 0; j < NB; j++) {
+        const size_t blk = b0 + j;
+        const __mmask16 in = _cvtu32_mask16(rows_in_block(blk, 0, N));
+        const __m512 bv = _mm512_maskz_mov_ps(_cvtu32_mask16(bias_bits_block(bias, blk, N)),
+                                              _mm512_set1_ps(1.0f));
+        for (int i = 0; i < MB; i++) /* bitnn_q8_out: (float)S * scale + bias bit */
+            _mm512_mask_storeu_ps(z + i * N + 16 * blk, in,
+                                  _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), sc), bv));
+    }
+}
+
+/* One output row, blocks [b0, b0 + NB): MB positions at a time, then the
+ * last W % MB together. */
+#define CONV_CALL(NB, MB) \
+    conv_block(a + x * Cp, Wp, Cp, f, w, bstride, NB, MB, b0, N, scale, bias, zr + x * N)
+#define CONV_TAIL(NB, MB) \
+    case MB: CONV_CALL(NB, MB); break
+#define CONV_ROW(NB, MBMAX, ...)                                    \
+    do {                                                            \
+        size_t x = 0;                                               \
+        for (; x + (MBMAX) <= W; x += (MBMAX)) CONV_CALL(NB, MBMAX); \
+        switch (W - x) {                                            \
+            __VA_ARGS__                                             \
+        default: break;                                             \
+        }                                                           \
+    } while (0)
+
+void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
+                              const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
+                              const uint64_t *bias, float *z)
+{
+    const size_t nbk = (N + 15) / 16, bstride = f * f * Cp / 4 * 64;
+    for (size_t y = y0; y < y1; y++) {
+        const int8_t *a = xp + y * Wp * Cp;
+        float *zr = z + y * W * N;
+        /* 4 blocks a pass (64 channels), then what is left: 24 accumulators
+         * where the row is wide enough */
+        for (size_t b0 = 0; b0 < nbk;) {
+            const uint8_t *w = wx + b0 * bstride;
+            const size_t nb = nbk - b0 >= 4 ? 4 : nbk - b0;
+            if (nb == 4)
+                CONV_ROW(4, 6, CONV_TAIL(4, 1); CONV_TAIL(4, 2); CONV_TAIL(4, 3); CONV_TAIL(4, 4);
+                         CONV_TAIL(4, 5););
+            else if (nb == 3)
+                CONV_ROW(3, 8, CONV_TAIL(3, 1); CONV_TAIL(3, 2); CONV_TAIL(3, 3); CONV_TAIL(3, 4);
+                         CONV_TAIL(3, 5); CONV_TAIL(3, 6); CONV_TAIL(3, 7););
+            else if (nb == 2)
+                CONV_ROW(2, 12, CONV_TAIL(2, 1); CONV_TAIL(2, 2); CONV_TAIL(2, 3); CONV_TAIL(2, 4);
+                         CONV_TAIL(2, 5); CONV_TAIL(2, 6); CONV_TAIL(2, 7); CONV_TAIL(2, 8);
+                         CONV_TAIL(2, 9); CONV_TAIL(2, 10); CONV_TAIL(2, 11););
+            else
+                CONV_ROW(1, 12, CONV_TAIL(1, 1); CONV_TAIL(1, 2); CONV_TAIL(1, 3); CONV_TAIL(1, 4);
+                         CONV_TAIL(1, 5); CONV_TAIL(1, 6); CONV_TAIL(1, 7); CONV_TAIL(1, 8);
+                         CONV_TAIL(1, 9); CONV_TAIL(1, 10); CONV_TAIL(1, 11););
+            b0 += nb;
+        }
+    }
+}
 #endif

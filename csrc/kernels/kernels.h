@@ -82,6 +82,21 @@ typedef void (*bitnn_gemm_q8m_fn)(const int8_t *q, size_t ldq, size_t M, size_t 
                                   const float *scale, const uint64_t *bias, float *z, size_t ldz);
 #define BITNN_Q8M_MIN_ROWS 16
 
+/* Direct int8 'same' convolution, stride 1, odd f (BITNN_PRECISION_INT8):
+ * output rows [y0, y1) of an image W wide, every output channel n < N,
+ *   S = sum over taps (dy, dx) and channels c of xp[y + dy][x + dx][c] * W[n][dy][dx][c]
+ *   z[(y * W + x) * N + n] = (float)S * scale + bias_bit(n)   (bitnn_q8_out)
+ * xp: the quantized input map zero-padded by f / 2 on every side, rows of
+ * Wp = W + f - 1 pixels of Cp int8 channels (Cp a multiple of 4, channels
+ * past the layer's C zero). wx: the weights as bytes 0 or 1 for vpdpbusd,
+ * byte 4r + i of the 64 at wx + ((b * f * f + t) * Cp / 4 + g) * 64 being
+ * output channel 16b + r, tap t = dy * f + dx, input channel 4g + i (zero for
+ * channels past C or rows past N; bitnn_conv_expand_q8, conv.c). The same
+ * exact sums and epilogue as bitnn_gemm_q8_fn on the im2col rows. */
+typedef void (*bitnn_conv_q8_fn)(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
+                                 const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
+                                 const uint64_t *bias, float *z);
+
 typedef struct {
     bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
     bitnn_gemm_q8_fn gemm_q8;     /* BITNN_PRECISION_INT8 */
@@ -89,6 +104,7 @@ typedef struct {
     void (*tables_q8)(const int8_t *q, size_t K, uint8_t *tab); /* with gemm_q8t: its
                                      tables, the same bytes as bitnn_build_tables_q8 */
     bitnn_gemm_q8m_fn gemm_q8m;   /* BITNN_PRECISION_INT8, many rows (AMX), or NULL */
+    bitnn_conv_q8_fn conv_q8;     /* BITNN_PRECISION_INT8 convolutions (VNNI), or NULL */
 } bitnn_kernel_set;
 
 /* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
@@ -178,6 +194,9 @@ void bitnn_build_tables_q8_avx512vbmi(const int8_t *q, size_t K, uint8_t *tab);
 void bitnn_gemm_q8m_amx(const int8_t *q, size_t ldq, size_t M, size_t kc, const uint32_t *tiles,
                         size_t n0, size_t n1, const float *scale, const uint64_t *bias, float *z,
                         size_t ldz);
+void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
+                              const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
+                              const uint64_t *bias, float *z);
 /* Ask the OS for the AMX tile state (Linux: arch_prctl); 1 if granted. */
 int bitnn_amx_request(void);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
