@@ -92,6 +92,10 @@ CLASSIFIERS_INT8 = [
     (5, 6, 31, [(64, 3, "relu", "c"), (80, 3, "gelu", "chw")], [(7, "linear")], 0),
     (32, 5, 5, [(48, 3, "relu", "chw"), (16, 5, "relu", "c")], [(5, "relu")], 0),
     (2, 3, 2, [(20, 5, "relu", "c")], [(4, "linear")], 0),
+    # relu convolutions normalized over the map feed the next convolution's int8 map
+    # directly (case 3 too), through a 2x2 max-pool, and one after the other
+    (4, 8, 10, [(24, 3, "relu", "chw"), (20, 3, "relu", "chw"), (8, 1, "linear", "c")],
+     [(6, "relu")], 2),
 ]
 
 

@@ -261,26 +261,51 @@ typedef struct {
     float *z;
 } direct_job;
 
-/* Rows [r0, r1) of the padded map: zeros around the image, inside it the
- * quantized input (the quantizer of every int8 path, amax of the whole map). */
-static void direct_pad_rows(void *ctx, size_t r0, size_t r1)
+int bitnn_conv_direct_q8(bitnn_precision prec, int isa)
+{
+    if (prec != BITNN_PRECISION_INT8 || !bitnn_isa_supported(isa)) return 0;
+    const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
+    return ks->conv_q8 && !ks->gemm_q8m; /* AMX: gemm_q8m on im2col rows */
+}
+
+int8_t *bitnn_conv_q8_map(bitnn_conv_ws *ws, size_t H, size_t W, size_t C, size_t f)
+{
+    const size_t pad = f / 2, Wp = W + f - 1, Cp = conv_q8_channels(C);
+    if (bitnn_buf_reserve(&ws->q, (H + f - 1) * Wp * Cp) != BITNN_OK) return NULL;
+    int8_t *xp = ws->q.p;
+    memset(xp, 0, pad * Wp * Cp);
+    memset(xp + (pad + H) * Wp * Cp, 0, (f - 1 - pad) * Wp * Cp);
+    for (size_t r = pad; r < pad + H; r++) {
+        memset(xp + r * Wp * Cp, 0, pad * Cp);
+        memset(xp + (r * Wp + pad + W) * Cp, 0, (Wp - pad - W) * Cp);
+    }
+    return xp;
+}
+
+/* Image rows [r0, r1) into the padded map: the quantizer of every int8 path,
+ * with amax of the whole map. */
+static void direct_quantize_rows(void *ctx, size_t r0, size_t r1)
 {
     const direct_job *j = ctx;
     const size_t pad = j->f / 2, Cp = j->Cp, C = j->C;
     for (size_t r = r0; r < r1; r++) {
-        int8_t *row = j->xp + r * j->Wp * Cp;
-        if (r < pad || r - pad >= j->H) {
-            memset(row, 0, j->Wp * Cp);
+        int8_t *row = j->xp + ((r + pad) * j->Wp + pad) * Cp;
+        const float *src = j->x + r * j->W * C;
+        if (Cp == C) {
+            bitnn_quantize_with(src, j->W * C, j->amax, row, j->W * C);
             continue;
         }
-        memset(row, 0, pad * Cp);
-        memset(row + (pad + j->W) * Cp, 0, (j->Wp - pad - j->W) * Cp);
-        const float *src = j->x + (r - pad) * j->W * C;
-        if (Cp == C)
-            bitnn_quantize_with(src, j->W * C, j->amax, row + pad * Cp, j->W * C);
-        else
-            for (size_t px = 0; px < j->W; px++)
-                bitnn_quantize_with(src + px * C, C, j->amax, row + (pad + px) * Cp, Cp);
+        /* C not a multiple of 4: runs of pixels quantized together, then
+         * spread out to Cp channels (a call per pixel costs more than the
+         * convolution of a 3-channel image) */
+        int8_t run[4096];
+        const size_t per = sizeof run / C;
+        for (size_t p0 = 0; p0 < j->W; p0 += per) {
+            const size_t n = j->W - p0 < per ? j->W - p0 : per;
+            bitnn_quantize_with(src + p0 * C, n * C, j->amax, run, n * C);
+            for (size_t px = 0; px < n; px++) /* a loop: memcpy of C bytes is a call */
+                for (size_t c = 0; c < C; c++) row[(p0 + px) * Cp + c] = run[px * C + c];
+        }
     }
 }
 
@@ -289,6 +314,93 @@ static void direct_rows(void *ctx, size_t y0, size_t y1)
     const direct_job *j = ctx;
     j->conv(j->xp, j->Wp, j->Cp, j->f, j->W, j->wx, j->N, y0, y1, j->amax / 127.0f, j->bias,
             j->z);
+}
+
+/* The direct kernel on the padded map in ws->q; the weights as bytes are the
+ * caller's (made on their first use) or this call's (in ws->map). */
+static bitnn_status direct_run(direct_job *d, const bitnn_weights *w, bitnn_pool *pool,
+                               bitnn_conv_ws *ws, bitnn_buf *wx)
+{
+    bitnn_buf *wb = wx ? wx : &ws->map;
+    if (!wx || !wx->p) {
+        if (bitnn_buf_reserve(wb, bitnn_conv_q8_bytes(d->N, d->f, d->C)) != BITNN_OK)
+            return BITNN_ENOMEM;
+        bitnn_conv_expand_q8(w->bits, d->N, d->f, d->C, wb->p);
+    }
+    d->wx = wb->p;
+    d->xp = ws->q.p;
+    bitnn_parallel_for(pool, d->H, 1, direct_rows, d);
+    return BITNN_OK;
+}
+
+bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, size_t C, size_t f,
+                                 const uint64_t *bias, float *z, float amax, int isa,
+                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx)
+{
+    if (!w || !w->bits || !z || !ws || !ws->q.p || H == 0 || W == 0 || C == 0 || w->N == 0 ||
+        f % 2 == 0 || w->K != f * f * C || !(amax >= 0.0f) ||
+        !bitnn_conv_direct_q8(BITNN_PRECISION_INT8, isa) ||
+        ws->q.size < (H + f - 1) * (W + f - 1) * conv_q8_channels(C))
+        return BITNN_EINVAL;
+    direct_job d = {NULL, H, W, C, conv_q8_channels(C), f, W + f - 1, amax, NULL, NULL, w->N,
+                    bitnn_kernels_for(isa)->conv_q8, bias, z};
+    return direct_run(&d, w, pool, ws, wx);
+}
+
+/* ------------------------------ relu + Normalize written as int8 (fused) */
+typedef struct {
+    const float *z;
+    size_t H, W, C, k, Wp, pad;
+    double mean, inv;
+    float amax;
+    int8_t *q, *xp;
+} relu_q8_job;
+
+/* Image rows [r0, r1): relu of the normalized values, quantized, into the
+ * padded map (k = 1) or into the unpooled int8 map q. */
+static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
+{
+    const relu_q8_job *j = ctx;
+    const size_t row = j->W * j->C;
+    for (size_t r = r0; r < r1; r++) {
+        int8_t *dst = j->k == 1 ? j->xp + ((r + j->pad) * j->Wp + j->pad) * j->C : j->q + r * row;
+        bitnn_relu_quantize(j->z + r * row, row, j->mean, j->inv, j->amax, dst);
+    }
+}
+
+/* Output rows [r0, r1) of the k x k max-pool of q into the padded map. */
+static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
+{
+    const relu_q8_job *j = ctx;
+    const size_t k = j->k, C = j->C, W = j->W, Wo = W / k;
+    for (size_t r = r0; r < r1; r++)
+        for (size_t x = 0; x < Wo; x++) {
+            int8_t *out = j->xp + ((r + j->pad) * j->Wp + x + j->pad) * C;
+            memcpy(out, j->q + (r * k * W + x * k) * C, C);
+            for (size_t dy = 0; dy < k; dy++)
+                for (size_t dx = 0; dx < k; dx++) {
+                    const int8_t *in = j->q + ((r * k + dy) * W + x * k + dx) * C;
+                    for (size_t c = 0; c < C; c++) out[c] = in[c] > out[c] ? in[c] : out[c];
+                }
+        }
+}
+
+bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C, double mean,
+                                    double inv, float amax, size_t k, size_t f, bitnn_conv_ws *ws,
+                                    bitnn_buf *scratch, bitnn_pool *pool)
+{
+    if (!z || !ws || C % 4 || k == 0 || H % k || W % k || f % 2 == 0 || (k > 1 && !scratch))
+        return BITNN_EINVAL;
+    relu_q8_job j = {z, H, W, C, k, W / k + f - 1, f / 2, mean, inv, amax, NULL, NULL};
+    if (k > 1) {
+        if (bitnn_buf_reserve(scratch, H * W * C) != BITNN_OK) return BITNN_ENOMEM;
+        j.q = scratch->p;
+    }
+    j.xp = bitnn_conv_q8_map(ws, H / k, W / k, C, f);
+    if (!j.xp) return BITNN_ENOMEM;
+    bitnn_parallel_for(pool, H, 1, relu_q8_rows, &j);
+    if (k > 1) bitnn_parallel_for(pool, H / k, 1, pool_q8_rows, &j);
+    return BITNN_OK;
 }
 
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
@@ -312,33 +424,23 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     j.cb = prec == BITNN_PRECISION_FP32 ? 128 * sizeof(float) : 256;
     if (j.tables && !w->tiles) return BITNN_EINVAL;
     bitnn_conv_ws own = {{0}}, *cw = ws ? ws : &own; /* own: this call's buffers */
-    if (prec == BITNN_PRECISION_INT8 && ks->conv_q8 && !j.q8m) {
-        /* The direct kernel: the quantized map, zero-padded, and the weights
-         * as bytes (the caller's, made on their first use, or this call's). */
+    if (bitnn_conv_direct_q8(prec, isa)) {
+        /* The direct kernel: the input quantized into a zero-padded map. */
         direct_job d = {x, H, W, C, conv_q8_channels(C), f, W + f - 1, 0.0f, NULL, NULL, Cout,
                         ks->conv_q8, bias, z};
         const size_t n = H * W * C, chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
-        bitnn_buf *wb = wx ? wx : &cw->map;
-        const int fresh = !wx || !wx->p;
-        bitnn_status s = bitnn_buf_reserve(&cw->q, (H + f - 1) * d.Wp * d.Cp);
-        if (s == BITNN_OK && fresh) s = bitnn_buf_reserve(wb, bitnn_conv_q8_bytes(Cout, f, C));
         quant_job q = {x, n, chunks, malloc(chunks * sizeof(float)), NULL, 0.0f, 0};
-        if (s == BITNN_OK && !q.part) s = BITNN_ENOMEM;
-        if (s != BITNN_OK) {
-            free(q.part);
-            bitnn_conv_ws_free(&own);
-            return s;
+        d.xp = q.part ? bitnn_conv_q8_map(cw, H, W, C, f) : NULL;
+        bitnn_status s = d.xp ? BITNN_OK : BITNN_ENOMEM;
+        if (s == BITNN_OK) {
+            bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
+            for (size_t c = 0; c < q.chunks; c++) d.amax = q.part[c] > d.amax ? q.part[c] : d.amax;
+            bitnn_parallel_for(pool, H, 8, direct_quantize_rows, &d);
+            s = direct_run(&d, w, pool, cw, wx);
         }
-        if (fresh) bitnn_conv_expand_q8(w->bits, Cout, f, C, wb->p);
-        d.wx = wb->p;
-        bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
-        for (size_t c = 0; c < q.chunks; c++) d.amax = q.part[c] > d.amax ? q.part[c] : d.amax;
         free(q.part);
-        d.xp = cw->q.p;
-        bitnn_parallel_for(pool, H + f - 1, 8, direct_pad_rows, &d);
-        bitnn_parallel_for(pool, H, 1, direct_rows, &d);
         bitnn_conv_ws_free(&own);
-        return BITNN_OK;
+        return s;
     }
     int8_t *qx = NULL;
     if (prec == BITNN_PRECISION_INT8) {

@@ -33,6 +33,33 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
  * takes the direct path fills it and later calls reuse it; NULL: made for
  * each such call. Other paths leave it alone. */
 size_t bitnn_conv_q8_bytes(size_t N, size_t f, size_t C);
+
+/* 1 where bitnn_conv2d_raw runs the direct int8 kernel (precision int8 and
+ * an isa whose kernel set has conv_q8 and no AMX gemm_q8m). Then a caller
+ * that already has the input quantized (the previous layer's output, with
+ * its amax) can skip the quantization: bitnn_conv_q8_map gives the padded
+ * map in ws (borders zeroed; pixel (r, x) of the image at
+ * map + ((r + f/2) * (W + f - 1) + x + f/2) * Cp, Cp = C rounded up to a
+ * multiple of 4, channels past C the caller's to zero; NULL when out of
+ * memory), the caller fills it, and bitnn_conv2d_q8_map runs the
+ * convolution on it: z as bitnn_conv2d_raw's for an input whose max |x| is
+ * amax. */
+int bitnn_conv_direct_q8(bitnn_precision prec, int isa);
+/* The next convolution's padded int8 map (kernel f) in ws from a relu layer
+ * normalized over its whole map: the map of relu((float)((z - mean) * inv))
+ * (H, W, C), after a k x k max-pool when k > 1 (k dividing H and W, int8
+ * scratch of H * W * C bytes in scratch), quantized with amax, which must be
+ * the largest of those values. The same bytes as bitnn_normalize_act, then
+ * bitnn_maxpool2d, then the quantization of bitnn_conv2d_raw: the relu
+ * values and the quantization are monotone, so the max-pool commutes with
+ * them. C a multiple of 4. */
+bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C, double mean,
+                                    double inv, float amax, size_t k, size_t f, bitnn_conv_ws *ws,
+                                    bitnn_buf *scratch, bitnn_pool *pool);
+int8_t *bitnn_conv_q8_map(bitnn_conv_ws *ws, size_t H, size_t W, size_t C, size_t f);
+bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, size_t C, size_t f,
+                                 const uint64_t *bias, float *z, float amax, int isa,
+                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx);
 void bitnn_conv_expand_q8(const uint64_t *bits, size_t N, size_t f, size_t C, uint8_t *wx);
 void bitnn_conv_ws_free(bitnn_conv_ws *ws);
 

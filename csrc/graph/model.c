@@ -466,9 +466,46 @@ void bitnn_classifier_state_free(bitnn_classifier_state *s)
     free(s->a), free(s->b), free(s->acc);
     bitnn_conv_ws_free(&s->conv), bitnn_buf_free(&s->va), bitnn_buf_free(&s->vb);
     bitnn_gemm_ws_free(s->ws);
+    bitnn_buf_free(&s->q8);
     for (size_t i = 0; s->wx && i < s->n_wx; i++) bitnn_buf_free(&s->wx[i]);
     free(s->wx);
     free(s);
+}
+
+/* int8 on the direct kernels: a relu convolution normalized over its whole
+ * map whose output goes, directly or through a max-pool covering every
+ * pixel, into another convolution writes that convolution's int8 input map
+ * instead of float activations (bitnn_conv_relu_q8_map: the same bits).
+ * Returns the index of that convolution, or 0. */
+static size_t fused_successor(const bitnn_classifier *m, size_t i)
+{
+    const bitnn_layer *L = &m->layers[i];
+    if (L->act != BITNN_ACT_RELU || L->norm_per_position || L->out % 4) return 0;
+    size_t nx = i + 1;
+    const bitnn_layer *P = nx < m->first_linear ? &m->layers[nx] : NULL;
+    if (P && P->kind == BITNN_LAYER_MAXPOOL2D) {
+        if (L->H % P->size || L->W % P->size) return 0;
+        nx++;
+    }
+    return nx < m->first_linear && m->layers[nx].kind == BITNN_LAYER_CONV2D ? nx : 0;
+}
+
+/* Layer i's statistics and amax (the largest relu value: relu and the
+ * normalization are monotone, so it is that of the largest raw sum), then
+ * layer nx's input map from z. */
+static bitnn_status relu_into_next(const bitnn_classifier *m, bitnn_classifier_state *st,
+                                   size_t i, size_t nx, const float *z, bitnn_pool *pool,
+                                   float *amax)
+{
+    const bitnn_layer *L = &m->layers[i], *Nx = &m->layers[nx];
+    const size_t n = L->H * L->W * L->out, k = nx == i + 1 ? 1 : m->layers[i + 1].size;
+    double mean, inv;
+    bitnn_status s = bitnn_normalize_stats(z, n, m->eps, pool, &mean, &inv);
+    if (s != BITNN_OK) return s;
+    const float top = (float)((bitnn_max(z, n) - mean) * inv);
+    *amax = top > 0.0f ? top : 0.0f;
+    return bitnn_conv_relu_q8_map(z, L->H, L->W, L->out, mean, inv, *amax, k, Nx->size,
+                                  &st->conv, &st->q8, pool);
 }
 
 bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *st,
@@ -495,15 +532,30 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
     if (s == BITNN_OK) s = bitnn_buf_reserve(&st->vb, N * widest * sizeof(float));
     float *va = st->va.p, *vb = st->vb.p;
 
+    const int direct = bitnn_conv_direct_q8(m->precision, isa);
     for (size_t n = 0; n < N && s == BITNN_OK; n++) {
         memcpy(a, x + n * image, image * sizeof(float));
+        float amax = -1.0f; /* >= 0: this convolution's input is already in st->conv's map */
         for (size_t i = 0; i < m->first_linear && s == BITNN_OK; i++) {
             const bitnn_layer *L = &m->layers[i];
             float *tmp;
             switch (L->kind) {
             case BITNN_LAYER_CONV2D:
-                s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
-                                     m->precision, isa, pool, &st->conv, &st->wx[i]);
+                if (amax >= 0.0f)
+                    s = bitnn_conv2d_q8_map(&L->w, L->H, L->W, L->in, L->size, L->b, b, amax, isa,
+                                            pool, &st->conv, &st->wx[i]);
+                else
+                    s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
+                                         m->precision, isa, pool, &st->conv, &st->wx[i]);
+                amax = -1.0f;
+                if (s == BITNN_OK && direct) {
+                    const size_t nx = fused_successor(m, i);
+                    if (nx) {
+                        s = relu_into_next(m, st, i, nx, b, pool, &amax);
+                        i = nx - 1; /* the layers in between are done */
+                        break;
+                    }
+                }
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
                         s = bitnn_normalize_act(b, L->out, L->H * L->W, L->out, m->eps, L->act, pool);

@@ -85,6 +85,7 @@ typedef struct {
     float *a, *b;  /* the activation of one image, twice (max_act floats) */
     double *acc;   /* pooling sums (max_channels) */
     bitnn_conv_ws conv; /* a convolution's buffers */
+    bitnn_buf q8;       /* int8 scratch of a fused relu + max-pool (bitnn_conv_relu_q8_map) */
     size_t n_wx;
     bitnn_buf *wx;      /* n_wx = the model's layers: a convolution's weights as int8 kernels want them
                            (bitnn_conv2d_raw fills them on first use) */

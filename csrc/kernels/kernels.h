@@ -131,6 +131,16 @@ float bitnn_quantize_row(const float *x, size_t K, int8_t *q, size_t ldq);
 /* The same with amax given (a scale shared by several rows). */
 void bitnn_quantize_with(const float *x, size_t K, float amax, int8_t *q, size_t ldq);
 float bitnn_absmax(const float *x, size_t n);
+float bitnn_max(const float *x, size_t n); /* -inf for n = 0 */
+
+/* The statistics that bitnn_normalize_act uses for one row of N values: the
+ * same mean and 1 / sqrt(var + eps), bit for bit, for any pool. */
+bitnn_status bitnn_normalize_stats(const float *z, size_t N, float eps, bitnn_pool *pool,
+                                   double *mean, double *inv);
+/* q[i] = the int8 of relu((float)((z[i] - mean) * inv)) (bitnn_normalize_act's
+ * relu value) quantized with amax by bitnn_quantize_with: the two steps fused,
+ * the same bits. */
+void bitnn_relu_quantize(const float *z, size_t n, double mean, double inv, float amax, int8_t *q);
 
 /* A buffer kept between calls (a graph's state owns its buffers): grown to
  * at least `bytes` (64-byte aligned, contents not kept) or ENOMEM. */

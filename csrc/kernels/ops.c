@@ -386,13 +386,12 @@ typedef float bitnn_v8f __attribute__((vector_size(32)));
  * this one 64-byte load and two vcvtps2pd to zmm in the AVX-512 clone, where
  * WIDEN8 becomes two ymm conversions, an extract and an insert per 8 values
  * (measured: the sums of Normalize 1.3x faster). */
-typedef float bitnn_v16f_n __attribute__((vector_size(64)));
-typedef double bitnn_v16d_n __attribute__((vector_size(128)));
+typedef double bitnn_v16d __attribute__((vector_size(128)));
 #define WIDEN16(z, lo, hi)                                                          \
     do {                                                                            \
-        bitnn_v16f_n f_;                                                            \
+        bitnn_v16f f_;                                                            \
         memcpy(&f_, (z), sizeof f_);                                                \
-        const bitnn_v16d_n d_ = __builtin_convertvector(f_, bitnn_v16d_n);          \
+        const bitnn_v16d d_ = __builtin_convertvector(f_, bitnn_v16d);          \
         (lo) = __builtin_shufflevector(d_, d_, 0, 1, 2, 3, 4, 5, 6, 7);             \
         (hi) = __builtin_shufflevector(d_, d_, 8, 9, 10, 11, 12, 13, 14, 15);       \
     } while (0)
@@ -786,6 +785,61 @@ static double ordered_sum(const double *v, size_t n)
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += v[i];
     return s;
+}
+
+bitnn_status bitnn_normalize_stats(const float *z, size_t N, float eps, bitnn_pool *pool,
+                                   double *mean, double *inv)
+{
+    if (!z || N == 0 || !(eps > 0.0f) || isinf(eps) || !mean || !inv) return BITNN_EINVAL;
+    const size_t chunks = (N + NORM_CHUNK - 1) / NORM_CHUNK;
+    if (chunks >= 4 && bitnn_pool_size(pool) > 1) { /* bitnn_normalize_act's phases 0 and 1 */
+        norm_job j = {(float *)z, N, N, eps, BITNN_ACT_LINEAR, malloc(chunks * sizeof(double)),
+                      0, 0, 0, 0, 0};
+        if (!j.partial) return BITNN_ENOMEM;
+        bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        j.mean = ordered_sum(j.partial, chunks) / (double)N;
+        j.phase = 1;
+        bitnn_parallel_for(pool, chunks, 1, normalize_chunks, &j);
+        *mean = j.mean;
+        *inv = 1.0 / sqrt(ordered_sum(j.partial, chunks) / (double)N + j.eps);
+        free(j.partial);
+        return BITNN_OK;
+    }
+    row_stats_v(z, N, eps, mean, inv);
+    return BITNN_OK;
+}
+
+BITNN_MULTIVERSION float bitnn_max(const float *x, size_t n)
+{
+    /* 16 running maxima, a compare and a select on the bits per 16 values
+     * (max is exact: any grouping gives the same value) */
+    bitnn_v16f m = (bitnn_v16f){0} - INFINITY;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        bitnn_v16f v;
+        memcpy(&v, x + i, sizeof v);
+        const bitnn_v16i gt = v > m;
+        m = (bitnn_v16f)(((bitnn_v16i)v & gt) | ((bitnn_v16i)m & ~gt));
+    }
+    float r = -INFINITY;
+    for (int l = 0; l < 16; l++) r = m[l] > r ? m[l] : r;
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
+}
+
+BITNN_MULTIVERSION void bitnn_relu_quantize(const float *z, size_t n, double mean, double inv,
+                                            float amax, int8_t *q)
+{
+    /* the relu values of act_range, 1024 at a time, through the shared quantizer */
+    float y[1024];
+    for (size_t i = 0; i < n; i += 1024) {
+        const size_t m = n - i < 1024 ? n - i : 1024;
+        for (size_t t = 0; t < m; t++) { /* act_range's BITNN_ACT_RELU case */
+            const float v = (float)((z[i + t] - mean) * inv);
+            y[t] = v > 0.0f ? v : 0.0f;
+        }
+        bitnn_quantize_with(y, m, amax, q + i, m);
+    }
 }
 
 bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float eps,
