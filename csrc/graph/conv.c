@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <stdatomic.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,7 +260,19 @@ typedef struct {
     bitnn_conv_q8_fn conv;
     const uint64_t *bias;
     float *z;
+    _Atomic uint32_t zmax; /* the bits of the largest z so far (the calls race) */
 } direct_job;
+
+static void atomic_max_float(_Atomic uint32_t *a, float v)
+{
+    uint32_t old = atomic_load(a), nv;
+    memcpy(&nv, &v, sizeof nv);
+    for (;;) {
+        float o;
+        memcpy(&o, &old, sizeof o);
+        if (!(v > o) || atomic_compare_exchange_weak(a, &old, nv)) return;
+    }
+}
 
 int bitnn_conv_direct_q8(bitnn_precision prec, int isa)
 {
@@ -311,15 +324,17 @@ static void direct_quantize_rows(void *ctx, size_t r0, size_t r1)
 
 static void direct_rows(void *ctx, size_t y0, size_t y1)
 {
-    const direct_job *j = ctx;
+    direct_job *j = ctx;
+    float mx;
     j->conv(j->xp, j->Wp, j->Cp, j->f, j->W, j->wx, j->N, y0, y1, j->amax / 127.0f, j->bias,
-            j->z);
+            j->z, &mx);
+    atomic_max_float(&j->zmax, mx);
 }
 
 /* The direct kernel on the padded map in ws->q; the weights as bytes are the
  * caller's (made on their first use) or this call's (in ws->map). */
 static bitnn_status direct_run(direct_job *d, const bitnn_weights *w, bitnn_pool *pool,
-                               bitnn_conv_ws *ws, bitnn_buf *wx)
+                               bitnn_conv_ws *ws, bitnn_buf *wx, float *zmax)
 {
     bitnn_buf *wb = wx ? wx : &ws->map;
     if (!wx || !wx->p) {
@@ -329,13 +344,21 @@ static bitnn_status direct_run(direct_job *d, const bitnn_weights *w, bitnn_pool
     }
     d->wx = wb->p;
     d->xp = ws->q.p;
+    const float ninf = -INFINITY;
+    uint32_t bits;
+    memcpy(&bits, &ninf, sizeof bits);
+    atomic_init(&d->zmax, bits);
     bitnn_parallel_for(pool, d->H, 1, direct_rows, d);
+    if (zmax) {
+        bits = atomic_load(&d->zmax);
+        memcpy(zmax, &bits, sizeof *zmax);
+    }
     return BITNN_OK;
 }
 
 bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, size_t C, size_t f,
                                  const uint64_t *bias, float *z, float amax, int isa,
-                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx)
+                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx, float *zmax)
 {
     if (!w || !w->bits || !z || !ws || !ws->q.p || H == 0 || W == 0 || C == 0 || w->N == 0 ||
         f % 2 == 0 || w->K != f * f * C || !(amax >= 0.0f) ||
@@ -343,8 +366,8 @@ bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, siz
         ws->q.size < (H + f - 1) * (W + f - 1) * conv_q8_channels(C))
         return BITNN_EINVAL;
     direct_job d = {NULL, H, W, C, conv_q8_channels(C), f, W + f - 1, amax, NULL, NULL, w->N,
-                    bitnn_kernels_for(isa)->conv_q8, bias, z};
-    return direct_run(&d, w, pool, ws, wx);
+                    bitnn_kernels_for(isa)->conv_q8, bias, z, 0};
+    return direct_run(&d, w, pool, ws, wx, zmax);
 }
 
 /* ------------------------------ relu + Normalize written as int8 (fused) */
@@ -406,7 +429,7 @@ bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws,
-                              bitnn_buf *wx)
+                              bitnn_buf *wx, float *zmax)
 {
     if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
         f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
@@ -427,7 +450,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     if (bitnn_conv_direct_q8(prec, isa)) {
         /* The direct kernel: the input quantized into a zero-padded map. */
         direct_job d = {x, H, W, C, conv_q8_channels(C), f, W + f - 1, 0.0f, NULL, NULL, Cout,
-                        ks->conv_q8, bias, z};
+                        ks->conv_q8, bias, z, 0};
         const size_t n = H * W * C, chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
         quant_job q = {x, n, chunks, malloc(chunks * sizeof(float)), NULL, 0.0f, 0};
         d.xp = q.part ? bitnn_conv_q8_map(cw, H, W, C, f) : NULL;
@@ -436,7 +459,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
             bitnn_parallel_for(pool, q.chunks, 1, quantize_chunks, &q); /* chunk maxima */
             for (size_t c = 0; c < q.chunks; c++) d.amax = q.part[c] > d.amax ? q.part[c] : d.amax;
             bitnn_parallel_for(pool, H, 8, direct_quantize_rows, &d);
-            s = direct_run(&d, w, pool, cw, wx);
+            s = direct_run(&d, w, pool, cw, wx, zmax);
         }
         free(q.part);
         bitnn_conv_ws_free(&own);
@@ -504,7 +527,9 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
     atomic_init(&j.next_slot, 0);
     bitnn_parallel_for(pool, (P + tile - 1) / tile, 1, conv_tiles, &j);
     bitnn_conv_ws_free(&own);
-    return j.failed ? BITNN_ENOMEM : BITNN_OK;
+    if (j.failed) return BITNN_ENOMEM;
+    if (zmax) *zmax = bitnn_max(z, P * Cout);
+    return BITNN_OK;
 }
 
 void bitnn_conv_ws_free(bitnn_conv_ws *ws)

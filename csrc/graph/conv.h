@@ -24,14 +24,16 @@ typedef struct {
 bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               const bitnn_weights *w, size_t f, const uint64_t *bias, float *z,
                               bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_conv_ws *ws,
-                              bitnn_buf *wx);
+                              bitnn_buf *wx, float *zmax);
 
 /* The weights of a convolution as the direct int8 kernels want them
  * (bitnn_conv_q8_fn, kernels.h): bitnn_conv_q8_bytes(N, f, C) bytes, made
  * from the packed rows by bitnn_conv_expand_q8. wx of bitnn_conv2d_raw: a
  * buffer the caller keeps for this layer (empty at first): the call that
  * takes the direct path fills it and later calls reuse it; NULL: made for
- * each such call. Other paths leave it alone. */
+ * each such call. Other paths leave it alone. zmax (may be NULL): the
+ * largest value of z (the direct kernel finds it as it stores z; other
+ * paths take one more pass). */
 size_t bitnn_conv_q8_bytes(size_t N, size_t f, size_t C);
 
 /* 1 where bitnn_conv2d_raw runs the direct int8 kernel (precision int8 and
@@ -59,7 +61,7 @@ bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C
 int8_t *bitnn_conv_q8_map(bitnn_conv_ws *ws, size_t H, size_t W, size_t C, size_t f);
 bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, size_t C, size_t f,
                                  const uint64_t *bias, float *z, float amax, int isa,
-                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx);
+                                 bitnn_pool *pool, bitnn_conv_ws *ws, bitnn_buf *wx, float *zmax);
 void bitnn_conv_expand_q8(const uint64_t *bits, size_t N, size_t f, size_t C, uint8_t *wx);
 void bitnn_conv_ws_free(bitnn_conv_ws *ws);
 

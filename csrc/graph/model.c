@@ -491,18 +491,18 @@ static size_t fused_successor(const bitnn_classifier *m, size_t i)
 }
 
 /* Layer i's statistics and amax (the largest relu value: relu and the
- * normalization are monotone, so it is that of the largest raw sum), then
- * layer nx's input map from z. */
+ * normalization are monotone, so it is that of zmax, the largest raw sum),
+ * then layer nx's input map from z. */
 static bitnn_status relu_into_next(const bitnn_classifier *m, bitnn_classifier_state *st,
-                                   size_t i, size_t nx, const float *z, bitnn_pool *pool,
-                                   float *amax)
+                                   size_t i, size_t nx, const float *z, float zmax,
+                                   bitnn_pool *pool, float *amax)
 {
     const bitnn_layer *L = &m->layers[i], *Nx = &m->layers[nx];
     const size_t n = L->H * L->W * L->out, k = nx == i + 1 ? 1 : m->layers[i + 1].size;
     double mean, inv;
     bitnn_status s = bitnn_normalize_stats(z, n, m->eps, pool, &mean, &inv);
     if (s != BITNN_OK) return s;
-    const float top = (float)((bitnn_max(z, n) - mean) * inv);
+    const float top = (float)((zmax - mean) * inv);
     *amax = top > 0.0f ? top : 0.0f;
     return bitnn_conv_relu_q8_map(z, L->H, L->W, L->out, mean, inv, *amax, k, Nx->size,
                                   &st->conv, &st->q8, pool);
@@ -540,21 +540,21 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
             const bitnn_layer *L = &m->layers[i];
             float *tmp;
             switch (L->kind) {
-            case BITNN_LAYER_CONV2D:
+            case BITNN_LAYER_CONV2D: {
+                const size_t nx = direct ? fused_successor(m, i) : 0;
+                float zmax;
                 if (amax >= 0.0f)
                     s = bitnn_conv2d_q8_map(&L->w, L->H, L->W, L->in, L->size, L->b, b, amax, isa,
-                                            pool, &st->conv, &st->wx[i]);
+                                            pool, &st->conv, &st->wx[i], nx ? &zmax : NULL);
                 else
                     s = bitnn_conv2d_raw(a, L->H, L->W, L->in, &L->w, L->size, L->b, b,
-                                         m->precision, isa, pool, &st->conv, &st->wx[i]);
+                                         m->precision, isa, pool, &st->conv, &st->wx[i],
+                                         nx ? &zmax : NULL);
                 amax = -1.0f;
-                if (s == BITNN_OK && direct) {
-                    const size_t nx = fused_successor(m, i);
-                    if (nx) {
-                        s = relu_into_next(m, st, i, nx, b, pool, &amax);
-                        i = nx - 1; /* the layers in between are done */
-                        break;
-                    }
+                if (s == BITNN_OK && nx) {
+                    s = relu_into_next(m, st, i, nx, b, zmax, pool, &amax);
+                    i = nx - 1; /* the layers in between are done */
+                    break;
                 }
                 if (s == BITNN_OK) {
                     if (L->norm_per_position)
@@ -565,6 +565,7 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
                 }
                 tmp = a, a = b, b = tmp;
                 break;
+            }
             case BITNN_LAYER_MAXPOOL2D:
                 bitnn_maxpool2d(a, L->H, L->W, L->in, L->size, b, pool);
                 tmp = a, a = b, b = tmp;

@@ -7,6 +7,7 @@
  */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <math.h>
 
 #include "kernel_common.h"
 
@@ -25,7 +26,7 @@
  * position x in the padded map; w: block b0's weights. */
 ALWAYS_INLINE void conv_block(const int8_t *a, size_t Wp, size_t Cp, size_t f, const uint8_t *w,
                               size_t bstride, const int NB, const int MB, size_t b0, size_t N,
-                              float scale, const uint64_t *bias, float *z)
+                              float scale, const uint64_t *bias, float *z, __m512 *mx)
 {
     __m512i acc[12][4];
     for (int i = 0; i < MB; i++)
@@ -52,16 +53,18 @@ ALWAYS_INLINE void conv_block(const int8_t *a, size_t Wp, size_t Cp, size_t f, c
         const __mmask16 in = _cvtu32_mask16(rows_in_block(blk, 0, N));
         const __m512 bv = _mm512_maskz_mov_ps(_cvtu32_mask16(bias_bits_block(bias, blk, N)),
                                               _mm512_set1_ps(1.0f));
-        for (int i = 0; i < MB; i++) /* bitnn_q8_out: (float)S * scale + bias bit */
-            _mm512_mask_storeu_ps(z + i * N + 16 * blk, in,
-                                  _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), sc), bv));
+        for (int i = 0; i < MB; i++) { /* bitnn_q8_out: (float)S * scale + bias bit */
+            const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), sc), bv);
+            _mm512_mask_storeu_ps(z + i * N + 16 * blk, in, v);
+            *mx = _mm512_mask_max_ps(*mx, in, *mx, v); /* the lanes stored */
+        }
     }
 }
 
 /* One output row, blocks [b0, b0 + NB): MB positions at a time, then the
  * last W % MB together. */
 #define CONV_CALL(NB, MB) \
-    conv_block(a + x * Cp, Wp, Cp, f, w, bstride, NB, MB, b0, N, scale, bias, zr + x * N)
+    conv_block(a + x * Cp, Wp, Cp, f, w, bstride, NB, MB, b0, N, scale, bias, zr + x * N, &mx)
 #define CONV_TAIL(NB, MB) \
     case MB: CONV_CALL(NB, MB); break
 #define CONV_ROW(NB, MBMAX, ...)                                    \
@@ -76,9 +79,10 @@ ALWAYS_INLINE void conv_block(const int8_t *a, size_t Wp, size_t Cp, size_t f, c
 
 void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
                               const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
-                              const uint64_t *bias, float *z)
+                              const uint64_t *bias, float *z, float *zmax)
 {
     const size_t nbk = (N + 15) / 16, bstride = f * f * Cp / 4 * 64;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
     for (size_t y = y0; y < y1; y++) {
         const int8_t *a = xp + y * Wp * Cp;
         float *zr = z + y * W * N;
@@ -104,5 +108,6 @@ void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, 
             b0 += nb;
         }
     }
+    *zmax = _mm512_reduce_max_ps(mx);
 }
 #endif

@@ -92,10 +92,12 @@ typedef void (*bitnn_gemm_q8m_fn)(const int8_t *q, size_t ldq, size_t M, size_t 
  * byte 4r + i of the 64 at wx + ((b * f * f + t) * Cp / 4 + g) * 64 being
  * output channel 16b + r, tap t = dy * f + dx, input channel 4g + i (zero for
  * channels past C or rows past N; bitnn_conv_expand_q8, conv.c). The same
- * exact sums and epilogue as bitnn_gemm_q8_fn on the im2col rows. */
+ * exact sums and epilogue as bitnn_gemm_q8_fn on the im2col rows. *zmax:
+ * the largest value written (-inf for none), which a fused relu layer needs
+ * (conv.h) and which costs the kernel one max per 16 values it stores. */
 typedef void (*bitnn_conv_q8_fn)(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
                                  const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
-                                 const uint64_t *bias, float *z);
+                                 const uint64_t *bias, float *z, float *zmax);
 
 typedef struct {
     bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
@@ -206,7 +208,7 @@ void bitnn_gemm_q8m_amx(const int8_t *q, size_t ldq, size_t M, size_t kc, const 
                         size_t ldz);
 void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
                               const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
-                              const uint64_t *bias, float *z);
+                              const uint64_t *bias, float *z, float *zmax);
 /* Ask the OS for the AMX tile state (Linux: arch_prctl); 1 if granted. */
 int bitnn_amx_request(void);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
