@@ -70,6 +70,20 @@ cdef extern from "bitnn.h" nogil:
 
 cdef extern from "kernels.h" nogil:
     const char *bitnn_q8_kernel_name(int isa)
+    ctypedef struct bitnn_buf:
+        void *p
+        size_t size
+    void bitnn_buf_free(bitnn_buf *b)
+
+
+cdef extern from "conv.h" nogil:
+    ctypedef struct bitnn_conv_ws:
+        bitnn_buf map, q, rows
+    void bitnn_conv_ws_free(bitnn_conv_ws *ws)
+    bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
+                                  const bitnn_weights *w, size_t f, const uint64_t *bias,
+                                  float *z, bitnn_precision prec, int isa, bitnn_pool *pool,
+                                  bitnn_conv_ws *ws, bitnn_buf *wx, float *zmax)
 
 
 cdef class PackedWeights:

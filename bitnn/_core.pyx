@@ -360,6 +360,44 @@ cdef object _linear_op(x, weight, out_features, bias, bint fused, activation, ep
     return out
 
 
+def _conv2d_raw(x, weight, bias, int f, precision="fp32", threads=None, kernel=None):
+    """For tests: the raw 'same' convolution of one NHWC image x (H, W, C) float32 by
+    packed weights (Cout, ceil(f*f*C / 64)) and packed bias bits, as a classifier runs
+    it: (z (H, W, Cout), the largest z as the convolution reports it)."""
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    if xa.ndim != 3 or f < 1 or f % 2 == 0:
+        raise ValueError("x must be (H, W, C) and f odd")
+    cdef size_t H = xa.shape[0], W = xa.shape[1], C = xa.shape[2]
+    cdef const uint64_t[:, ::1] wv = np.ascontiguousarray(weight, dtype=np.uint64)
+    cdef size_t N = wv.shape[0]
+    if wv.shape[1] != (f * f * C + 63) // 64:
+        raise ValueError("weight must be packed rows of f*f*C bits")
+    cdef const uint64_t[::1] bv = np.ascontiguousarray(bias, dtype=np.uint64)
+    cdef bitnn_weights wt
+    wt.bits, wt.N, wt.K, wt.tiles = &wv[0, 0], N, f * f * C, NULL
+    cdef bitnn_precision prec = _precision(precision)
+    cdef int isa = _resolve_kernel(kernel)
+    cdef ThreadPool pool = get_pool(threads)
+    _check(bitnn_weights_pack(&wt))
+    z = np.empty((H, W, N), dtype=np.float32)
+    cdef float[:, :, ::1] zv = z
+    cdef const float[:, :, ::1] xv = xa
+    cdef bitnn_conv_ws ws
+    cdef bitnn_buf wx
+    ws.map.p = ws.q.p = ws.rows.p = wx.p = NULL
+    ws.map.size = ws.q.size = ws.rows.size = wx.size = 0
+    cdef float zmax = 0
+    cdef bitnn_status s
+    with nogil:
+        s = bitnn_conv2d_raw(&xv[0, 0, 0], H, W, C, &wt, f, &bv[0], &zv[0, 0, 0], prec, isa,
+                             pool.pool, &ws, &wx, &zmax)
+    bitnn_conv_ws_free(&ws)
+    bitnn_buf_free(&wx)
+    bitnn_weights_release(&wt)
+    _check(s)
+    return z, zmax
+
+
 include "_bnb.pxi"
 include "_model.pxi"
 include "_tokenizer.pxi"

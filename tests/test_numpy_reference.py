@@ -96,6 +96,12 @@ CLASSIFIERS_INT8 = [
     # directly (case 3 too), through a 2x2 max-pool, and one after the other
     (4, 8, 10, [(24, 3, "relu", "chw"), (20, 3, "relu", "chw"), (8, 1, "linear", "c")],
      [(6, "relu")], 2),
+    # larger maps: 64 channels in rows of 64 (5 Normalize chunks: the threaded statistics
+    # of a fused layer), 32 channels in rows of 256 through a max-pool
+    (3, 5, 64, [(64, 3, "relu", "chw"), (16, 3, "relu", "chw"), (8, 1, "linear", "c")],
+     [(5, "linear")], 0),
+    (2, 4, 256, [(32, 3, "relu", "chw"), (16, 3, "relu", "chw"), (4, 1, "linear", "c")],
+     [(3, "linear")], 2),
 ]
 
 
@@ -228,3 +234,38 @@ def test_gelu_of_special_values():
     assert g[2] == 0 and g[3] == 0 and np.signbit(g[3])
     assert 0 < g[4] <= 1e-30 and -1e-30 <= g[5] < 0
     assert g[6] == 100.0 and -1e-30 < g[7] <= 0
+
+
+@pytest.mark.parametrize("H,W,C,N,f", [(3, 256, 5, 32, 3), (5, 64, 8, 64, 3), (2, 37, 3, 17, 5),
+                                       (4, 13, 16, 48, 1)])
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_convolution_and_its_max(H, W, C, N, f, precision):
+    """A convolution's raw sums (int8: the whole map quantized with one scale, exact
+    integer sums) equal the numpy statement for every kernel and thread count, and the
+    largest z it reports (the direct int8 kernel takes it as it stores z; a fused relu
+    layer's amax comes from it) is the largest z."""
+    rng = np.random.default_rng(H * W + C * N + f)
+    x = (rng.standard_normal((H, W, C)) * 2).astype(np.float32)
+    w = rng.integers(0, 2, (N, f, f, C), dtype=np.uint8)
+    b = rng.integers(0, 2, N, dtype=np.uint8)
+    if precision == "int8":
+        q, scale = ref.quantize_rows(x.reshape(1, -1))
+        pad = f // 2
+        xp = np.zeros((H + 2 * pad, W + 2 * pad, C), np.int64)
+        xp[pad:pad + H, pad:pad + W] = q.reshape(H, W, C)
+        S = sum(np.tensordot(xp[dy:dy + H, dx:dx + W], w[:, dy, dx].astype(np.int64), ([2], [1]))
+                for dy in range(f) for dx in range(f))
+        want = (S.astype(np.float32) * scale[0]).astype(np.float32) + b.astype(np.float32)
+    else:
+        pad = f // 2
+        xp = np.zeros((H + 2 * pad, W + 2 * pad, C), np.float32)
+        xp[pad:pad + H, pad:pad + W] = x
+        cols = np.stack([xp[dy:dy + H, dx:dx + W] for dy in range(f) for dx in range(f)], 2)
+        want = ref.binary_linear_raw(cols.reshape(H * W, -1), w.reshape(N, -1), b)
+        want = want.reshape(H, W, N)
+    for kernel in _kernels():
+        for threads in (1, 2):
+            z, zmax = _core._conv2d_raw(x, bitnn.pack_bits(w.reshape(N, -1)), bitnn.pack_bits(b),
+                                        f, precision, threads, kernel)
+            np.testing.assert_array_equal(z, want, err_msg=f"{kernel}, {threads} threads")
+            assert zmax == z.max()
