@@ -392,7 +392,7 @@ static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
 }
 
 /* Output rows [r0, r1) of the k x k max-pool of q into the padded map. */
-static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
+BITNN_MULTIVERSION static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
 {
     const relu_q8_job *j = ctx;
     const size_t k = j->k, C = j->C, W = j->W, Wo = W / k;
