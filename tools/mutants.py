@@ -53,6 +53,7 @@ NN = "tests/test_nn.py"
 IMAGES = "tests/test_imageio.py"
 INT8 = "tests/test_int8.py"
 C_NATIVE = "tests/test_c_kernels.py::test_native_kernels_match_reference"
+NUMREF = "tests/test_numpy_reference.py"
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,10 @@ def m(id, file, old, new, tests, what):
 MUTANTS = [
     # ------------------------------------------------ kernels and dispatch
     m("dispatch-avx512-entry-is-avx2", "csrc/kernels/cpu.c",
-      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni},",
-      "[BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx2, bitnn_gemm_q8_avx512vnni},",
-      [DISPATCH], "the AVX-512 table entry points at the AVX2 function"),
+      "static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512,",
+      "static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx2,",
+      [DISPATCH], "the AVX-512 table entry (of CPUs with VNNI, VBMI and GFNI, no AMX: every "
+      "machine of these benchmarks but the AMX Xeon) points at the AVX2 function"),
     m("dispatch-prefers-avx2", "csrc/kernels/cpu.c",
       "{BITNN_ISA_AVX512, BITNN_ISA_AVX2, BITNN_ISA_NEON}",
       "{BITNN_ISA_AVX2, BITNN_ISA_AVX512, BITNN_ISA_NEON}",
@@ -140,7 +142,7 @@ MUTANTS = [
       "if (act == BITNN_ACT_SOFTMAX) j.mx = norm_value_max(z, N, j.mean, j.inv);",
       "if (0) j.mx = norm_value_max(z, N, j.mean, j.inv);",
       [DISPATCH], "the threaded softmax does not subtract the maximum"),
-    m("norm-chunk-lanes", "csrc/kernels/ops.c",
+    m("norm-chunk-lanes", "csrc/kernels/kernels.h",
       "return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));",
       "return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));",
       [CORE, DISPATCH], "the 8 partial sums of a chunk are combined in another order"),
@@ -173,8 +175,21 @@ MUTANTS = [
       [CORE, DISPATCH], "the last thread's share stops one item short when it is clamped"),
     # ------------------------------------------------ convolution and pooling
     m("maxpool-is-minpool", "csrc/graph/conv.c",
-      "out[c] = in[c] > out[c] ? in[c] : out[c];", "out[c] = in[c] < out[c] ? in[c] : out[c];",
+      "/* this form vectorizes to maxps */\n                        out[c] = in[c] > out[c]",
+      "/* this form vectorizes to maxps */\n                        out[c] = in[c] < out[c]",
       [CLS], "max-pool takes the minimum"),
+    m("int8-maxpool-is-minpool", "csrc/graph/conv.c",
+      "for (size_t c = 0; c < C; c++) out[c] = in[c] > out[c] ? in[c] : out[c];",
+      "for (size_t c = 0; c < C; c++) out[c] = in[c] < out[c] ? in[c] : out[c];",
+      [NUMREF], "the fused int8 max-pool (relu layer into the next convolution) takes the "
+      "minimum (killed only where the direct int8 convolution runs: AVX-512 VNNI, no AMX)"),
+    m("fused-amax-off", "csrc/graph/model.c",
+      "*amax = top > 0.0f ? top : 0.0f;", "*amax = top > 0.0f ? top * 1.001f : 0.0f;",
+      [NUMREF], "a fused relu layer quantizes the next convolution's input with a scale "
+      "0.1% off (direct int8 convolution only)"),
+    m("direct-conv-drops-last-kernel-row", "csrc/kernels/kernel_avx512_vnni.c",
+      "for (size_t dy = 0; dy < f; dy++) {", "for (size_t dy = 0; dy + 1 < f; dy++) {",
+      [NUMREF], "the direct int8 convolution skips the last row of taps (AVX-512 VNNI only)"),
     m("avgpool-divisor", "csrc/graph/conv.c",
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),
