@@ -453,6 +453,21 @@ BITNN_INLINE double sq_dev_range(const float *z, size_t n0, size_t n1, double me
  * values each): 4 independent add chains instead of one that waits on every
  * add; each chunk's operations are those of the one-chunk functions, so the
  * bits are the same. */
+/* out[i] = bitnn_combine8 of the lanes of vi (a macro: the vectors stay in
+ * registers, and no vector crosses a call in the clones without AVX-512) */
+#define COMBINE4(out, v0, v1, v2, v3)                                  \
+    do {                                                               \
+        double a_[8];                                                  \
+        STORE8(a_, v0);                                                \
+        (out)[0] = bitnn_combine8(a_);                                 \
+        STORE8(a_, v1);                                                \
+        (out)[1] = bitnn_combine8(a_);                                 \
+        STORE8(a_, v2);                                                \
+        (out)[2] = bitnn_combine8(a_);                                 \
+        STORE8(a_, v3);                                                \
+        (out)[3] = bitnn_combine8(a_);                                 \
+    } while (0)
+
 BITNN_INLINE void sum_chunks4(const float *z, size_t n0, double out[4])
 {
     bitnn_v8d v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0}, l0, h0, l1, h1, l2, h2, l3, h3;
@@ -465,15 +480,7 @@ BITNN_INLINE void sum_chunks4(const float *z, size_t n0, double out[4])
         v0 += l0, v1 += l1, v2 += l2, v3 += l3;
         v0 += h0, v1 += h1, v2 += h2, v3 += h3;
     }
-    double a[8];
-    STORE8(a, v0);
-    out[0] = bitnn_combine8(a);
-    STORE8(a, v1);
-    out[1] = bitnn_combine8(a);
-    STORE8(a, v2);
-    out[2] = bitnn_combine8(a);
-    STORE8(a, v3);
-    out[3] = bitnn_combine8(a);
+    COMBINE4(out, v0, v1, v2, v3);
 }
 
 BITNN_INLINE void sq_dev_chunks4(const float *z, size_t n0, double mean, double out[4])
@@ -490,15 +497,7 @@ BITNN_INLINE void sq_dev_chunks4(const float *z, size_t n0, double mean, double 
         v0 += l0 * l0, v1 += l1 * l1, v2 += l2 * l2, v3 += l3 * l3;
         v0 += h0 * h0, v1 += h1 * h1, v2 += h2 * h2, v3 += h3 * h3;
     }
-    double a[8];
-    STORE8(a, v0);
-    out[0] = bitnn_combine8(a);
-    STORE8(a, v1);
-    out[1] = bitnn_combine8(a);
-    STORE8(a, v2);
-    out[2] = bitnn_combine8(a);
-    STORE8(a, v3);
-    out[3] = bitnn_combine8(a);
+    COMBINE4(out, v0, v1, v2, v3);
 }
 
 /* The sums of chunks [c0, c1) of a row of N values into part[c - c0]: the
