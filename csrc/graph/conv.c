@@ -33,7 +33,8 @@ typedef struct {
     const bitnn_kernel_set *ks;
     int tables;       /* table kernels (fp32, or int8 with gemm_q8t); else im2col rows */
     bitnn_gemm_q8m_fn q8m; /* int8 im2col rows on the tiles (AMX), else the direct kernel */
-    const void *map;  /* tables of every input pixel (C % 32 == 0), chunk of 32 channels */
+    int map;          /* C % 32 == 0: each input pixel's tables made once, in a ring */
+    size_t ring_rows, row_bytes; /* the ring: input row y at (y % ring_rows) * row_bytes */
     const void *zero; /* the tables of 32 zero inputs: taps outside the image */
     size_t cb;        /* bytes per chunk of tables: 512 (fp32) or 256 (int8) */
     unsigned char *slots; /* per-thread scratch, slot_bytes each (conv_tiles) */
@@ -71,36 +72,44 @@ static void im2col(const conv_job *j, const void *src, size_t es, size_t p0, siz
     }
 }
 
-/* Chunk pointers of positions [p0, p1) into the table map: tap (dy, dx)
- * of position (i, jj) reads pixel (i + dy - pad, jj + dx - pad), or the zero
- * tables outside the image; its C / 32 chunks follow each other. */
-static void map_pointers(const conv_job *j, size_t p0, size_t p1, const void **tp)
+/* Chunk pointers of positions [p0, p1) into the ring of table rows: tap
+ * (dy, dx) of position (i, jj) reads pixel (i + dy - pad, jj + dx - pad), or
+ * the zero tables outside the image; its C / 32 chunks follow each other. */
+static void map_pointers(const conv_job *j, const unsigned char *ring, size_t p0, size_t p1,
+                         const void **tp)
 {
-    const size_t f = j->f, pad = f / 2, cpp = j->C / 32, kc = f * f * cpp;
-    const unsigned char *map = j->map;
-    /* offsets of every chunk of every tap from the position's own pixel */
-    ptrdiff_t off[7 * 7 * 8];
-    const int fast = kc <= sizeof off / sizeof off[0];
-    for (size_t t = 0; fast && t < kc; t++) {
-        const size_t dy = t / (f * cpp), dx = t / cpp % f, c = t % cpp;
-        off[t] = (((ptrdiff_t)dy - (ptrdiff_t)pad) * (ptrdiff_t)j->W + (ptrdiff_t)dx - (ptrdiff_t)pad) *
-                     (ptrdiff_t)(cpp * j->cb) + (ptrdiff_t)(c * j->cb);
-    }
-    for (size_t p = p0; p < p1; p++, tp += kc) {
+    const size_t f = j->f, pad = f / 2, cpp = j->C / 32, pb = cpp * j->cb;
+    for (size_t p = p0; p < p1; p++) {
         const size_t i = p / j->W, jj = p % j->W;
-        if (fast && i >= pad && i + pad < j->H && jj >= pad && jj + pad < j->W) {
-            const unsigned char *px = map + p * cpp * j->cb; /* all taps inside the image */
-            for (size_t t = 0; t < kc; t++) tp[t] = px + off[t];
-            continue;
-        }
-        const void **q = tp;
-        for (size_t dy = 0; dy < f; dy++)
+        for (size_t dy = 0; dy < f; dy++) {
+            const size_t y = i + dy; /* pixel row y - pad */
+            const int row_in = y >= pad && y - pad < j->H;
+            const unsigned char *row = row_in ? ring + ((y - pad) % j->ring_rows) * j->row_bytes : NULL;
             for (size_t dx = 0; dx < f; dx++) {
-                const size_t y = i + dy, x = jj + dx; /* pixel (y - pad, x - pad) */
-                const int in = y >= pad && y - pad < j->H && x >= pad && x - pad < j->W;
-                const unsigned char *px = in ? map + ((y - pad) * j->W + (x - pad)) * cpp * j->cb : NULL;
-                for (size_t c = 0; c < cpp; c++) *q++ = in ? px + c * j->cb : j->zero;
+                const size_t x = jj + dx; /* pixel column x - pad */
+                const int in = row_in && x >= pad && x - pad < j->W;
+                const unsigned char *px = in ? row + (x - pad) * pb : NULL;
+                for (size_t c = 0; c < cpp; c++) *tp++ = in ? px + c * j->cb : j->zero;
             }
+        }
+    }
+}
+
+/* Input rows [y0, y1) (those inside the image) into the ring: each pixel's
+ * tables, C / 32 chunks of cb bytes. */
+static void ring_fill(const conv_job *j, unsigned char *ring, size_t y0, size_t y1)
+{
+    const size_t cpp = j->C / 32;
+    for (size_t y = y0; y < y1 && y < j->H; y++) {
+        unsigned char *row = ring + (y % j->ring_rows) * j->row_bytes;
+        for (size_t x = 0; x < j->W; x++) {
+            const size_t p = y * j->W + x;
+            unsigned char *t = row + x * cpp * j->cb;
+            if (j->qx)
+                j->ks->tables_q8(j->qx + p * j->C, j->C, t);
+            else
+                bitnn_build_tables(j->x + p * j->C, j->C, (float *)t);
+        }
     }
 }
 
@@ -109,9 +118,7 @@ static void map_pointers(const conv_job *j, size_t p0, size_t p1, const void **t
 static void tile_tables(conv_job *j, size_t p0, size_t p1, void *rows, void *buf, const void **tp)
 {
     const size_t n = p1 - p0;
-    if (j->map) {
-        map_pointers(j, p0, p1, tp);
-    } else if (j->qx) {
+    if (j->qx) {
         im2col(j, j->qx, 1, p0, p1, rows);
         for (size_t p = 0; p < n; p++) {
             unsigned char *t = (unsigned char *)buf + p * j->kc * 256;
@@ -136,7 +143,8 @@ static size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 static size_t slot_bytes(const conv_job *j)
 {
     const size_t es = j->qx ? 1 : sizeof(float);
-    return (j->map ? 0 : round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es)) +
+    return (j->map ? round64(j->ring_rows * j->row_bytes)
+                   : round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es)) +
            (j->tables && !j->map ? round64(j->tile * j->kc * j->cb) : 0) +
            (j->tables ? round64(j->tile * j->kc * sizeof(void *)) : 0) +
            (j->qx ? round64(j->tile * sizeof(float)) : 0);
@@ -157,12 +165,15 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     void *rows = NULL, *buf = NULL;
     const void **tp = NULL;
     float *scale = NULL;
-    if (!j->map) rows = at, at += round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es);
+    unsigned char *ring = NULL;
+    if (j->map) ring = at, at += round64(j->ring_rows * j->row_bytes);
+    else rows = at, at += round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es);
     if (j->tables && !j->map) buf = at, at += round64(j->tile * j->kc * j->cb);
     if (j->tables) tp = (const void **)(void *)at, at += round64(j->tile * j->kc * sizeof *tp);
     if (j->qx) scale = (float *)(void *)at;
 
     for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
+    size_t made = 0; /* the map: input rows below it are in the ring */
     for (size_t t = t0; t < t1; t++) {
         const size_t p0 = t * j->tile, p1 = p0 + j->tile < P ? p0 + j->tile : P;
         float *z = j->z + p0 * j->Cout;
@@ -178,27 +189,23 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
                                j->bias, z, j->Cout);
             continue;
         }
-        tile_tables(j, p0, p1, rows, buf, tp);
+        if (j->map) {
+            /* a tile is one output row i: it reads input rows [lo, hi); the
+             * previous tile of this call (row i - 1) left those below `made` */
+            const size_t i = p0 / j->W, pad = j->f / 2;
+            const size_t lo = i > pad ? i - pad : 0, hi = i + pad + 1 < j->H ? i + pad + 1 : j->H;
+            ring_fill(j, ring, t > t0 && made > lo ? made : lo, hi);
+            made = hi;
+            map_pointers(j, ring, p0, p1, tp);
+        } else {
+            tile_tables(j, p0, p1, rows, buf, tp);
+        }
         if (j->qx)
             j->ks->gemm_q8t(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             scale, j->bias, z, j->Cout);
         else
             j->ks->gemm_f32(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             j->bias, z, j->Cout);
-    }
-}
-
-/* The table map: pixels [r0, r1) of the input, C / 32 chunks each. */
-static void map_rows(void *ctx, size_t r0, size_t r1)
-{
-    conv_job *j = ctx;
-    unsigned char *map = (unsigned char *)j->map;
-    for (size_t p = r0 * j->W; p < r1 * j->W; p++) {
-        unsigned char *t = map + p * (j->C / 32) * j->cb;
-        if (j->qx)
-            j->ks->tables_q8(j->qx + p * j->C, j->C, t);
-        else
-            bitnn_build_tables(j->x + p * j->C, j->C, (float *)t);
     }
 }
 
@@ -489,30 +496,28 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
         j.qx = qx, j.scale = q.amax / 127.0f, j.ld = 64 * bitnn_words_per_row(j.K);
     }
     /* With whole chunks of 32 channels per pixel, the tables are made once per
-     * input pixel and every tap of every position points at them. */
-    bitnn_buf *mb = &cw->map;
+     * input pixel and every tap of every position points at them: a tile is
+     * one output row, and each thread keeps the tables of the f input rows
+     * it reads in a ring (in cache: a whole map of tables is 4 times the
+     * map's floats, and writing it out cost more than making it). */
     const int8_t zero_q[32] = {0};
     const float zero_x[32] = {0};
     unsigned char zero_t[512] __attribute__((aligned(64)));
     if (j.tables && C % 32 == 0) {
-        if (bitnn_buf_reserve(mb, H * W * (C / 32) * j.cb) != BITNN_OK) {
-            bitnn_conv_ws_free(&own);
-            return BITNN_ENOMEM;
-        }
         if (qx)
             ks->tables_q8(zero_q, 32, zero_t);
         else
             bitnn_build_tables(zero_x, 32, (float *)zero_t);
-        j.map = mb->p, j.zero = zero_t;
-        bitnn_parallel_for(pool, H, 1, map_rows, &j);
+        j.map = 1, j.zero = zero_t;
+        j.ring_rows = f, j.row_bytes = W * (C / 32) * j.cb;
     }
     const size_t P = H * W;
-    /* a row's im2col copy, or its tables (16 entries per 4 inputs) */
-    size_t tile = TILE_BYTES / (!j.tables ? j.ld : j.map ? 8 * kc : j.kc * j.cb);
-    if (tile < 16) tile = 16;
-    /* Enough tiles for every thread to get some work on small images. */
     const size_t threads = (size_t)bitnn_pool_size(pool);
-    if (threads > 1 && P / tile < 4 * threads) {
+    /* a row's im2col copy, or its tables (16 entries per 4 inputs) */
+    size_t tile = j.map ? W : TILE_BYTES / (!j.tables ? j.ld : j.kc * j.cb);
+    if (tile < 16 && !j.map) tile = 16;
+    /* Enough tiles for every thread to get some work on small images. */
+    if (!j.map && threads > 1 && P / tile < 4 * threads) {
         size_t t = P / (4 * threads);
         if (t < 4) t = 4;
         if (t < tile) tile = t;

@@ -21,8 +21,8 @@
  *   (bitnn_build_tables). A row has 8 * kc groups in kc chunks of 8 tables
  *   (128 floats); the kernels find chunk c of row m at tp[m * kc + c] (a
  *   void pointer: one array type serves both table kinds), so a
- *   convolution can point every tap of every position at one table map of
- *   its input (conv.c) instead of copying it per position.
+ *   convolution can point every tap of every position at its input pixels'
+ *   tables (conv.c) instead of copying them per position.
  * - tiles: the weight bits regrouped in blocks of 16 output rows:
  *   tiles[(b * kc + c) * 16 + r] is the 32-bit word c (inputs 32c .. 32c+31,
  *   bit i = input 32c+i) of row 16b + r; rows past N are zero
