@@ -72,23 +72,30 @@ static void im2col(const conv_job *j, const void *src, size_t es, size_t p0, siz
     }
 }
 
-/* Chunk pointers of positions [p0, p1) into the ring of table rows: tap
- * (dy, dx) of position (i, jj) reads pixel (i + dy - pad, jj + dx - pad), or
- * the zero tables outside the image; its C / 32 chunks follow each other. */
-static void map_pointers(const conv_job *j, const unsigned char *ring, size_t p0, size_t p1,
-                         const void **tp)
+/* Chunk pointers of the positions of output row i into the ring of table
+ * rows: tap (dy, dx) of position (i, jj) reads pixel (i + dy - pad,
+ * jj + dx - pad), or the zero tables outside the image; its C / 32 chunks
+ * follow each other. */
+static void map_pointers(const conv_job *j, const unsigned char *ring, size_t i, const void **tp)
 {
-    const size_t f = j->f, pad = f / 2, cpp = j->C / 32, pb = cpp * j->cb;
-    for (size_t p = p0; p < p1; p++) {
-        const size_t i = p / j->W, jj = p % j->W;
+    const size_t f = j->f, pad = f / 2, cpp = j->C / 32, pb = cpp * j->cb, W = j->W;
+    const unsigned char *row[BITNN_CONV_MAX_F]; /* f <= BITNN_CONV_MAX_F (bitnn_conv2d_raw) */
+    for (size_t dy = 0; dy < f; dy++) {
+        const size_t y = i + dy; /* pixel row y - pad */
+        row[dy] = y >= pad && y - pad < j->H ? ring + ((y - pad) % j->ring_rows) * j->row_bytes : NULL;
+    }
+    for (size_t jj = 0; jj < W; jj++) {
+        const int inner = jj >= pad && jj + pad < W; /* every column inside the image */
         for (size_t dy = 0; dy < f; dy++) {
-            const size_t y = i + dy; /* pixel row y - pad */
-            const int row_in = y >= pad && y - pad < j->H;
-            const unsigned char *row = row_in ? ring + ((y - pad) % j->ring_rows) * j->row_bytes : NULL;
+            if (row[dy] && inner) {
+                const unsigned char *px = row[dy] + (jj - pad) * pb;
+                for (size_t t = 0; t < f * cpp; t++) *tp++ = px + t * j->cb;
+                continue;
+            }
             for (size_t dx = 0; dx < f; dx++) {
                 const size_t x = jj + dx; /* pixel column x - pad */
-                const int in = row_in && x >= pad && x - pad < j->W;
-                const unsigned char *px = in ? row + (x - pad) * pb : NULL;
+                const int in = row[dy] && x >= pad && x - pad < W;
+                const unsigned char *px = in ? row[dy] + (x - pad) * pb : NULL;
                 for (size_t c = 0; c < cpp; c++) *tp++ = in ? px + c * j->cb : j->zero;
             }
         }
@@ -196,7 +203,7 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
             const size_t lo = i > pad ? i - pad : 0, hi = i + pad + 1 < j->H ? i + pad + 1 : j->H;
             ring_fill(j, ring, t > t0 && made > lo ? made : lo, hi);
             made = hi;
-            map_pointers(j, ring, p0, p1, tp);
+            map_pointers(j, ring, i, tp);
         } else {
             tile_tables(j, p0, p1, rows, buf, tp);
         }
@@ -439,7 +446,8 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                               bitnn_buf *wx, float *zmax)
 {
     if (!x || !w || !w->bits || !z || H == 0 || W == 0 || C == 0 || w->N == 0 || f == 0 ||
-        f % 2 == 0 || w->K != f * f * C || (unsigned)prec >= BITNN_PRECISION_COUNT ||
+        f % 2 == 0 || f > BITNN_CONV_MAX_F || w->K != f * f * C ||
+        (unsigned)prec >= BITNN_PRECISION_COUNT ||
         (prec == BITNN_PRECISION_FP32 && !w->tiles))
         return BITNN_EINVAL;
     if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;

@@ -5,17 +5,22 @@
 #include "bitnn.h"
 #include "kernels.h"
 
+/* The largest kernel size (odd) the convolutions take: the format's limit
+ * (docs/format.md, kernel_size 1 .. 31). */
+#define BITNN_CONV_MAX_F 31
+
 /* A convolution's buffers, kept between calls by the caller (a classifier
- * state): the input's tables (or, on the direct int8 path, the weights as
- * bytes when the caller gives none), the quantized input map (padded on the
- * direct path), and one slot of rows per thread. Allocating them per call costs page faults whenever other
- * work in the process has returned the memory to the system. */
+ * state): on the direct int8 path the weights as bytes when the caller gives
+ * none (map), the quantized input map (padded on the direct path), and one
+ * slot of scratch per thread (im2col rows, tables, or the ring of table rows).
+ * Allocating them per call costs page faults whenever other work in the
+ * process has returned the memory to the system. */
 typedef struct {
     bitnn_buf map, q, rows;
 } bitnn_conv_ws;
 
 /* z (H*W, Cout) = raw binary 'same' convolution of x (H, W, C), stride 1, odd
- * f, weights w of Cout = w->N rows [Cout][f*f*C] ordered (dy, dx, c) (packed
+ * f <= BITNN_CONV_MAX_F, weights w of Cout = w->N rows [Cout][f*f*C] ordered (dy, dx, c) (packed
  * with bitnn_weights_pack for the fp32 mode), plus bias bits
  * (may be NULL). No Normalize. With BITNN_PRECISION_INT8 the input map is
  * quantized with one scale for the image (amax / 127) and the sums are exact
