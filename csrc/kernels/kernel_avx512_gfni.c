@@ -38,47 +38,74 @@
  * groups (16 rows x 4 groups, 256 weights) and vpdpbusd against ones sums
  * each row's 4 bytes into its 32-bit lane; low and high bytes of the biased
  * sums are looked up and summed apart, and recombined at the end. */
-#ifndef PF_DIST
-#endif
+/* The accumulators are named variables (lo<i><r>, hi<i><r>), not arrays: as
+ * in kernel_avx512.c, GCC 12 kept [4][4] arrays on the stack (a quarter of
+ * this kernel's samples in a prefill were stack loads and stores). */
+#define Q8T_EACH_I(X, r) X(0, r) X(1, r) X(2, r) X(3, r)
+#define Q8T_EACH(X) Q8T_EACH_I(X, 0) Q8T_EACH_I(X, 1) Q8T_EACH_I(X, 2) Q8T_EACH_I(X, 3)
+#define Q8T_LIVE(i, r) ((i) < MB && (r) < RB)
+#define Q8T_ZERO(i, r) __m512i lo##i##r = _mm512_setzero_si512(), hi##i##r = lo##i##r;
 ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
                               size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz)
 {
     const __m512i low4 = _mm512_set1_epi8(0x0f), sel = _mm512_set1_epi32(0x30201000);
     const __m512i ones = _mm512_set1_epi8(1);
-    __m512i lo[4][4], hi[4][4];
-    const uint32_t *tb[4];
+    Q8T_EACH(Q8T_ZERO)
+    const uint32_t *tb[4] = {NULL, NULL, NULL, NULL};
     for (int r = 0; r < RB; r++) tb[r] = tiles + (b0 + r) * kc * 16;
-    for (int i = 0; i < MB; i++)
-        for (int r = 0; r < RB; r++) lo[i][r] = hi[i][r] = _mm512_setzero_si512();
     for (size_t c = 0; c < kc; c++) {
-        for (int r = 0; r < RB; r++) {
-            const __m512i v = _mm512_loadu_si512(tb[r] + 16 * c);
-            const __m512i a = _mm512_ternarylogic_epi32(v, low4, sel, 0xEA); /* (v & low4) | sel */
-            const __m512i b = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 4), low4, sel, 0xEA);
-            for (int i = 0; i < MB; i++) {
-                const uint8_t *t = (const uint8_t *)tp[i * kc + c];
-                lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t)), ones);
-                hi[i][r] = _mm512_dpbusd_epi32(hi[i][r], _mm512_permutexvar_epi8(a, _mm512_loadu_si512(t + 64)), ones);
-                lo[i][r] = _mm512_dpbusd_epi32(lo[i][r], _mm512_permutexvar_epi8(b, _mm512_loadu_si512(t + 128)), ones);
-                hi[i][r] = _mm512_dpbusd_epi32(hi[i][r], _mm512_permutexvar_epi8(b, _mm512_loadu_si512(t + 192)), ones);
-            }
+        const uint8_t *t0 = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL;
+        t0 = (const uint8_t *)tp[c];
+        if (MB > 1) t1 = (const uint8_t *)tp[kc + c];
+        if (MB > 2) t2 = (const uint8_t *)tp[2 * kc + c];
+        if (MB > 3) t3 = (const uint8_t *)tp[3 * kc + c];
+        /* block r's indices: a<r> (groups 0, 2, 4, 6) and b<r> (1, 3, 5, 7);
+         * then per input row its 4 tables (loaded once) looked up by every
+         * block: 4 tables + 2 RB indices + 2 MB RB accumulators stay within
+         * the 32 registers (GCC shares a table load between blocks, so
+         * looping over blocks outside the rows kept 16 tables live and
+         * spilled) */
+        __m512i a0 = _mm512_setzero_si512(), b0_ = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+#define Q8T_INDEX(r, br)                                                                           \
+        if ((r) < RB) {                                                                            \
+            const __m512i v = _mm512_loadu_si512(tb[r] + 16 * c);                                  \
+            a##r = _mm512_ternarylogic_epi32(v, low4, sel, 0xEA); /* (v & low4) | sel */           \
+            br = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 4), low4, sel, 0xEA);              \
         }
+        Q8T_INDEX(0, b0_) Q8T_INDEX(1, b1) Q8T_INDEX(2, b2) Q8T_INDEX(3, b3)
+#undef Q8T_INDEX
+#define Q8T_LOOK(i, r, br)                                                                         \
+        if (Q8T_LIVE(i, r)) {                                                                      \
+            lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(a##r, x0), ones);     \
+            hi##i##r = _mm512_dpbusd_epi32(hi##i##r, _mm512_permutexvar_epi8(a##r, x1), ones);     \
+            lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(br, x2), ones);       \
+            hi##i##r = _mm512_dpbusd_epi32(hi##i##r, _mm512_permutexvar_epi8(br, x3), ones);       \
+        }
+#define Q8T_ROW(i)                                                                                 \
+        if ((i) < MB) {                                                                            \
+            const __m512i x0 = _mm512_loadu_si512(t##i), x1 = _mm512_loadu_si512(t##i + 64);      \
+            const __m512i x2 = _mm512_loadu_si512(t##i + 128), x3 = _mm512_loadu_si512(t##i + 192); \
+            Q8T_LOOK(i, 0, b0_) Q8T_LOOK(i, 1, b1) Q8T_LOOK(i, 2, b2) Q8T_LOOK(i, 3, b3)          \
+        }
+        Q8T_ROW(0) Q8T_ROW(1) Q8T_ROW(2) Q8T_ROW(3)
+#undef Q8T_ROW
+#undef Q8T_LOOK
     }
     /* 8 lookups a chunk, each biased by 512 */
     const __m512i unbias = _mm512_set1_epi32((int)(4096 * kc));
-    for (int r = 0; r < RB; r++) {
-        const size_t blk = b0 + r;
-        const __mmask16 bb = _cvtu32_mask16(bias_bits_block(bias, blk, n1));
-        const __mmask16 in = _cvtu32_mask16(rows_in_block(blk, n0, n1));
-        const __m512 bv = _mm512_maskz_mov_ps(bb, _mm512_set1_ps(1.0f));
-        for (int i = 0; i < MB; i++) {
-            const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(lo[i][r], _mm512_slli_epi32(hi[i][r], 8)), unbias);
-            /* bitnn_q8_out: (float)s * scale + bias bit, two roundings */
-            const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale[i])), bv);
-            _mm512_mask_storeu_ps(z + i * ldz + 16 * blk, in, y);
-        }
+#define Q8T_STORE(i, r)                                                                            \
+    if (Q8T_LIVE(i, r)) {                                                                          \
+        const size_t blk = b0 + (r);                                                               \
+        const __m512 bv = _mm512_maskz_mov_ps(_cvtu32_mask16(bias_bits_block(bias, blk, n1)),      \
+                                              _mm512_set1_ps(1.0f));                               \
+        const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(lo##i##r, _mm512_slli_epi32(hi##i##r, 8)), unbias); \
+        /* bitnn_q8_out: (float)s * scale + bias bit, two roundings */                             \
+        const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale[i])), bv); \
+        _mm512_mask_storeu_ps(z + (i) * ldz + 16 * blk, _cvtu32_mask16(rows_in_block(blk, n0, n1)), y); \
     }
+    Q8T_EACH(Q8T_STORE)
+#undef Q8T_STORE
 }
 
 /* The tables of bitnn_build_tables_q8, 32 inputs at a time: vpdpbusd of a
