@@ -42,7 +42,7 @@ ALWAYS_INLINE void tstore(__m512 acc, size_t blk, size_t n0, size_t n1, const ui
 }
 
 ALWAYS_INLINE void run_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
-                              size_t b0, const int RB, const int MB, size_t n0, size_t n1,
+                              size_t nb, size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const uint64_t *bias, float *z, size_t ldz)
 {
     F32_EACH(F32_ZERO)
@@ -59,6 +59,12 @@ ALWAYS_INLINE void run_blocks(const void *const *tp, size_t kc, const uint32_t *
         if (MB > 1) t1 = (const float *)tp[kc + c];
         if (MB > 2) t2 = (const float *)tp[2 * kc + c];
         if (MB > 3) t3 = (const float *)tp[3 * kc + c];
+        if (MB == 1 && b0 + 2 * RB <= nb) {
+            /* one input row (decode): fetch the next group of blocks' tiles
+             * while this one runs (as kernel_avx512_gfni.c) */
+            const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
+            for (int r = 0; r < RB; r++) _mm_prefetch(next + 64 * r, _MM_HINT_T0);
+        }
 #define F32_GROUP(g)                                                                      \
         do {                                                                              \
             const __m512i x0 = _mm512_srli_epi32(i0, 4 * (g)), x1 = _mm512_srli_epi32(i1, 4 * (g)); \
@@ -90,7 +96,7 @@ void bitnn_gemm_f32_avx512(const void *const *tp, size_t M, size_t kc,
 {
     BITNN_COUNT_CALL(BITNN_ISA_AVX512);
 #define F32_BLOCK(m, b, rb, mb) \
-    run_blocks(tp + (m) * kc, kc, tiles, b, rb, mb, n0, n1, bias, z + (m) * ldz, ldz)
+    run_blocks(tp + (m) * kc, kc, tiles, (n1 + 15) / 16, b, rb, mb, n0, n1, bias, z + (m) * ldz, ldz)
     BITNN_TILE_DRIVER(M, kc, n0, n1, 4, 4, F32_BLOCK);
 #undef F32_BLOCK
 }

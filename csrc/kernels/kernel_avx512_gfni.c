@@ -46,7 +46,7 @@
 #define Q8T_LIVE(i, r) ((i) < MB && (r) < RB)
 #define Q8T_ZERO(i, r) __m512i lo##i##r = _mm512_setzero_si512(), hi##i##r = lo##i##r;
 ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
-                              size_t b0, const int RB, const int MB, size_t n0, size_t n1,
+                              size_t nb, size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const float *scale, const uint64_t *bias, float *z, size_t ldz)
 {
     const __m512i low4 = _mm512_set1_epi8(0x0f), sel = _mm512_set1_epi32(0x30201000);
@@ -66,6 +66,15 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
          * the 32 registers (GCC shares a table load between blocks, so
          * looping over blocks outside the rows kept 16 tables live and
          * spilled) */
+        if (MB == 1) {
+            /* one input row (decode): the weights stream from L3 or memory
+             * once, in blocks of RB * kc * 64 bytes (6 KB at K = 768), too
+             * short for the hardware prefetcher to get ahead; fetch the next
+             * group of blocks while this one runs (4 lines per chunk) */
+            const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
+            if (b0 + 2 * RB <= nb)
+                for (int r = 0; r < RB; r++) _mm_prefetch(next + 64 * r, _MM_HINT_T0);
+        }
         __m512i a0 = _mm512_setzero_si512(), b0_ = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
 #define Q8T_INDEX(r, br)                                                                           \
         if ((r) < RB) {                                                                            \
@@ -153,7 +162,8 @@ void bitnn_gemm_q8t_avx512vbmi(const void *const *tp, size_t M, size_t kc,
                                const uint64_t *bias, float *z, size_t ldz)
 {
 #define Q8T_BLOCK(m, b, rb, mb) \
-    q8t_blocks(tp + (m) * kc, kc, tiles, b, rb, mb, n0, n1, scale + (m), bias, z + (m) * ldz, ldz)
+    q8t_blocks(tp + (m) * kc, kc, tiles, (n1 + 15) / 16, b, rb, mb, n0, n1, scale + (m), bias,   \
+               z + (m) * ldz, ldz)
     BITNN_TILE_DRIVER(M, kc, n0, n1, 2, 4, Q8T_BLOCK);
 #undef Q8T_BLOCK
 }
