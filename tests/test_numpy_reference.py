@@ -55,6 +55,9 @@ CLASSIFIERS = [
     (2, 15, 15, [(24, 3, "linear", "chw")], [(70, "relu"), (5, "linear")], 0),
     # 16 * 23 * 48 = 17664 values: 4 whole chunks summed together, then a partial one
     (3, 16, 23, [(48, 3, "gelu", "chw")], [(9, "relu"), (4, "linear")], 0),
+    # 32 input channels (each pixel's tables made once) and fewer rows than the
+    # kernel: every output row reads all 3 input rows of the ring
+    (32, 3, 7, [(16, 5, "relu", "chw"), (32, 3, "relu", "c")], [(6, "linear")], 0),
 ]
 
 

@@ -517,7 +517,10 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
         else
             bitnn_build_tables(zero_x, 32, (float *)zero_t);
         j.map = 1, j.zero = zero_t;
-        j.ring_rows = f, j.row_bytes = W * (C / 32) * j.cb;
+        /* an output row reads at most min(f, H) consecutive input rows:
+         * distinct modulo ring_rows, and a new row only replaces one that
+         * no later output row of this thread reads */
+        j.ring_rows = f < H ? f : H, j.row_bytes = W * (C / 32) * j.cb;
     }
     const size_t P = H * W;
     const size_t threads = (size_t)bitnn_pool_size(pool);
