@@ -190,6 +190,21 @@ MUTANTS = [
     m("direct-conv-drops-last-kernel-row", "csrc/kernels/kernel_avx512_vnni.c",
       "for (size_t dy = 0; dy < f; dy++) {", "for (size_t dy = 0; dy + 1 < f; dy++) {",
       [NUMREF], "the direct int8 convolution skips the last row of taps (AVX-512 VNNI only)"),
+    m("conv-ring-stale-rows", "csrc/graph/conv.c",
+      "ring_fill(j, ring, t > t0 && made > lo ? made : lo, hi);",
+      "ring_fill(j, ring, t > t0 ? hi : lo, hi);",
+      [NUMREF], "a thread's convolution tiles after its first keep reading the input rows' "
+      "tables of that first tile (the ring never gets its new rows)"),
+    m("f32-tables-store-one-block", "csrc/kernels/kernel_avx512.c",
+      "if (F32_LIVE(i, r)) tstore(a##i##r, b0 + (r), n0, n1, bias, z + (i) * ldz);",
+      "if (F32_LIVE(i, r)) tstore(a##i##r, b0, n0, n1, bias, z + (i) * ldz);",
+      [NUMREF, CORE], "the AVX-512 fp32 table kernel stores every block's sums into the "
+      "first block's rows"),
+    m("q8t-high-groups-use-low-index", "csrc/kernels/kernel_avx512_gfni.c",
+      "lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(br, x2), ones);",
+      "lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(a##r, x2), ones);",
+      [INT8, NUMREF], "the VBMI int8 table kernel looks up groups 1, 3, 5, 7 of the low "
+      "bytes with the even groups' indices"),
     m("avgpool-divisor", "csrc/graph/conv.c",
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),
