@@ -205,6 +205,10 @@ MUTANTS = [
       "lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(a##r, x2), ones);",
       [INT8, NUMREF], "the VBMI int8 table kernel looks up groups 1, 3, 5, 7 of the low "
       "bytes with the even groups' indices"),
+    m("gemm-many-first-bias", "csrc/kernels/ops.c",
+      "g.j[i].bias = biases[i], g.j[i].z = zs[i], g.j[i].ldz = ldzs[i];",
+      "g.j[i].bias = biases[0], g.j[i].z = zs[i], g.j[i].ldz = ldzs[i];",
+      [LM], "the decoder's shared query/key/value GEMM adds the query's bias bits to all three"),
     m("avgpool-divisor", "csrc/graph/conv.c",
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),

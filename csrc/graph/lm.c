@@ -641,9 +641,18 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
 
     for (size_t b = 0; b < m->blocks; b++) {
         const bitnn_lm_block *B = &m->block[b];
-        if ((st = lin(m, s->ws, &B->q, s->x, n, s->q, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, s->ws, &B->k, s->x, n, s->t, BITNN_ACT_LINEAR, isa, pool)) ||
-            (st = lin(m, s->ws, &B->v, s->x, n, s->att, BITNN_ACT_LINEAR, isa, pool)))
+        /* query, key and value from the same rows: one GEMM call (the rows'
+         * int8 copy or tables made once, one parallel loop), then each
+         * projection's Normalize */
+        const bitnn_weights *qkv_w[3] = {&B->q.w, &B->k.w, &B->v.w};
+        const uint64_t *qkv_b[3] = {B->q.b, B->k.b, B->v.b};
+        float *const qkv_z[3] = {s->q, s->t, s->att};
+        const size_t qkv_ld[3] = {D, D, D};
+        if ((st = bitnn_binary_gemm_many_w(s->x, D, n, 3, qkv_w, qkv_b, qkv_z, qkv_ld,
+                                           m->precision, isa, pool, s->ws)) ||
+            (st = bitnn_normalize_act(s->q, D, n, D, eps, BITNN_ACT_LINEAR, pool)) ||
+            (st = bitnn_normalize_act(s->t, D, n, D, eps, BITNN_ACT_LINEAR, pool)) ||
+            (st = bitnn_normalize_act(s->att, D, n, D, eps, BITNN_ACT_LINEAR, pool)))
             return st;
         cache_append(m, s, b, s->t, s->att, n, p0);
         const int q8 = m->precision == BITNN_PRECISION_INT8;

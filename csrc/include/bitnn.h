@@ -176,6 +176,19 @@ bitnn_status bitnn_linear_w(const float *x, size_t ldx, size_t M, const bitnn_we
                             const uint64_t *bias, float eps, bitnn_act act, float *y, size_t ldy,
                             bitnn_precision prec, int isa, bitnn_pool *pool, bitnn_gemm_ws *ws);
 
+/* Up to BITNN_GEMM_MANY_MAX binary GEMMs of the same input rows (the same K):
+ * z_i = x W_i^T + b_i for each i, with the input's int8 rows or tables made
+ * once and the outputs of all of them shared out between threads in one
+ * parallel loop (a decoder block's query, key and value projections). Each
+ * z_i equals bitnn_binary_gemm_w's. The weights must be packed
+ * (bitnn_weights_pack) where the mode's kernel reads tiles. */
+#define BITNN_GEMM_MANY_MAX 4
+bitnn_status bitnn_binary_gemm_many_w(const float *x, size_t ldx, size_t M, size_t count,
+                                      const bitnn_weights *const *wts,
+                                      const uint64_t *const *biases, float *const *zs,
+                                      const size_t *ldzs, bitnn_precision prec, int isa,
+                                      bitnn_pool *pool, bitnn_gemm_ws *ws);
+
 /* Normalize each row of z (M rows of N values, leading dimension ldz) in
  * place, then apply act: y = act((z - mean) / sqrt(var + eps)). eps > 0. */
 bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N,

@@ -346,6 +346,68 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
     return s;
 }
 
+/* Several GEMMs of the same rows x in one parallel loop: the outputs of all of
+ * them in one index space (matrix i's rows at off[i], rounded up to whole
+ * blocks of 16 so that no block is split between matrices). */
+typedef struct {
+    gemm_job j[BITNN_GEMM_MANY_MAX];
+    size_t off[BITNN_GEMM_MANY_MAX + 1], n;
+} gemm_many_job;
+
+static void gemm_many_rows(void *ctx, size_t a, size_t b)
+{
+    const gemm_many_job *g = ctx;
+    for (size_t i = 0; i < g->n; i++) {
+        const size_t lo = a > g->off[i] ? a : g->off[i], hi = b < g->off[i + 1] ? b : g->off[i + 1];
+        if (lo >= hi) continue;
+        const size_t n0 = lo - g->off[i], n1 = hi - g->off[i] < g->j[i].N ? hi - g->off[i] : g->j[i].N;
+        if (n0 < n1) gemm_block(&g->j[i], 0, g->j[i].M, n0, n1);
+    }
+}
+
+bitnn_status bitnn_binary_gemm_many_w(const float *x, size_t ldx, size_t M, size_t count,
+                                      const bitnn_weights *const *wts,
+                                      const uint64_t *const *biases, float *const *zs,
+                                      const size_t *ldzs, bitnn_precision prec, int isa,
+                                      bitnn_pool *pool, bitnn_gemm_ws *ws)
+{
+    if (!wts || !biases || !zs || !ldzs || count == 0 || count > BITNN_GEMM_MANY_MAX ||
+        (unsigned)prec >= BITNN_PRECISION_COUNT)
+        return BITNN_EINVAL;
+    if (!bitnn_isa_supported(isa)) return BITNN_EUNSUPPORTED;
+    const bitnn_kernel_set *ks = bitnn_kernels_for(isa);
+    const int tiled = prec == BITNN_PRECISION_FP32 || ks->gemm_q8t;
+    for (size_t i = 0; i < count; i++) {
+        const bitnn_weights *wt = wts[i];
+        if (!wt || !wt->bits || !zs[i] || wt->N == 0 || wt->K == 0 || wt->K != wts[0]->K ||
+            ldx < wt->K || ldzs[i] < wt->N || (tiled && !wt->tiles))
+            return BITNN_EINVAL;
+    }
+    if (M == 0) return BITNN_OK;
+    if (!x) return BITNN_EINVAL;
+    const size_t K = wts[0]->K;
+    gemm_many_job g = {.n = count};
+    gemm_job j = {x, ldx, M, K, wts[0]->bits, bitnn_words_per_row(K), wts[0]->N, biases[0],
+                  zs[0], ldzs[0]};
+    j.kc = bitnn_tile_chunks(K);
+    j.tiles = wts[0]->tiles;
+    bitnn_gemm_ws own = {{0}};
+    bitnn_status s = gemm_operands(&j, ks, prec, ws ? ws : &own, pool);
+    if (s == BITNN_OK) {
+        g.off[0] = 0;
+        for (size_t i = 0; i < count; i++) {
+            g.j[i] = j; /* the shared operands: int8 rows, scales, tables */
+            g.j[i].w = wts[i]->bits, g.j[i].N = wts[i]->N, g.j[i].tiles = wts[i]->tiles;
+            g.j[i].bias = biases[i], g.j[i].z = zs[i], g.j[i].ldz = ldzs[i];
+            g.off[i + 1] = g.off[i] + (wts[i]->N + 15) / 16 * 16;
+        }
+        bitnn_parallel_for(pool, g.off[count], 16, gemm_many_rows, &g);
+    }
+    bitnn_buf_free(&own.q), bitnn_buf_free(&own.scale), bitnn_buf_free(&own.tab);
+    bitnn_buf_free(&own.tp);
+    return s;
+}
+
 bitnn_status bitnn_binary_gemm(const float *x, size_t ldx, size_t M, size_t K,
                                const uint64_t *w, size_t N, const uint64_t *bias,
                                float *z, size_t ldz, bitnn_precision prec, int isa,
