@@ -71,9 +71,10 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
              * once, in blocks of RB * kc * 64 bytes (6 KB at K = 768), too
              * short for the hardware prefetcher to get ahead; fetch the next
              * group of blocks while this one runs (4 lines per chunk) */
-            const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
-            if (b0 + 2 * RB <= nb)
+            if (b0 + 2 * RB <= nb) { /* the next group exists: its address is inside the tiles */
+                const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
                 for (int r = 0; r < RB; r++) _mm_prefetch(next + 64 * r, _MM_HINT_T0);
+            }
         }
         __m512i a0 = _mm512_setzero_si512(), b0_ = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
 #define Q8T_INDEX(r, br)                                                                           \
