@@ -196,8 +196,8 @@ MUTANTS = [
       [NUMREF], "a thread's convolution tiles after its first keep reading the input rows' "
       "tables of that first tile (the ring never gets its new rows)"),
     m("f32-tables-store-one-block", "csrc/kernels/kernel_avx512.c",
-      "if (F32_LIVE(i, r)) tstore(a##i##r, b0 + (r), n0, n1, bias, z + (i) * ldz);",
-      "if (F32_LIVE(i, r)) tstore(a##i##r, b0, n0, n1, bias, z + (i) * ldz);",
+      "if (BITNN_LIVE(i, r)) tstore(a##i##r, b0 + (r), n0, n1, bias, z + (i) * ldz);",
+      "if (BITNN_LIVE(i, r)) tstore(a##i##r, b0, n0, n1, bias, z + (i) * ldz);",
       [NUMREF, CORE], "the AVX-512 fp32 table kernel stores every block's sums into the "
       "first block's rows"),
     m("q8t-high-groups-use-low-index", "csrc/kernels/kernel_avx512_gfni.c",

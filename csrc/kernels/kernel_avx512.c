@@ -17,19 +17,13 @@
 
 
 /* MB input rows (row i's chunk c at tp[i * kc + c]) x RB blocks of 16 output
- * rows from block b0 (MB, RB <= 4): accumulator a<i><r> lane l = row
- * 16 (b0 + r) + l. The 4-bit indices of 8 groups sit in one 32-bit lane; a
- * shift brings group g down and vpermps reads the 16 rows' entries of group
- * g's table (a memory operand) at once. The accumulators are named variables,
- * not an array: GCC 12 kept a [4][4] array on the stack and issued the 8
- * groups' permutes before their adds, spilling their results (a third of the
- * kernel's samples were stack loads and stores). */
-#define F32_EACH_I(X, r) X(0, r) X(1, r) X(2, r) X(3, r)
-#define F32_EACH(X) F32_EACH_I(X, 0) F32_EACH_I(X, 1) F32_EACH_I(X, 2) F32_EACH_I(X, 3)
-#define F32_LIVE(i, r) ((i) < MB && (r) < RB)
+ * rows from block b0 (MB, RB <= 4): accumulator a<i><r> (BITNN_EACH,
+ * kernel_common.h) lane l = row 16 (b0 + r) + l. The 4-bit indices of 8
+ * groups sit in one 32-bit lane; a shift brings group g down and vpermps reads
+ * the 16 rows' entries of group g's table (a memory operand) at once. */
 #define F32_ZERO(i, r) __m512 a##i##r = _mm512_setzero_ps();
 #define F32_STORE(i, r) \
-    if (F32_LIVE(i, r)) tstore(a##i##r, b0 + (r), n0, n1, bias, z + (i) * ldz);
+    if (BITNN_LIVE(i, r)) tstore(a##i##r, b0 + (r), n0, n1, bias, z + (i) * ldz);
 
 /* z rows [n0, n1) of block blk for input row i: acc + bias bit (+0.0 or
  * +1.0; acc is never -0.0, so adding +0.0 is the reference's add). */
@@ -45,34 +39,28 @@ ALWAYS_INLINE void run_blocks(const void *const *tp, size_t kc, const uint32_t *
                               size_t nb, size_t b0, const int RB, const int MB, size_t n0, size_t n1,
                               const uint64_t *bias, float *z, size_t ldz)
 {
-    F32_EACH(F32_ZERO)
+    BITNN_EACH(F32_ZERO)
     const uint32_t *tb[4] = {NULL, NULL, NULL, NULL};
     for (int r = 0; r < RB; r++) tb[r] = tiles + (b0 + r) * kc * 16;
     for (size_t c = 0; c < kc; c++) {
-        __m512i i0 = _mm512_setzero_si512(), i1 = i0, i2 = i0, i3 = i0;
-        const float *t0 = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL;
-        i0 = _mm512_loadu_si512(tb[0] + 16 * c);
-        if (RB > 1) i1 = _mm512_loadu_si512(tb[1] + 16 * c);
-        if (RB > 2) i2 = _mm512_loadu_si512(tb[2] + 16 * c);
-        if (RB > 3) i3 = _mm512_loadu_si512(tb[3] + 16 * c);
-        t0 = (const float *)tp[c];
-        if (MB > 1) t1 = (const float *)tp[kc + c];
-        if (MB > 2) t2 = (const float *)tp[2 * kc + c];
-        if (MB > 3) t3 = (const float *)tp[3 * kc + c];
-        if (MB == 1 && b0 + 2 * RB <= nb) {
-            /* one input row (decode): fetch the next group of blocks' tiles
-             * while this one runs (as kernel_avx512_gfni.c) */
-            const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
-            for (int r = 0; r < RB; r++) _mm_prefetch(next + 64 * r, _MM_HINT_T0);
-        }
+        const __m512i zero = _mm512_setzero_si512();
+        const __m512i i0 = _mm512_loadu_si512(tb[0] + 16 * c);
+        const __m512i i1 = RB > 1 ? _mm512_loadu_si512(tb[1] + 16 * c) : zero;
+        const __m512i i2 = RB > 2 ? _mm512_loadu_si512(tb[2] + 16 * c) : zero;
+        const __m512i i3 = RB > 3 ? _mm512_loadu_si512(tb[3] + 16 * c) : zero;
+        const float *t0 = (const float *)tp[c];
+        const float *t1 = MB > 1 ? (const float *)tp[kc + c] : NULL;
+        const float *t2 = MB > 2 ? (const float *)tp[2 * kc + c] : NULL;
+        const float *t3 = MB > 3 ? (const float *)tp[3 * kc + c] : NULL;
+        if (MB == 1) prefetch_next_blocks(tiles, kc, nb, b0, RB, c);
 #define F32_GROUP(g)                                                                      \
         do {                                                                              \
             const __m512i x0 = _mm512_srli_epi32(i0, 4 * (g)), x1 = _mm512_srli_epi32(i1, 4 * (g)); \
             const __m512i x2 = _mm512_srli_epi32(i2, 4 * (g)), x3 = _mm512_srli_epi32(i3, 4 * (g)); \
-            F32_EACH(F32_ADD)                                                             \
+            BITNN_EACH(F32_ADD)                                                           \
         } while (0)
 #define F32_ADD(i, r) \
-        if (F32_LIVE(i, r)) \
+        if (BITNN_LIVE(i, r)) \
             a##i##r = _mm512_add_ps(a##i##r, _mm512_permutexvar_ps(x##r, _mm512_loadu_ps(t##i + 16 * (g))));
         if (MB > 1) {
             /* 4 input rows: one group per iteration (unrolled, GCC 12
@@ -86,7 +74,7 @@ ALWAYS_INLINE void run_blocks(const void *const *tp, size_t kc, const uint32_t *
 #undef F32_ADD
 #undef F32_GROUP
     }
-    F32_EACH(F32_STORE)
+    BITNN_EACH(F32_STORE)
 }
 
 /* The blocks [b0, b1) for MB input rows: RB blocks at a time, then the rest. */

@@ -38,12 +38,8 @@
  * groups (16 rows x 4 groups, 256 weights) and vpdpbusd against ones sums
  * each row's 4 bytes into its 32-bit lane; low and high bytes of the biased
  * sums are looked up and summed apart, and recombined at the end. */
-/* The accumulators are named variables (lo<i><r>, hi<i><r>), not arrays: as
- * in kernel_avx512.c, GCC 12 kept [4][4] arrays on the stack (a quarter of
- * this kernel's samples in a prefill were stack loads and stores). */
-#define Q8T_EACH_I(X, r) X(0, r) X(1, r) X(2, r) X(3, r)
-#define Q8T_EACH(X) Q8T_EACH_I(X, 0) Q8T_EACH_I(X, 1) Q8T_EACH_I(X, 2) Q8T_EACH_I(X, 3)
-#define Q8T_LIVE(i, r) ((i) < MB && (r) < RB)
+/* The accumulators lo<i><r> and hi<i><r>: named variables (BITNN_EACH,
+ * kernel_common.h). */
 #define Q8T_ZERO(i, r) __m512i lo##i##r = _mm512_setzero_si512(), hi##i##r = lo##i##r;
 ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *tiles,
                               size_t nb, size_t b0, const int RB, const int MB, size_t n0, size_t n1,
@@ -51,31 +47,21 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
 {
     const __m512i low4 = _mm512_set1_epi8(0x0f), sel = _mm512_set1_epi32(0x30201000);
     const __m512i ones = _mm512_set1_epi8(1);
-    Q8T_EACH(Q8T_ZERO)
+    BITNN_EACH(Q8T_ZERO)
     const uint32_t *tb[4] = {NULL, NULL, NULL, NULL};
     for (int r = 0; r < RB; r++) tb[r] = tiles + (b0 + r) * kc * 16;
     for (size_t c = 0; c < kc; c++) {
-        const uint8_t *t0 = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL;
-        t0 = (const uint8_t *)tp[c];
-        if (MB > 1) t1 = (const uint8_t *)tp[kc + c];
-        if (MB > 2) t2 = (const uint8_t *)tp[2 * kc + c];
-        if (MB > 3) t3 = (const uint8_t *)tp[3 * kc + c];
+        const uint8_t *t0 = (const uint8_t *)tp[c];
+        const uint8_t *t1 = MB > 1 ? (const uint8_t *)tp[kc + c] : NULL;
+        const uint8_t *t2 = MB > 2 ? (const uint8_t *)tp[2 * kc + c] : NULL;
+        const uint8_t *t3 = MB > 3 ? (const uint8_t *)tp[3 * kc + c] : NULL;
         /* block r's indices: a<r> (groups 0, 2, 4, 6) and b<r> (1, 3, 5, 7);
          * then per input row its 4 tables (loaded once) looked up by every
          * block: 4 tables + 2 RB indices + 2 MB RB accumulators stay within
          * the 32 registers (GCC shares a table load between blocks, so
          * looping over blocks outside the rows kept 16 tables live and
          * spilled) */
-        if (MB == 1) {
-            /* one input row (decode): the weights stream from L3 or memory
-             * once, in blocks of RB * kc * 64 bytes (6 KB at K = 768), too
-             * short for the hardware prefetcher to get ahead; fetch the next
-             * group of blocks while this one runs (4 lines per chunk) */
-            if (b0 + 2 * RB <= nb) { /* the next group exists: its address is inside the tiles */
-                const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * RB * c;
-                for (int r = 0; r < RB; r++) _mm_prefetch(next + 64 * r, _MM_HINT_T0);
-            }
-        }
+        if (MB == 1) prefetch_next_blocks(tiles, kc, nb, b0, RB, c);
         __m512i a0 = _mm512_setzero_si512(), b0_ = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
 #define Q8T_INDEX(r, br)                                                                           \
         if ((r) < RB) {                                                                            \
@@ -86,7 +72,7 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
         Q8T_INDEX(0, b0_) Q8T_INDEX(1, b1) Q8T_INDEX(2, b2) Q8T_INDEX(3, b3)
 #undef Q8T_INDEX
 #define Q8T_LOOK(i, r, br)                                                                         \
-        if (Q8T_LIVE(i, r)) {                                                                      \
+        if (BITNN_LIVE(i, r)) {                                                                      \
             lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(a##r, x0), ones);     \
             hi##i##r = _mm512_dpbusd_epi32(hi##i##r, _mm512_permutexvar_epi8(a##r, x1), ones);     \
             lo##i##r = _mm512_dpbusd_epi32(lo##i##r, _mm512_permutexvar_epi8(br, x2), ones);       \
@@ -105,7 +91,7 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
     /* 8 lookups a chunk, each biased by 512 */
     const __m512i unbias = _mm512_set1_epi32((int)(4096 * kc));
 #define Q8T_STORE(i, r)                                                                            \
-    if (Q8T_LIVE(i, r)) {                                                                          \
+    if (BITNN_LIVE(i, r)) {                                                                          \
         const size_t blk = b0 + (r);                                                               \
         const __m512 bv = _mm512_maskz_mov_ps(_cvtu32_mask16(bias_bits_block(bias, blk, n1)),      \
                                               _mm512_set1_ps(1.0f));                               \
@@ -114,7 +100,7 @@ ALWAYS_INLINE void q8t_blocks(const void *const *tp, size_t kc, const uint32_t *
         const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale[i])), bv); \
         _mm512_mask_storeu_ps(z + (i) * ldz + 16 * blk, _cvtu32_mask16(rows_in_block(blk, n0, n1)), y); \
     }
-    Q8T_EACH(Q8T_STORE)
+    BITNN_EACH(Q8T_STORE)
 #undef Q8T_STORE
 }
 

@@ -47,6 +47,27 @@
         }                                                                            \
     } while (0)
 
+/* The accumulators of a table kernel's block of MB <= 4 input rows x RB <= 4
+ * blocks of 16 output rows are named variables (a<i><r>), not an array: GCC 12
+ * kept [4][4] arrays of vectors on the stack. X(i, r) for every pair; the
+ * pairs outside MB x RB are dead code (BITNN_LIVE). */
+#define BITNN_EACH_I(X, r) X(0, r) X(1, r) X(2, r) X(3, r)
+#define BITNN_EACH(X) BITNN_EACH_I(X, 0) BITNN_EACH_I(X, 1) BITNN_EACH_I(X, 2) BITNN_EACH_I(X, 3)
+#define BITNN_LIVE(i, r) ((i) < MB && (r) < RB)
+
+/* One input row (decode) streams the tiles from L3 or memory once, RB blocks
+ * of 16 rows at a time (RB * kc * 64 bytes: 6 KB at K = 768), too short for
+ * the hardware prefetcher to get ahead: while chunk c of blocks [b0, b0 + RB)
+ * runs, fetch chunk c of the next RB blocks (RB lines), if they exist (nb
+ * blocks in all). */
+ALWAYS_INLINE void prefetch_next_blocks(const uint32_t *tiles, size_t kc, size_t nb, size_t b0,
+                                        int RB, size_t c)
+{
+    if (b0 + 2 * (size_t)RB > nb) return;
+    const char *next = (const char *)(tiles + (b0 + RB) * kc * 16) + 64 * (size_t)RB * c;
+    for (int r = 0; r < RB; r++) __builtin_prefetch(next + 64 * r, 0, 3);
+}
+
 /* The 16 weight bits of chunk c (elements 16c .. 16c+15) of a packed row. */
 ALWAYS_INLINE uint16_t chunk16(const uint64_t *row, size_t c)
 {
