@@ -263,11 +263,17 @@ struct bitnn_gemm_ws {
 
 bitnn_gemm_ws *bitnn_gemm_ws_new(void) { return calloc(1, sizeof(bitnn_gemm_ws)); }
 
+/* The buffers of a workspace (a call's own, or one being freed). */
+static void gemm_ws_release(bitnn_gemm_ws *ws)
+{
+    bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->scale), bitnn_buf_free(&ws->tab);
+    bitnn_buf_free(&ws->tp);
+}
+
 void bitnn_gemm_ws_free(bitnn_gemm_ws *ws)
 {
     if (!ws) return;
-    bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->scale), bitnn_buf_free(&ws->tab);
-    bitnn_buf_free(&ws->tp);
+    gemm_ws_release(ws);
     free(ws);
 }
 
@@ -340,8 +346,7 @@ bitnn_status bitnn_binary_gemm_w(const float *x, size_t ldx, size_t M, const bit
         else
             bitnn_parallel_for(pool, N, 16, gemm_rows_n, &j);
     }
-    bitnn_buf_free(&own.q), bitnn_buf_free(&own.scale), bitnn_buf_free(&own.tab);
-    bitnn_buf_free(&own.tp);
+    gemm_ws_release(&own);
     if (!wt->tiles) bitnn_weights_release(&tmp);
     return s;
 }
@@ -403,8 +408,7 @@ bitnn_status bitnn_binary_gemm_many_w(const float *x, size_t ldx, size_t M, size
         }
         bitnn_parallel_for(pool, g.off[count], 16, gemm_many_rows, &g);
     }
-    bitnn_buf_free(&own.q), bitnn_buf_free(&own.scale), bitnn_buf_free(&own.tab);
-    bitnn_buf_free(&own.tp);
+    gemm_ws_release(&own);
     return s;
 }
 
