@@ -78,7 +78,7 @@ cdef extern from "kernels.h" nogil:
 
 cdef extern from "conv.h" nogil:
     ctypedef struct bitnn_conv_ws:
-        bitnn_buf map, q, rows
+        bitnn_buf wx, q, rows
     void bitnn_conv_ws_free(bitnn_conv_ws *ws)
     bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
                                   const bitnn_weights *w, size_t f, const uint64_t *bias,

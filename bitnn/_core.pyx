@@ -384,8 +384,8 @@ def _conv2d_raw(x, weight, bias, int f, precision="fp32", threads=None, kernel=N
     cdef const float[:, :, ::1] xv = xa
     cdef bitnn_conv_ws ws
     cdef bitnn_buf wx
-    ws.map.p = ws.q.p = ws.rows.p = wx.p = NULL
-    ws.map.size = ws.q.size = ws.rows.size = wx.size = 0
+    ws.wx.p = ws.q.p = ws.rows.p = wx.p = NULL
+    ws.wx.size = ws.q.size = ws.rows.size = wx.size = 0
     cdef float zmax = 0
     cdef bitnn_status s
     with nogil:

@@ -102,43 +102,48 @@ static void map_pointers(const conv_job *j, const unsigned char *ring, size_t i,
     }
 }
 
+/* The tables of K inputs at src (int8 values with qx, else floats) into t:
+ * K / 32 chunks of cb bytes. */
+static void make_tables(const conv_job *j, const void *src, size_t K, unsigned char *t)
+{
+    if (j->qx)
+        j->ks->tables_q8(src, K, t);
+    else
+        bitnn_build_tables(src, K, (float *)t);
+}
+
+/* The table kernels' input map (the int8 copy, or the floats) and its bytes
+ * per value. */
+static const unsigned char *input_map(const conv_job *j, size_t *es)
+{
+    *es = j->qx ? 1 : sizeof(float);
+    return j->qx ? (const unsigned char *)j->qx : (const unsigned char *)j->x;
+}
+
 /* Input rows [y0, y1) (those inside the image) into the ring: each pixel's
  * tables, C / 32 chunks of cb bytes. */
 static void ring_fill(const conv_job *j, unsigned char *ring, size_t y0, size_t y1)
 {
-    const size_t cpp = j->C / 32;
+    size_t es;
+    const unsigned char *src = input_map(j, &es);
     for (size_t y = y0; y < y1 && y < j->H; y++) {
         unsigned char *row = ring + (y % j->ring_rows) * j->row_bytes;
-        for (size_t x = 0; x < j->W; x++) {
-            const size_t p = y * j->W + x;
-            unsigned char *t = row + x * cpp * j->cb;
-            if (j->qx)
-                j->ks->tables_q8(j->qx + p * j->C, j->C, t);
-            else
-                bitnn_build_tables(j->x + p * j->C, j->C, (float *)t);
-        }
+        for (size_t x = 0; x < j->W; x++)
+            make_tables(j, src + (y * j->W + x) * j->C * es, j->C, row + x * (j->C / 32) * j->cb);
     }
 }
 
-/* The table kernels on positions [p0, p1): chunk pointers into the map, or
- * im2col rows turned into tables in buf (a tile's worth). */
+/* The table kernels on positions [p0, p1) of an input without whole chunks of
+ * 32 channels: im2col rows turned into tables in buf (a tile's worth). */
 static void tile_tables(conv_job *j, size_t p0, size_t p1, void *rows, void *buf, const void **tp)
 {
-    const size_t n = p1 - p0;
-    if (j->qx) {
-        im2col(j, j->qx, 1, p0, p1, rows);
-        for (size_t p = 0; p < n; p++) {
-            unsigned char *t = (unsigned char *)buf + p * j->kc * 256;
-            j->ks->tables_q8((const int8_t *)rows + p * j->ld, j->K, t);
-            for (size_t c = 0; c < j->kc; c++) tp[p * j->kc + c] = t + 256 * c;
-        }
-    } else {
-        im2col(j, j->x, sizeof(float), p0, p1, rows);
-        for (size_t p = 0; p < n; p++) {
-            float *t = (float *)buf + p * j->kc * 128;
-            bitnn_build_tables((const float *)rows + p * j->ld, j->K, t);
-            for (size_t c = 0; c < j->kc; c++) tp[p * j->kc + c] = t + 128 * c;
-        }
+    size_t es;
+    const unsigned char *src = input_map(j, &es);
+    im2col(j, src, es, p0, p1, rows);
+    for (size_t p = 0; p < p1 - p0; p++) {
+        unsigned char *t = (unsigned char *)buf + p * j->kc * j->cb;
+        make_tables(j, (const unsigned char *)rows + p * j->ld * es, j->K, t);
+        for (size_t c = 0; c < j->kc; c++) tp[p * j->kc + c] = t + j->cb * c;
     }
 }
 
@@ -346,11 +351,11 @@ static void direct_rows(void *ctx, size_t y0, size_t y1)
 }
 
 /* The direct kernel on the padded map in ws->q; the weights as bytes are the
- * caller's (made on their first use) or this call's (in ws->map). */
+ * caller's (made on their first use) or this call's (in ws->wx). */
 static bitnn_status direct_run(direct_job *d, const bitnn_weights *w, bitnn_pool *pool,
                                bitnn_conv_ws *ws, bitnn_buf *wx, float *zmax)
 {
-    bitnn_buf *wb = wx ? wx : &ws->map;
+    bitnn_buf *wb = wx ? wx : &ws->wx;
     if (!wx || !wx->p) {
         if (bitnn_buf_reserve(wb, bitnn_conv_q8_bytes(d->N, d->f, d->C)) != BITNN_OK)
             return BITNN_ENOMEM;
@@ -551,7 +556,7 @@ bitnn_status bitnn_conv2d_raw(const float *x, size_t H, size_t W, size_t C,
 void bitnn_conv_ws_free(bitnn_conv_ws *ws)
 {
     if (!ws) return;
-    bitnn_buf_free(&ws->map), bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->rows);
+    bitnn_buf_free(&ws->wx), bitnn_buf_free(&ws->q), bitnn_buf_free(&ws->rows);
 }
 
 typedef struct {

@@ -11,12 +11,12 @@
 
 /* A convolution's buffers, kept between calls by the caller (a classifier
  * state): on the direct int8 path the weights as bytes when the caller gives
- * none (map), the quantized input map (padded on the direct path), and one
+ * none (wx), the quantized input map (padded on the direct path), and one
  * slot of scratch per thread (im2col rows, tables, or the ring of table rows).
  * Allocating them per call costs page faults whenever other work in the
  * process has returned the memory to the system. */
 typedef struct {
-    bitnn_buf map, q, rows;
+    bitnn_buf wx, q, rows;
 } bitnn_conv_ws;
 
 /* z (H*W, Cout) = raw binary 'same' convolution of x (H, W, C), stride 1, odd
