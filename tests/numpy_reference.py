@@ -279,23 +279,27 @@ def _dot8(q, k):
 
 def attention(q, k, v, heads, precision="fp32"):
     """Causal attention of rows q (T, D) over k, v (T, D); head h is columns h*hd...
-    In int8 mode every (position, head) key and value is quantized (quantize_rows): a
-    key's dot product is taken with its int8 values and multiplied by its scale, and
-    each softmax weight is multiplied by its value's scale (packing.md)."""
+    In int8 mode every (position, head) query, key and value is quantized
+    (quantize_rows): a score is the exact integer dot of the query's and the key's int8
+    values, as f32, times the key's scale (f32), then times the query's scale and
+    1 / sqrt(hd) (their product in f64); each softmax weight is multiplied by its value's
+    scale (packing.md)."""
     T, D = q.shape
     hd = D // heads
     scale = 1.0 / math.sqrt(hd)
     qh, kh, vh = (a.reshape(T, heads, hd) for a in (q, k, v))
     if precision == "int8":
+        qq, qs = quantize_rows(qh)
         kq, ks = quantize_rows(kh)
         vq, vs = quantize_rows(vh)
-        kh, vh = kq.astype(F32), vq.astype(F32)
+        vh = vq.astype(F32)
     out = np.empty((T, heads, hd), F32)
     for r in range(T):
-        d = _dot8(qh[r][None], kh[:r + 1])  # (r+1, heads)
-        if precision == "int8":
-            d = (d * ks[:r + 1]).astype(F32)
-        s = (d.astype(F64) * scale).astype(F32)
+        if precision == "int8":  # (r+1, heads)
+            d = ((qq[r][None] * kq[:r + 1]).sum(axis=-1).astype(F32) * ks[:r + 1]).astype(F32)
+            s = (d.astype(F64) * (qs[r].astype(F64) * scale)).astype(F32)
+        else:
+            s = (_dot8(qh[r][None], kh[:r + 1]).astype(F64) * scale).astype(F32)
         e = exp32(np.maximum(s - s.max(axis=0), F32(-87.0)))
         inv = (1.0 / _sum8(e.astype(F64))).astype(F32)
         w = e * inv

@@ -209,6 +209,16 @@ MUTANTS = [
       "g.j[i].bias = biases[i], g.j[i].z = zs[i], g.j[i].ldz = ldzs[i];",
       "g.j[i].bias = biases[0], g.j[i].z = zs[i], g.j[i].ldz = ldzs[i];",
       [LM], "the decoder's shared query/key/value GEMM adds the query's bias bits to all three"),
+    m("attn-q8-no-offset-correction", "csrc/kernels/kernel_avx512_vnni.c",
+      "_mm512_storeu_si512(S + 16 * j, _mm512_sub_epi32(acc[j], corr));",
+      "_mm512_storeu_si512(S + 16 * j, acc[j]);",
+      [NUMREF, INT8], "the VNNI int8 attention scores keep 128 * sum(q) from the keys' "
+      "flip to unsigned bytes"),
+    m("attn-q8-generic-byte-order", "csrc/graph/lm.c",
+      "acc += ((bitnn_v16i_keys)(w << (24 - 8 * k)) >> 24) * (int32_t)q[4 * g + k];",
+      "acc += ((bitnn_v16i_keys)(w << (8 * k)) >> 24) * (int32_t)q[4 * g + k];",
+      [NUMREF, INT8], "the generic int8 attention scores pair the query's values with the "
+      "key bytes in reverse order"),
     m("avgpool-divisor", "csrc/graph/conv.c",
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),

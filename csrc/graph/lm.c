@@ -234,13 +234,14 @@ typedef struct {
     const void *k, *v;      /* this block's keys, per head [keys/16][hd][16] (16 keys side
                                by side per dimension; int8: [keys/16][hdp/4][16][4]), and
                                values, per head [keys][ldv] (one contiguous stream); f32,
-                               or int8 when q8 */
+                               or int8 when vq8 */
     size_t kst, vst, ldv;   /* elements per head of k and v, and per value row */
     const float *ks, *vs;   /* int8 mode: the scale of each key [H][ldk] and value [H][ctx] */
     float *out;             /* [n][D] */
     size_t n, p0, ldk, ctx, hdp; /* hdp: head_dim rounded up to 4 (int8 rows) */
-    int q8;                 /* k and v hold int8 values */
-    int scaled;             /* int8 mode: apply ks and vs (also to k, v widened to f32) */
+    int q8;                 /* int8 mode: int8 keys, integer scores, ks and vs applied */
+    int vq8;                /* v holds int8 values (else f32: fp32 mode, or widened) */
+    bitnn_attn_q8_fn dot_q8;/* int8 mode: the scores' integer dot products */
     int failed;             /* a scratch allocation failed */
 } attn_job;
 
@@ -336,54 +337,51 @@ BITNN_INLINE void dot16(const float *q, const float *kt, size_t hd, float *out)
     memcpy(out, &r, sizeof r);
 }
 
-/* dot16 on an int8 key block (kt: [hd4][16][4] bytes: dimensions 4g .. 4g+3 of
- * key l in lane l of group g): the same products q[e] * k[e] (the int8 value
- * as f32) and the same partial sums and combination. */
-BITNN_INLINE void dot16_q8(const float *q, const int8_t *kt, size_t hd, float *out)
+/* int8 mode's integer scores (bitnn_attn_q8_fn) where the kernel set has no
+ * kernel of its own: byte k of every 32-bit lane of a 64-byte group,
+ * sign-extended, times the query's value 4g + k, in int32 (exact). */
+BITNN_MULTIVERSION static void attn_q8_generic(const int8_t *q, size_t hdp, const int8_t *kt,
+                                               size_t nb, int32_t *S)
 {
-    bitnn_v16f_keys p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, p4 = {0}, p5 = {0}, p6 = {0}, p7 = {0};
-    bitnn_v16i_keys w0, w1;
-    size_t e = 0;
-    for (; e + 8 <= hd; e += 8) {
-        memcpy(&w0, kt + 16 * e, sizeof w0);
-        memcpy(&w1, kt + 16 * e + 64, sizeof w1);
-        p0 += q[e] * byte_k(w0, 0), p1 += q[e + 1] * byte_k(w0, 1);
-        p2 += q[e + 2] * byte_k(w0, 2), p3 += q[e + 3] * byte_k(w0, 3);
-        p4 += q[e + 4] * byte_k(w1, 0), p5 += q[e + 5] * byte_k(w1, 1);
-        p6 += q[e + 6] * byte_k(w1, 2), p7 += q[e + 7] * byte_k(w1, 3);
+    for (size_t b = 0; b < nb; b++, kt += 16 * hdp) {
+        bitnn_v16i_keys acc = {0};
+        for (size_t g = 0; g < hdp / 4; g++) {
+            bitnn_v16u_keys w;
+            memcpy(&w, kt + 64 * g, sizeof w);
+            for (int k = 0; k < 4; k++)
+                acc += ((bitnn_v16i_keys)(w << (24 - 8 * k)) >> 24) * (int32_t)q[4 * g + k];
+        }
+        memcpy(S + 16 * b, &acc, sizeof acc);
     }
-    for (; e < hd; e++) {
-        memcpy(&w0, kt + 16 * (e & ~(size_t)3), sizeof w0);
-        const bitnn_v16f_keys kv = byte_k(w0, (int)(e % 4));
-        PARTIAL_ADD(e, q[e] * kv);
-    }
-    const bitnn_v16f_keys r = PARTIAL_COMBINE();
-    memcpy(out, &r, sizeof r);
 }
 
 /* The softmax weights of one (row, head) item into sc[0 .. p] (p = the
  * row's position): scores q.k scaled, exp of the difference to their max,
- * divided by the sum (docs/arithmetic.md). In int8 mode a key's dot is
- * multiplied by the key's scale first, and each weight by its value's scale
- * last (docs/packing.md). */
+ * divided by the sum (docs/arithmetic.md). In int8 mode the query is
+ * quantized (into q8, hdp bytes), a score is the exact integer dot with the
+ * key's int8 values (into S, p + 1 rounded up to 16) times the key's scale,
+ * the query's scale joins the 1 / sqrt(hd) scaling, and each weight is
+ * multiplied by its value's scale last (docs/packing.md). */
 BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double scale, float *sc,
-                               const int Q8, const int SCALED)
+                               int8_t *q8, int32_t *S, const int Q8)
 {
     const size_t D = j->m->dim, hd = j->m->head_dim, p = j->p0 + r;
     const float *qv = j->q + r * D + h * hd;
     float mx = -INFINITY;
-    for (size_t t0 = 0; t0 <= p; t0 += 16) {
-        if (Q8)
-            dot16_q8(qv, (const int8_t *)j->k + h * j->kst + t0 * j->hdp, hd, sc + t0);
-        else
+    if (Q8) {
+        scale *= (double)bitnn_quantize_row(qv, hd, q8, j->hdp);
+        j->dot_q8(q8, j->hdp, (const int8_t *)j->k + h * j->kst, p / 16 + 1, S);
+        for (size_t t0 = 0; t0 <= p; t0 += 16) {
+            bitnn_v16i_keys si;
+            bitnn_v16f_keys ks;
+            memcpy(&si, S + t0, sizeof si);
+            memcpy(&ks, j->ks + h * j->ldk + t0, sizeof ks);
+            const bitnn_v16f_keys d = __builtin_convertvector(si, bitnn_v16f_keys) * ks;
+            memcpy(sc + t0, &d, sizeof d);
+        }
+    } else
+        for (size_t t0 = 0; t0 <= p; t0 += 16)
             dot16(qv, (const float *)j->k + h * j->kst + t0 * hd, hd, sc + t0);
-        if (!SCALED) continue;
-        bitnn_v16f_keys d, ks;
-        memcpy(&d, sc + t0, sizeof d);
-        memcpy(&ks, j->ks + h * j->ldk + t0, sizeof ks);
-        d *= ks;
-        memcpy(sc + t0, &d, sizeof d);
-    }
     /* s_t = (f32)((f64) dot * scale) and their max, 8 lanes at a time (the max is
      * exact, so its grouping cannot change it) */
     bitnn_v8f_att m8 = {0};
@@ -434,7 +432,7 @@ BITNN_INLINE void attn_weights(const attn_job *j, size_t r, size_t h, double sca
     const double total = bitnn_combine8(a8);
     const float inv = (float)(1.0 / total);
     for (t = 0; t <= p; t++) sc[t] *= inv;
-    if (SCALED)
+    if (Q8)
         for (t = 0; t <= p; t++) sc[t] *= j->vs[h * j->ctx + t];
 }
 
@@ -500,26 +498,35 @@ BITNN_INLINE void weighted_sum4(float *const *w, size_t T, const void *const *v,
 }
 
 /* (row, head) items [i0, i1): the heads of a row 4 at a time where they can. */
-BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_t cap, const int Q8,
-                             const int SCALED)
+BITNN_INLINE void attn_range(attn_job *j, size_t i0, size_t i1, float *sc, size_t cap,
+                             int8_t *q8, int32_t *S, const int Q8, const int VQ8)
 {
     const size_t D = j->m->dim, hd = j->m->head_dim, H = j->m->heads, ldv = j->ldv;
-    const size_t vsz = Q8 ? 1 : sizeof(float);
+    const size_t vsz = VQ8 ? 1 : sizeof(float);
     const double scale = 1.0 / sqrt((double)hd);
     for (size_t it = i0; it < i1;) {
         const size_t r = it / H, h = it % H, p = j->p0 + r;
         const size_t nh = h + 4 <= H && it + 4 <= i1 ? 4 : 1;
+        if (Q8 && VQ8 && it + nh < i1) { /* decode: the next heads' first keys and values */
+            const size_t r2 = (it + nh) / H, h2 = (it + nh) % H, kb = (j->p0 + r2) / 16 + 1;
+            const size_t nk = (kb < 2 ? kb : 2) * 16 * j->hdp;
+            for (size_t i = 0; i < 4 && h2 + i < H; i++) {
+                const char *kp = (const char *)j->k + (h2 + i) * j->kst;
+                const char *vp = (const char *)j->v + (h2 + i) * j->vst;
+                for (size_t o = 0; o < nk; o += 64) __builtin_prefetch(kp + o), __builtin_prefetch(vp + o);
+            }
+        }
         float *w[4];
         const void *v[4];
         float *out[4];
         for (size_t i = 0; i < nh; i++) {
             w[i] = sc + i * cap;
-            attn_weights(j, r, h + i, scale, w[i], Q8, SCALED);
+            attn_weights(j, r, h + i, scale, w[i], q8, S, Q8);
             v[i] = (const char *)j->v + (h + i) * j->vst * vsz;
             out[i] = j->out + r * D + (h + i) * hd;
         }
-        if (nh == 4) weighted_sum4(w, p + 1, v, ldv, hd, out, Q8);
-        else weighted_sum(w[0], p + 1, v[0], ldv, hd, out[0], Q8);
+        if (nh == 4) weighted_sum4(w, p + 1, v, ldv, hd, out, VQ8);
+        else weighted_sum(w[0], p + 1, v[0], ldv, hd, out[0], VQ8);
         it += nh;
     }
 }
@@ -528,25 +535,28 @@ BITNN_MULTIVERSION static void attn_items(void *ctx, size_t i0, size_t i1)
 {
     attn_job *j = ctx;
     const size_t cap = j->p0 + j->n + 16;
-    float *sc = malloc(4 * cap * sizeof(float));
+    /* 4 heads' weights, then one head's integer scores and its int8 query */
+    float *sc = malloc(5 * cap * sizeof(float) + j->hdp);
     if (!sc) {
         j->failed = 1; /* benign race: every writer stores 1 */
         return;
     }
-    if (j->q8) attn_range(j, i0, i1, sc, cap, 1, 1);
-    else if (j->scaled) attn_range(j, i0, i1, sc, cap, 0, 1);
-    else attn_range(j, i0, i1, sc, cap, 0, 0);
+    int32_t *S = (int32_t *)(sc + 4 * cap);
+    int8_t *q8 = (int8_t *)(S + cap);
+    if (!j->q8) attn_range(j, i0, i1, sc, cap, NULL, NULL, 0, 0);
+    else if (j->vq8) attn_range(j, i0, i1, sc, cap, q8, S, 1, 1);
+    else attn_range(j, i0, i1, sc, cap, q8, S, 1, 0);
     free(sc);
 }
 
-/* int8 mode, many rows: each head's int8 keys and values of positions [0, P)
- * widened once to f32 (exact) for all the rows, instead of once per row and
- * key; the attention then reads them as the fp32 mode reads its caches and
- * applies the scales as the int8 path does: the same products, the same bits. */
+/* int8 mode, many rows: each head's int8 values of positions [0, P) widened
+ * once to f32 (exact) for all the rows, instead of once per row and key; the
+ * weighted sums then read them as the fp32 mode reads its cache: the same
+ * products, the same bits. */
 typedef struct {
     const attn_job *j; /* the int8 caches */
-    float *kf, *vf;    /* per head: [P16/16][hd][16], [P][hd] */
-    size_t P, P16;
+    float *vf;         /* per head: [P][hd] */
+    size_t P;
 } widen_job;
 
 BITNN_MULTIVERSION static void widen_heads(void *ctx, size_t h0, size_t h1)
@@ -555,12 +565,8 @@ BITNN_MULTIVERSION static void widen_heads(void *ctx, size_t h0, size_t h1)
     const attn_job *j = w->j;
     const size_t hd = j->m->head_dim, hdp = j->hdp;
     for (size_t h = h0; h < h1; h++) {
-        const int8_t *k8 = (const int8_t *)j->k + h * j->kst, *v8 = (const int8_t *)j->v + h * j->vst;
-        float *kf = w->kf + h * w->P16 * hd, *vf = w->vf + h * w->P * hd;
-        for (size_t t0 = 0; t0 < w->P16; t0 += 16) /* a block: [hdp/4][16][4] -> [hd][16] */
-            for (size_t e = 0; e < hd; e++)
-                for (size_t l = 0; l < 16; l++)
-                    kf[t0 * hd + 16 * e + l] = (float)k8[t0 * hdp + (e / 4) * 64 + 4 * l + e % 4];
+        const int8_t *v8 = (const int8_t *)j->v + h * j->vst;
+        float *vf = w->vf + h * w->P * hd;
         for (size_t t = 0; t < w->P; t++)
             for (size_t e = 0; e < hd; e++) vf[t * hd + e] = (float)v8[t * hdp + e];
     }
@@ -659,22 +665,23 @@ bitnn_status bitnn_lm_forward(const bitnn_lm *m, bitnn_lm_state *s, const int32_
         const size_t hd = m->head_dim, hdp = (hd + 3) / 4 * 4, sat = b * m->heads;
         attn_job aj = {.m = m, .q = s->q, .ks = s->ks + sat * s->ldk, .vs = s->vs + sat * s->ctx,
                        .out = s->att, .n = n, .p0 = p0, .ldk = s->ldk, .ctx = s->ctx,
-                       .hdp = hdp, .q8 = q8, .scaled = q8};
+                       .hdp = hdp, .q8 = q8, .vq8 = q8};
         if (q8) {
+            const bitnn_attn_q8_fn dq = bitnn_kernels_for(isa)->attn_q8;
+            aj.dot_q8 = dq ? dq : attn_q8_generic;
             aj.k = s->k8 + sat * s->ldk * hdp, aj.kst = s->ldk * hdp;
             aj.v = s->v8 + sat * s->ctx * hdp, aj.vst = s->ctx * hdp, aj.ldv = hdp;
         } else {
             aj.k = s->k + sat * s->ldk * hd, aj.kst = s->ldk * hd;
             aj.v = s->v + sat * s->ctx * hd, aj.vst = s->ctx * hd, aj.ldv = hd;
         }
-        if (q8 && n >= 8) { /* a prompt: widen each head's int8 cache once */
-            widen_job wj = {&aj, NULL, NULL, p0 + n, (p0 + n + 15) / 16 * 16};
-            const size_t kfn = m->heads * wj.P16 * hd, vfn = m->heads * wj.P * hd;
-            if ((st = bitnn_buf_reserve(&s->widened, (kfn + vfn) * sizeof(float)))) return st;
-            wj.kf = s->widened.p, wj.vf = wj.kf + kfn;
+        if (q8 && n >= 8) { /* a prompt: widen each head's int8 values once */
+            widen_job wj = {&aj, NULL, p0 + n};
+            const size_t vfn = m->heads * wj.P * hd;
+            if ((st = bitnn_buf_reserve(&s->widened, vfn * sizeof(float)))) return st;
+            wj.vf = s->widened.p;
             bitnn_parallel_for(pool, m->heads, 1, widen_heads, &wj);
-            aj.k = wj.kf, aj.kst = wj.P16 * hd, aj.v = wj.vf, aj.vst = wj.P * hd, aj.ldv = hd;
-            aj.q8 = 0;
+            aj.v = wj.vf, aj.vst = wj.P * hd, aj.ldv = hd, aj.vq8 = 0;
         }
         bitnn_parallel_for(pool, n * m->heads, 1, attn_items, &aj);
         if (aj.failed) return BITNN_ENOMEM;

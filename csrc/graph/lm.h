@@ -44,7 +44,7 @@ typedef struct {
     int8_t *k8, *v8;   /* int8 mode: the same layouts in int8 (docs/packing.md) ... */
     float *ks, *vs;    /* ... and the scale of each (position, head): [blocks][heads][ldk], [blocks][heads][ctx] */
     int8_t *qrow;      /* [head_dim]: a key being quantized */
-    bitnn_buf widened; /* int8 mode, a prompt: one block's keys and values as f32 */
+    bitnn_buf widened; /* int8 mode, a prompt: one block's values as f32 */
     bitnn_precision cache_precision; /* the mode the cached positions were computed in */
     float *x, *q, *att, *h, *f, *t; /* scratch: [ctx][dim] (f: [ctx][ff_dim]) */
     float *hv0, *hv1;  /* head scratch: widest head layer */

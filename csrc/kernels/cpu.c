@@ -97,12 +97,12 @@ const char *bitnn_cpu_feature_name(int bit)
 /* ------------------------------------------------------------ kernel table */
 static const char *const isa_names[BITNN_ISA_COUNT] = {"ref", "avx2", "avx512", "neon"};
 
-/* The direct int8 convolution needs only VNNI (every AVX-512 int8 set below
- * that has VNNI). */
+/* The direct int8 convolution and the int8 attention scores need only VNNI
+ * (every AVX-512 int8 set below that has VNNI). */
 #if defined(BITNN_HAVE_AVX512VNNI)
-#define CONV_Q8_VNNI bitnn_conv_q8_avx512vnni
+#define VNNI_KERNELS bitnn_conv_q8_avx512vnni, bitnn_attn_q8_avx512vnni
 #else
-#define CONV_Q8_VNNI NULL
+#define VNNI_KERNELS NULL, NULL
 #endif
 
 static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
@@ -112,7 +112,7 @@ static const bitnn_kernel_set kernel_table[BITNN_ISA_COUNT] = {
 #endif
 #if defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX512VNNI)
     [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512vnni, NULL, NULL, NULL,
-                          CONV_Q8_VNNI},
+                          VNNI_KERNELS},
 #elif defined(BITNN_HAVE_AVX512) && defined(BITNN_HAVE_AVX2)
     [BITNN_ISA_AVX512] = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx2},
 #endif
@@ -134,13 +134,13 @@ static const bitnn_kernel_set avx512_no_vnni = {bitnn_gemm_f32_avx512, bitnn_gem
 static const bitnn_kernel_set avx512_gfni = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
                                              bitnn_gemm_q8t_avx512vbmi,
                                              bitnn_build_tables_q8_avx512vbmi, NULL,
-                                             CONV_Q8_VNNI};
+                                             VNNI_KERNELS};
 #if defined(BITNN_HAVE_AMX)
 /* ... and with AMX (Sapphire Rapids and later), GEMMs of many rows on tiles. */
 static const bitnn_kernel_set avx512_gfni_amx = {bitnn_gemm_f32_avx512, bitnn_gemm_q8_avx512gfni,
                                                  bitnn_gemm_q8t_avx512vbmi,
                                                  bitnn_build_tables_q8_avx512vbmi,
-                                                 bitnn_gemm_q8m_amx, CONV_Q8_VNNI};
+                                                 bitnn_gemm_q8m_amx, VNNI_KERNELS};
 #endif
 #endif
 

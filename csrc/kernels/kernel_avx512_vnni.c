@@ -110,4 +110,43 @@ void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, 
     }
     *zmax = _mm512_reduce_max_ps(mx);
 }
+
+/* ---------------------------------------------- int8 attention scores */
+/* NB blocks of 16 keys at once (independent vpdpbusd chains; one chain per
+ * block would wait on the instruction's latency): the keys are the unsigned
+ * operand, flipped to k + 128 (xor 0x80), the query's 4 values of a group
+ * broadcast as the signed one; 128 * sum(q) is taken off at the end. */
+#ifndef PF_BLOCKS
+#define PF_BLOCKS 4
+#endif
+ALWAYS_INLINE void attn_blocks(const int8_t *q, size_t hdp, const int8_t *kt, __m512i corr,
+                               int32_t *S, const int NB)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i acc[4];
+    for (int j = 0; j < NB; j++) acc[j] = _mm512_setzero_si512();
+    const size_t bs = 16 * hdp;
+    for (size_t g = 0; g < hdp / 4; g++) {
+        int32_t v;
+        memcpy(&v, q + 4 * g, sizeof v);
+        const __m512i qv = _mm512_set1_epi32(v);
+        for (int j = 0; j < NB; j++) {
+            __builtin_prefetch(kt + (j + PF_BLOCKS) * bs + 64 * g);
+            acc[j] = _mm512_dpbusd_epi32(
+                acc[j], _mm512_xor_si512(_mm512_loadu_si512(kt + j * bs + 64 * g), flip), qv);
+        }
+    }
+    for (int j = 0; j < NB; j++) _mm512_storeu_si512(S + 16 * j, _mm512_sub_epi32(acc[j], corr));
+}
+
+void bitnn_attn_q8_avx512vnni(const int8_t *q, size_t hdp, const int8_t *kt, size_t nb,
+                              int32_t *S)
+{
+    int32_t qsum = 0;
+    for (size_t e = 0; e < hdp; e++) qsum += q[e];
+    const __m512i corr = _mm512_set1_epi32(128 * qsum);
+    size_t b = 0;
+    for (; b + 4 <= nb; b += 4) attn_blocks(q, hdp, kt + b * 16 * hdp, corr, S + 16 * b, 4);
+    for (; b < nb; b++) attn_blocks(q, hdp, kt + b * 16 * hdp, corr, S + 16 * b, 1);
+}
 #endif

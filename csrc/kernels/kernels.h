@@ -99,6 +99,15 @@ typedef void (*bitnn_conv_q8_fn)(const int8_t *xp, size_t Wp, size_t Cp, size_t 
                                  const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
                                  const uint64_t *bias, float *z, float *zmax);
 
+/* int8 attention scores (docs/packing.md, int8 mode step 4): for each of nb
+ * blocks of 16 keys, S[16 b + l] = sum_e q[e] * k_l[e], exactly in int32. q:
+ * the query's hdp int8 values (hdp a multiple of 4, zero past head_dim); kt:
+ * the nb blocks one after the other, block b at kt + 16 b hdp, each
+ * [hdp / 4][16][4] bytes (dimensions 4g .. 4g+3 of key l in lane l of group
+ * g). Integer sums are exact: any order gives the same S. */
+typedef void (*bitnn_attn_q8_fn)(const int8_t *q, size_t hdp, const int8_t *kt, size_t nb,
+                                 int32_t *S);
+
 typedef struct {
     bitnn_gemm_f32_fn gemm_f32;   /* BITNN_PRECISION_FP32 */
     bitnn_gemm_q8_fn gemm_q8;     /* BITNN_PRECISION_INT8 */
@@ -107,6 +116,7 @@ typedef struct {
                                      tables, the same bytes as bitnn_build_tables_q8 */
     bitnn_gemm_q8m_fn gemm_q8m;   /* BITNN_PRECISION_INT8, many rows (AMX), or NULL */
     bitnn_conv_q8_fn conv_q8;     /* BITNN_PRECISION_INT8 convolutions (VNNI), or NULL */
+    bitnn_attn_q8_fn attn_q8;     /* int8 attention scores (VNNI), or NULL: lm.c's own */
 } bitnn_kernel_set;
 
 /* Calls of each isa's fp32 GEMM since the library was loaded: every kernel counts
@@ -209,6 +219,8 @@ void bitnn_gemm_q8m_amx(const int8_t *q, size_t ldq, size_t M, size_t kc, const 
 void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, size_t W,
                               const uint8_t *wx, size_t N, size_t y0, size_t y1, float scale,
                               const uint64_t *bias, float *z, float *zmax);
+void bitnn_attn_q8_avx512vnni(const int8_t *q, size_t hdp, const int8_t *kt, size_t nb,
+                              int32_t *S);
 /* Ask the OS for the AMX tile state (Linux: arch_prctl); 1 if granted. */
 int bitnn_amx_request(void);
 void bitnn_gemm_q8_neon(const int8_t *q, size_t ldq, size_t M, size_t K, const uint64_t *w,
