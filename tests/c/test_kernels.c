@@ -430,6 +430,36 @@ static void check_pool_start(int rounds)
     CHECK(ok, "thread pool: create, run at once, destroy");
 }
 
+/* The int8 attention scores (bitnn_attn_q8_fn) of every kernel set that has
+ * them, against the exact int64 sums, on every head size up to 140 (in
+ * multiples of 4, as the cache pads them) and 1 to 9 blocks of 16 keys,
+ * with int8 values over the whole range (-128 included). */
+static void check_attn_q8(int quick)
+{
+    for (int i = 0; i < n_isas; i++) {
+        const bitnn_attn_q8_fn fn = bitnn_kernels_for(isas[i])->attn_q8;
+        if (!fn) continue;
+        for (size_t hdp = 4; hdp <= 140; hdp += quick ? 12 : 4)
+            for (size_t nb = 1; nb <= 9; nb += quick ? 4 : 1) {
+                int8_t *q = xmalloc(hdp), *kt = xmalloc(16 * hdp * nb);
+                int32_t *S = xmalloc(16 * nb * sizeof *S);
+                for (size_t e = 0; e < hdp; e++) q[e] = (int8_t)(rnd() & 255);
+                for (size_t b = 0; b < 16 * hdp * nb; b++) kt[b] = (int8_t)(rnd() & 255);
+                fn(q, hdp, kt, nb, S);
+                int ok = 1;
+                for (size_t b = 0; b < nb && ok; b++)
+                    for (size_t l = 0; l < 16; l++) {
+                        int64_t want = 0; /* dimension e of key l: lane l of group e / 4 */
+                        for (size_t e = 0; e < hdp; e++)
+                            want += (int64_t)q[e] * kt[16 * hdp * b + 64 * (e / 4) + 4 * l + e % 4];
+                        if (S[16 * b + l] != want) ok = 0;
+                    }
+                CHECK(ok, "attn_q8 %s hdp %zu blocks %zu", bitnn_isa_name(isas[i]), hdp, nb);
+                free(q), free(kt), free(S);
+            }
+    }
+}
+
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
@@ -444,6 +474,7 @@ int main(int argc, char **argv)
 
     check_errors();
     check_pool_start(quick ? 20 : 200);
+    check_attn_q8(quick);
 
     static const size_t Ms[] = {1, 2, 3, 7, 8, 9, 17, 33};
     /* every K from 1 to 300 for a few (M, N) */
