@@ -115,10 +115,11 @@ void bitnn_conv_q8_avx512vnni(const int8_t *xp, size_t Wp, size_t Cp, size_t f, 
 /* NB blocks of 16 keys at once (independent vpdpbusd chains; one chain per
  * block would wait on the instruction's latency): the keys are the unsigned
  * operand, flipped to k + 128 (xor 0x80), the query's 4 values of a group
- * broadcast as the signed one; 128 * sum(q) is taken off at the end. */
-#ifndef PF_BLOCKS
-#define PF_BLOCKS 4
-#endif
+ * broadcast as the signed one; 128 * sum(q) is taken off at the end (the
+ * lanes wrap around, not saturate, so the result is exact wherever S fits).
+ * The blocks ATTN_PF_BLOCKS ahead are prefetched: at long context a token's
+ * keys come from L3 or memory. */
+#define ATTN_PF_BLOCKS 4
 ALWAYS_INLINE void attn_blocks(const int8_t *q, size_t hdp, const int8_t *kt, __m512i corr,
                                int32_t *S, const int NB)
 {
@@ -131,7 +132,7 @@ ALWAYS_INLINE void attn_blocks(const int8_t *q, size_t hdp, const int8_t *kt, __
         memcpy(&v, q + 4 * g, sizeof v);
         const __m512i qv = _mm512_set1_epi32(v);
         for (int j = 0; j < NB; j++) {
-            __builtin_prefetch(kt + (j + PF_BLOCKS) * bs + 64 * g);
+            __builtin_prefetch(kt + (j + ATTN_PF_BLOCKS) * bs + 64 * g);
             acc[j] = _mm512_dpbusd_epi32(
                 acc[j], _mm512_xor_si512(_mm512_loadu_si512(kt + j * bs + 64 * g), flip), qv);
         }

@@ -104,7 +104,8 @@ typedef void (*bitnn_conv_q8_fn)(const int8_t *xp, size_t Wp, size_t Cp, size_t 
  * the query's hdp int8 values (hdp a multiple of 4, zero past head_dim); kt:
  * the nb blocks one after the other, block b at kt + 16 b hdp, each
  * [hdp / 4][16][4] bytes (dimensions 4g .. 4g+3 of key l in lane l of group
- * g). Integer sums are exact: any order gives the same S. */
+ * g). Integer sums are exact: any order gives the same S (|S| <= 127 * 128 *
+ * hdp < 2^31: the loader caps emb_dim, and so hdp, at 65,536). */
 typedef void (*bitnn_attn_q8_fn)(const int8_t *q, size_t hdp, const int8_t *kt, size_t nb,
                                  int32_t *S);
 
