@@ -58,6 +58,11 @@ CLASSIFIERS = [
     # 32 input channels (each pixel's tables made once) and fewer rows than the
     # kernel: every output row reads all 3 input rows of the ring
     (32, 3, 7, [(16, 5, "relu", "chw"), (32, 3, "relu", "c")], [(6, "linear")], 0),
+    # a relu "chw" convolution then a max-pool: pooled before its normalization
+    # (model.c, relu_pool), on a map the 2x2 windows do not cover (9 x 11) and on
+    # one of several Normalize chunks (24 x 30 x 32, threaded statistics)
+    (3, 9, 11, [(16, 3, "relu", "chw"), (20, 3, "relu", "chw")], [(7, "linear")], 2),
+    (2, 24, 30, [(32, 3, "relu", "chw"), (8, 1, "gelu", "chw")], [(5, "linear")], 3),
 ]
 
 

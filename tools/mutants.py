@@ -219,6 +219,15 @@ MUTANTS = [
       "acc += ((bitnn_v16i_keys)(w << (8 * k)) >> 24) * (int32_t)q[4 * g + k];",
       [NUMREF, INT8], "the generic int8 attention scores pair the query's values with the "
       "key bytes in reverse order"),
+    m("pool-first-no-relu", "csrc/graph/model.c",
+      "mean, inv,\n                                 BITNN_ACT_RELU, pool);",
+      "mean, inv,\n                                 BITNN_ACT_LINEAR, pool);",
+      [NUMREF], "a relu convolution pooled before its normalization skips the relu"),
+    m("pool-first-per-position", "csrc/graph/model.c",
+      "return L->act == BITNN_ACT_RELU && !L->norm_per_position && i + 1 < m->first_linear &&",
+      "return L->act == BITNN_ACT_RELU && i + 1 < m->first_linear &&",
+      [NUMREF], "a relu convolution normalized per position is pooled before its "
+      "normalization with the whole map's statistics"),
     m("avgpool-divisor", "csrc/graph/conv.c",
       "y[c] = (float)(acc[c] / (double)(H * W));", "y[c] = (float)(acc[c] / (double)(H * W + 1));",
       [CLS], "global average pool divides by H*W + 1"),

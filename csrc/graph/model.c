@@ -508,6 +508,34 @@ static bitnn_status relu_into_next(const bitnn_classifier *m, bitnn_classifier_s
                                   &st->conv, &st->q8, pool);
 }
 
+/* A relu convolution normalized over its whole map and followed by a
+ * max-pool: the relu value (float)((z - mean) * inv), then max(0, .), is
+ * monotone in z, so the max-pool of the values is the value of the max-pool
+ * of the raw sums (relu never gives -0.0, so even the zeros' bits agree).
+ * relu_pool takes the map's statistics, pools the raw sums and applies the
+ * normalization to the pooled map only: a quarter of the values for a 2x2
+ * pool, and no pass that writes the whole map back. */
+static int pools_first(const bitnn_classifier *m, size_t i)
+{
+    const bitnn_layer *L = &m->layers[i];
+    return L->act == BITNN_ACT_RELU && !L->norm_per_position && i + 1 < m->first_linear &&
+           m->layers[i + 1].kind == BITNN_LAYER_MAXPOOL2D;
+}
+
+/* Layer i's raw sums z (its whole map) -> the pooled relu values of layer
+ * i + 1 in y. */
+static bitnn_status relu_pool(const bitnn_classifier *m, size_t i, const float *z, float *y,
+                              bitnn_pool *pool)
+{
+    const bitnn_layer *L = &m->layers[i], *P = &m->layers[i + 1];
+    double mean, inv;
+    bitnn_status s = bitnn_normalize_stats(z, L->H * L->W * L->out, m->eps, pool, &mean, &inv);
+    if (s != BITNN_OK) return s;
+    bitnn_maxpool2d(z, P->H, P->W, P->in, P->size, y, pool);
+    return bitnn_normalize_apply(y, (P->H / P->size) * (P->W / P->size) * P->in, mean, inv,
+                                 BITNN_ACT_RELU, pool);
+}
+
 bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *st,
                                       const float *x, size_t N, float *probs, int isa,
                                       bitnn_pool *pool)
@@ -554,6 +582,11 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
                 if (s == BITNN_OK && nx) {
                     s = relu_into_next(m, st, i, nx, b, zmax, pool, &amax);
                     i = nx - 1; /* the layers in between are done */
+                    break;
+                }
+                if (s == BITNN_OK && pools_first(m, i)) {
+                    s = relu_pool(m, i, b, a, pool);
+                    i++; /* the max-pool is done; its output is in a */
                     break;
                 }
                 if (s == BITNN_OK) {

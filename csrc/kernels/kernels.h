@@ -150,6 +150,11 @@ float bitnn_max(const float *x, size_t n); /* -inf for n = 0 */
  * same mean and 1 / sqrt(var + eps), bit for bit, for any pool. */
 bitnn_status bitnn_normalize_stats(const float *z, size_t N, float eps, bitnn_pool *pool,
                                    double *mean, double *inv);
+/* z[i] = act((float)((z[i] - mean) * inv)) for i < n with given statistics:
+ * bitnn_normalize_act's values, elementwise (any split of the work gives the
+ * same bits); act is linear, relu or gelu (not softmax). */
+bitnn_status bitnn_normalize_apply(float *z, size_t n, double mean, double inv, bitnn_act act,
+                                   bitnn_pool *pool);
 /* q[i] = the int8 of relu((float)((z[i] - mean) * inv)) (bitnn_normalize_act's
  * relu value) quantized with amax by bitnn_quantize_with: the two steps fused,
  * the same bits. */

@@ -874,6 +874,16 @@ bitnn_status bitnn_normalize_stats(const float *z, size_t N, float eps, bitnn_po
     return BITNN_OK;
 }
 
+bitnn_status bitnn_normalize_apply(float *z, size_t n, double mean, double inv, bitnn_act act,
+                                   bitnn_pool *pool)
+{
+    if ((!z && n) || (unsigned)act >= BITNN_ACT_COUNT || act == BITNN_ACT_SOFTMAX)
+        return BITNN_EINVAL;
+    norm_job j = {z, n, n, 0.0, act, NULL, mean, inv, 0, 0, 0};
+    bitnn_parallel_for(pool, n, 4096, act_elems, &j);
+    return BITNN_OK;
+}
+
 BITNN_MULTIVERSION float bitnn_max(const float *x, size_t n)
 {
     /* 16 running maxima, a compare and a select on the bits per 16 values
