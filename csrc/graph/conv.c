@@ -149,7 +149,8 @@ static void tile_tables(conv_job *j, size_t p0, size_t p1, void *rows, void *buf
 
 /* The scratch of one conv_tiles call, carved from its slot (64-byte pieces):
  * im2col rows (gemm_q8m reads whole blocks of 32 rows: 32 more), tables,
- * chunk pointers and the row scales. */
+ * chunk pointers (with the ring: also one map per ring slot arrangement, see
+ * conv_tiles) and the row scales. */
 static size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
 static size_t slot_bytes(const conv_job *j)
@@ -158,7 +159,8 @@ static size_t slot_bytes(const conv_job *j)
     return (j->map ? round64(j->ring_rows * j->row_bytes)
                    : round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es)) +
            (j->tables && !j->map ? round64(j->tile * j->kc * j->cb) : 0) +
-           (j->tables ? round64(j->tile * j->kc * sizeof(void *)) : 0) +
+           (j->tables ? (1 + (j->map ? j->ring_rows : 0)) * round64(j->tile * j->kc * sizeof(void *))
+                      : 0) +
            (j->qx ? round64(j->tile * sizeof(float)) : 0);
 }
 
@@ -175,14 +177,20 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
     }
     unsigned char *at = j->slots + slot * j->slot_bytes;
     void *rows = NULL, *buf = NULL;
-    const void **tp = NULL;
+    const void **tp = NULL, **maps = NULL;
     float *scale = NULL;
     unsigned char *ring = NULL;
     if (j->map) ring = at, at += round64(j->ring_rows * j->row_bytes);
     else rows = at, at += round64((j->tile + (j->q8m ? 32 : 0)) * j->ld * es);
     if (j->tables && !j->map) buf = at, at += round64(j->tile * j->kc * j->cb);
-    if (j->tables) tp = (const void **)(void *)at, at += round64(j->tile * j->kc * sizeof *tp);
+    const size_t map_bytes = round64(j->tile * j->kc * sizeof *tp);
+    if (j->tables) tp = (const void **)(void *)at, at += map_bytes;
+    if (j->tables && j->map) maps = (const void **)(void *)at, at += j->ring_rows * map_bytes;
     if (j->qx) scale = (float *)(void *)at;
+    /* The chunk pointers of an output row whose f input rows are all inside
+     * the image depend only on the ring slots those rows occupy, that is on
+     * i % ring_rows: such a row's map is made once per call and kept. */
+    int kept[BITNN_CONV_MAX_F] = {0};
 
     for (size_t r = 0; scale && r < j->tile; r++) scale[r] = j->scale;
     size_t made = 0; /* the map: input rows below it are in the ring */
@@ -201,6 +209,7 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
                                j->bias, z, j->Cout);
             continue;
         }
+        const void **use = tp;
         if (j->map) {
             /* a tile is one output row i: it reads input rows [lo, hi); the
              * previous tile of this call (row i - 1) left those below `made` */
@@ -208,15 +217,21 @@ static void conv_tiles(void *ctx, size_t t0, size_t t1)
             const size_t lo = i > pad ? i - pad : 0, hi = i + pad + 1 < j->H ? i + pad + 1 : j->H;
             ring_fill(j, ring, t > t0 && made > lo ? made : lo, hi);
             made = hi;
-            map_pointers(j, ring, i, tp);
+            if (i >= pad && i + pad < j->H) {
+                const size_t k = i % j->ring_rows;
+                use = (const void **)(void *)((unsigned char *)maps + k * map_bytes);
+                if (!kept[k]) map_pointers(j, ring, i, use), kept[k] = 1;
+            } else {
+                map_pointers(j, ring, i, tp);
+            }
         } else {
             tile_tables(j, p0, p1, rows, buf, tp);
         }
         if (j->qx)
-            j->ks->gemm_q8t(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+            j->ks->gemm_q8t(use, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             scale, j->bias, z, j->Cout);
         else
-            j->ks->gemm_f32(tp, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
+            j->ks->gemm_f32(use, p1 - p0, j->kc, j->w->tiles, 0, j->Cout,
                             j->bias, z, j->Cout);
     }
 }
