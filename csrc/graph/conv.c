@@ -425,6 +425,39 @@ static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
     }
 }
 
+/* A window's maximum, per channel: m = in > m ? in : m over the window's
+ * pixels in row order from the first (a tie keeps the earlier value, which
+ * only tells +0.0 from -0.0). PX(dy, dx) is the pixel's first channel. 16
+ * channels at a time in a register where C allows, else one by one. */
+#define POOL_WINDOW(T, VT, MT, out, C, k, PX)                                      \
+    do {                                                                           \
+        size_t c_ = 0;                                                             \
+        for (; c_ + 16 <= (C); c_ += 16) {                                         \
+            VT m_, v_;                                                             \
+            memcpy(&m_, PX(0, 0) + c_, sizeof m_);                                 \
+            for (size_t dy_ = 0; dy_ < (k); dy_++)                                 \
+                for (size_t dx_ = 0; dx_ < (k); dx_++) {                           \
+                    memcpy(&v_, PX(dy_, dx_) + c_, sizeof v_);                     \
+                    const MT gt_ = v_ > m_;                                        \
+                    m_ = (VT)(((MT)v_ & gt_) | ((MT)m_ & ~gt_));                   \
+                }                                                                  \
+            memcpy((out) + c_, &m_, sizeof m_);                                    \
+        }                                                                          \
+        for (; c_ < (C); c_++) {                                                   \
+            T m_ = PX(0, 0)[c_];                                                   \
+            for (size_t dy_ = 0; dy_ < (k); dy_++)                                 \
+                for (size_t dx_ = 0; dx_ < (k); dx_++) {                           \
+                    const T v_ = PX(dy_, dx_)[c_];                                 \
+                    m_ = v_ > m_ ? v_ : m_;                                        \
+                }                                                                  \
+            (out)[c_] = m_;                                                        \
+        }                                                                          \
+    } while (0)
+
+typedef float bitnn_v16f_pool __attribute__((vector_size(64)));
+typedef int32_t bitnn_v16i_pool __attribute__((vector_size(64)));
+typedef int8_t bitnn_v16b_pool __attribute__((vector_size(16)));
+
 /* Output rows [r0, r1) of the k x k max-pool of q into the padded map. */
 BITNN_MULTIVERSION static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
 {
@@ -433,12 +466,9 @@ BITNN_MULTIVERSION static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
     for (size_t r = r0; r < r1; r++)
         for (size_t x = 0; x < Wo; x++) {
             int8_t *out = j->xp + ((r + j->pad) * j->Wp + x + j->pad) * C;
-            memcpy(out, j->q + (r * k * W + x * k) * C, C);
-            for (size_t dy = 0; dy < k; dy++)
-                for (size_t dx = 0; dx < k; dx++) {
-                    const int8_t *in = j->q + ((r * k + dy) * W + x * k + dx) * C;
-                    for (size_t c = 0; c < C; c++) out[c] = in[c] > out[c] ? in[c] : out[c];
-                }
+#define PX(dy, dx) (j->q + ((r * k + (dy)) * W + x * k + (dx)) * C)
+            POOL_WINDOW(int8_t, bitnn_v16b_pool, bitnn_v16b_pool, out, C, k, PX);
+#undef PX
         }
 }
 
@@ -588,13 +618,9 @@ BITNN_MULTIVERSION static void maxpool_rows(void *ctx, size_t i0, size_t i1)
     for (size_t i = i0; i < i1; i++)
         for (size_t jj = 0; jj < Wo; jj++) {
             float *out = j->y + (i * Wo + jj) * C;
-            memcpy(out, j->x + ((i * k) * W + jj * k) * C, C * sizeof(float));
-            for (size_t dy = 0; dy < k; dy++)
-                for (size_t dx = 0; dx < k; dx++) {
-                    const float *in = j->x + ((i * k + dy) * W + jj * k + dx) * C;
-                    for (size_t c = 0; c < C; c++) /* this form vectorizes to maxps */
-                        out[c] = in[c] > out[c] ? in[c] : out[c];
-                }
+#define PX(dy, dx) (j->x + ((i * k + (dy)) * W + jj * k + (dx)) * C)
+            POOL_WINDOW(float, bitnn_v16f_pool, bitnn_v16i_pool, out, C, k, PX);
+#undef PX
         }
 }
 
