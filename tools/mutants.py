@@ -175,14 +175,12 @@ MUTANTS = [
       [CORE, DISPATCH], "the last thread's share stops one item short when it is clamped"),
     # ------------------------------------------------ convolution and pooling
     m("maxpool-is-minpool", "csrc/graph/conv.c",
-      "/* this form vectorizes to maxps */\n                        out[c] = in[c] > out[c]",
-      "/* this form vectorizes to maxps */\n                        out[c] = in[c] < out[c]",
-      [CLS], "max-pool takes the minimum"),
-    m("int8-maxpool-is-minpool", "csrc/graph/conv.c",
-      "for (size_t c = 0; c < C; c++) out[c] = in[c] > out[c] ? in[c] : out[c];",
-      "for (size_t c = 0; c < C; c++) out[c] = in[c] < out[c] ? in[c] : out[c];",
-      [NUMREF], "the fused int8 max-pool (relu layer into the next convolution) takes the "
-      "minimum (killed only where the direct int8 convolution runs: AVX-512 VNNI, no AMX)"),
+      "const MT gt_ = v_ > m_;", "const MT gt_ = v_ < m_;",
+      [CLS, NUMREF], "the max-pools (float, and int8 into the next convolution) take the "
+      "minimum of 16 channels at a time"),
+    m("maxpool-tail-is-minpool", "csrc/graph/conv.c",
+      "m_ = v_ > m_ ? v_ : m_;", "m_ = v_ < m_ ? v_ : m_;",
+      [NUMREF], "the max-pools take the minimum of the channels past the last whole 16"),
     m("fused-amax-off", "csrc/graph/model.c",
       "*amax = top > 0.0f ? top : 0.0f;", "*amax = top > 0.0f ? top * 1.001f : 0.0f;",
       [NUMREF], "a fused relu layer quantizes the next convolution's input with a scale "
