@@ -482,6 +482,12 @@ def test_predict_works_in_chunks_and_stops_on_ctrl_c(grey):
         np.testing.assert_array_equal(out[:50], whole)
         m._graph = _CountingGraph(counting.graph,
                                   on_call=lambda: os.kill(os.getpid(), signal.SIGINT))
-        with pytest.raises(KeyboardInterrupt):
-            m.predict(x)
+        # Python's own Ctrl-C handler, whatever this process inherited (a shell
+        # without job control starts background jobs with SIGINT ignored)
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                m.predict(x)
+        finally:
+            signal.signal(signal.SIGINT, old)
         assert m._graph.sizes == [chunk]
