@@ -880,7 +880,7 @@ bitnn_status bitnn_normalize_apply(float *z, size_t n, double mean, double inv, 
     if ((!z && n) || (unsigned)act >= BITNN_ACT_COUNT || act == BITNN_ACT_SOFTMAX)
         return BITNN_EINVAL;
     norm_job j = {z, n, n, 0.0, act, NULL, mean, inv, 0, 0, 0};
-    bitnn_parallel_for(pool, n, 4096, act_elems, &j);
+    bitnn_parallel_for(pool, n, 256, act_elems, &j);
     return BITNN_OK;
 }
 
@@ -950,8 +950,7 @@ bitnn_status bitnn_normalize_act(float *z, size_t ldz, size_t M, size_t N, float
         /* One shorter row (a token's gelu layer): statistics on the caller,
          * the activation (erf) shared out. */
         row_stats_v(z, N, j.eps, &j.mean, &j.inv);
-        bitnn_parallel_for(pool, N, 256, act_elems, &j);
-        return BITNN_OK;
+        return bitnn_normalize_apply(z, N, j.mean, j.inv, act, pool);
     }
     bitnn_parallel_for(pool, M, 8, normalize_rows, &j);
     return BITNN_OK;
