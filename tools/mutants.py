@@ -147,10 +147,16 @@ MUTANTS = [
       "return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));",
       [CORE, DISPATCH], "the 8 partial sums of a chunk are combined in another order"),
     m("gelu-tanh-approximation", "csrc/kernels/ops.c",
+      "BITNN_GELU16(g, __builtin_convertvector(d, bitnn_gelu_v16f));",
+      "{ const bitnn_gelu_v16f u_ = __builtin_convertvector(d, bitnn_gelu_v16f); "
+      "for (int i_ = 0; i_ < 16; i_++) g[i_] = (float)(0.5 * u_[i_] * (1.0 + tanh("
+      "0.7978845608028654 * (u_[i_] + 0.044715 * u_[i_] * u_[i_] * u_[i_])))); }",
+      [CORE], "gelu by its tanh approximation"),
+    m("gelu-tail-tanh-approximation", "csrc/kernels/ops.c",
       "bitnn_gelu16(v, v);",
       "for (int i_ = 0; i_ < 16; i_++) v[i_] = (float)(0.5 * v[i_] * (1.0 + tanh("
       "0.7978845608028654 * (v[i_] + 0.044715 * v[i_] * v[i_] * v[i_]))));",
-      [CORE], "gelu by its tanh approximation"),
+      [CORE], "gelu by its tanh approximation on a row's last values (after the groups of 16)"),
     m("relu-leaky", "csrc/kernels/ops.c",
       "z[n] = v > 0.0f ? v : 0.0f;", "z[n] = v > 0.0f ? v : 0.01f * v;",
       [CORE], "relu leaks 1% of negative values"),

@@ -75,29 +75,37 @@ BITNN_ERF_INLINE void bitnn_expf16_neg(const float *yp, float *out)
     memcpy(out, &r, sizeof r);
 }
 
+/* res = gelu(vin) for 16 values in a vector (a statement macro: a caller
+ * that has the values in registers need not store and reload them). The
+ * selects are on integer lanes (GCC lowers a float comparison of a 16-lane
+ * vector to scalar code on AVX2): neg = sign bit set (for x nonzero and not
+ * NaN, x < 0; at +-0 both sides give the same result); |x| clears the sign
+ * bit, and for non-negative floats the bit patterns order as the values,
+ * NaN's above 9's (so NaN -> 9; v stays NaN). */
+#define BITNN_GELU16(res, vin)                                                                      \
+    do {                                                                                            \
+        const bitnn_gelu_v16f v_ = (vin), x_ = v_ * 0.70710678118654752440f;                        \
+        const bitnn_gelu_v16i xi_ = (bitnn_gelu_v16i)x_, nine_ = (bitnn_gelu_v16i){0} + 0x41100000; \
+        const bitnn_gelu_v16i neg_ = xi_ >> 31;                                                     \
+        bitnn_gelu_v16i ai_ = xi_ & 0x7fffffff;                                                     \
+        const bitnn_gelu_v16i big_ = ai_ > nine_;                                                   \
+        ai_ = (ai_ & ~big_) | (nine_ & big_);                                                       \
+        const bitnn_gelu_v16f a_ = (bitnn_gelu_v16f)ai_; /* min(|x|, 9) */                          \
+        const bitnn_gelu_v16f t_ = 1.0f / (1.0f + 0.5f * a_);                                       \
+        bitnn_gelu_v16f p_, q_;                                                                     \
+        BITNN_GELU_HORNER(p_, bitnn_gelu_erfc, BITNN_GELU_ERFC_N, t_);                              \
+        const bitnn_gelu_v16f y_g_ = -(a_ * a_) + p_; /* in [-82.3, 0] */                           \
+        BITNN_EXP16(q_, y_g_);                                                                      \
+        const bitnn_gelu_v16f h_ = 0.5f * (t_ * q_); /* erfc(|x|) / 2 */                            \
+        (res) = v_ * BITNN_GELU_SEL(neg_, h_, 1.0f - h_);                                           \
+    } while (0)
+
 /* out[i] = gelu(v[i]) for 16 values (v and out may alias). */
 BITNN_ERF_INLINE void bitnn_gelu16(const float *vp, float *out)
 {
-    bitnn_gelu_v16f v, p, q;
+    bitnn_gelu_v16f v, res;
     memcpy(&v, vp, sizeof v);
-    const bitnn_gelu_v16f x = v * 0.70710678118654752440f;
-    /* the selects on integer lanes (GCC lowers a float comparison of a
-     * 16-lane vector to scalar code on AVX2): neg = sign bit set (for x
-     * nonzero and not NaN, x < 0; at +-0 both sides give the same result);
-     * |x| clears the sign bit, and for non-negative floats the bit patterns
-     * order as the values, NaN's above 9's (so NaN -> 9; v stays NaN) */
-    const bitnn_gelu_v16i xi = (bitnn_gelu_v16i)x, nine = (bitnn_gelu_v16i){0} + 0x41100000;
-    const bitnn_gelu_v16i neg = xi >> 31;
-    bitnn_gelu_v16i ai = xi & 0x7fffffff;
-    const bitnn_gelu_v16i big = ai > nine;
-    ai = (ai & ~big) | (nine & big);
-    const bitnn_gelu_v16f a = (bitnn_gelu_v16f)ai; /* min(|x|, 9) */
-    const bitnn_gelu_v16f t = 1.0f / (1.0f + 0.5f * a);
-    BITNN_GELU_HORNER(p, bitnn_gelu_erfc, BITNN_GELU_ERFC_N, t);
-    const bitnn_gelu_v16f y = -(a * a) + p; /* in [-82.3, 0] */
-    BITNN_EXP16(q, y);
-    const bitnn_gelu_v16f h = 0.5f * (t * q); /* erfc(|x|) / 2 */
-    const bitnn_gelu_v16f res = v * BITNN_GELU_SEL(neg, h, 1.0f - h);
+    BITNN_GELU16(res, v);
     memcpy(out, &res, sizeof res);
 }
 
