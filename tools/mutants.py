@@ -165,7 +165,8 @@ MUTANTS = [
       [CORE], "softmax divides by a slightly wrong total"),
     # ------------------------------------------------ int8 mode
     m("int8-round-truncates", "csrc/kernels/ops.c",
-      "v = (v * inv + magic) - magic;", "v = v * inv;",
+      "const bitnn_v16f v_ = ((vin) * (inv) + magic_) - magic_;",
+      "const bitnn_v16f v_ = (vin) * (inv);",
       [INT8, "tests/test_quantize_ties.py"],
       "int8 quantization (16-lane path) truncates instead of rounding half to even"),
     m("int8-epilogue-order", "csrc/kernels/kernel_common.h",
@@ -182,11 +183,15 @@ MUTANTS = [
     # ------------------------------------------------ convolution and pooling
     m("maxpool-is-minpool", "csrc/graph/conv.c",
       "const MT gt_ = v_ > m_;", "const MT gt_ = v_ < m_;",
-      [CLS, NUMREF], "the max-pools (float, and int8 into the next convolution) take the "
-      "minimum of 16 channels at a time"),
+      [CLS, NUMREF], "the max-pool takes the minimum of 16 channels at a time"),
     m("maxpool-tail-is-minpool", "csrc/graph/conv.c",
       "m_ = v_ > m_ ? v_ : m_;", "m_ = v_ < m_ ? v_ : m_;",
-      [NUMREF], "the max-pools take the minimum of the channels past the last whole 16"),
+      [NUMREF], "the max-pool takes the minimum of the channels past the last whole 16"),
+    m("relu-q8-no-relu", "csrc/kernels/ops.c",
+      "const bitnn_v16f y = (bitnn_v16f)((bitnn_v16i)v & (v > 0.0f));",
+      "const bitnn_v16f y = v;",
+      [NUMREF], "a fused relu layer quantizes the normalized values without the relu "
+      "(16 at a time)"),
     m("fused-amax-off", "csrc/graph/model.c",
       "*amax = top > 0.0f ? top : 0.0f;", "*amax = top > 0.0f ? top * 1.001f : 0.0f;",
       [NUMREF], "a fused relu layer quantizes the next convolution's input with a scale "

@@ -407,22 +407,21 @@ bitnn_status bitnn_conv2d_q8_map(const bitnn_weights *w, size_t H, size_t W, siz
 /* ------------------------------ relu + Normalize written as int8 (fused) */
 typedef struct {
     const float *z;
-    size_t H, W, C, k, Wp, pad;
+    size_t W, C, Wp, pad;
     double mean, inv;
     float amax;
-    int8_t *q, *xp;
+    int8_t *xp;
 } relu_q8_job;
 
 /* Image rows [r0, r1): relu of the normalized values, quantized, into the
- * padded map (k = 1) or into the unpooled int8 map q. */
+ * padded map. */
 static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
 {
     const relu_q8_job *j = ctx;
     const size_t row = j->W * j->C;
-    for (size_t r = r0; r < r1; r++) {
-        int8_t *dst = j->k == 1 ? j->xp + ((r + j->pad) * j->Wp + j->pad) * j->C : j->q + r * row;
-        bitnn_relu_quantize(j->z + r * row, row, j->mean, j->inv, j->amax, dst);
-    }
+    for (size_t r = r0; r < r1; r++)
+        bitnn_relu_quantize(j->z + r * row, row, j->mean, j->inv, j->amax,
+                            j->xp + ((r + j->pad) * j->Wp + j->pad) * j->C);
 }
 
 /* A window's maximum, per channel: m = in > m ? in : m over the window's
@@ -456,21 +455,6 @@ static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
 
 typedef float bitnn_v16f_pool __attribute__((vector_size(64)));
 typedef int32_t bitnn_v16i_pool __attribute__((vector_size(64)));
-typedef int8_t bitnn_v16b_pool __attribute__((vector_size(16)));
-
-/* Output rows [r0, r1) of the k x k max-pool of q into the padded map. */
-BITNN_MULTIVERSION static void pool_q8_rows(void *ctx, size_t r0, size_t r1)
-{
-    const relu_q8_job *j = ctx;
-    const size_t k = j->k, C = j->C, W = j->W, Wo = W / k;
-    for (size_t r = r0; r < r1; r++)
-        for (size_t x = 0; x < Wo; x++) {
-            int8_t *out = j->xp + ((r + j->pad) * j->Wp + x + j->pad) * C;
-#define PX(dy, dx) (j->q + ((r * k + (dy)) * W + x * k + (dx)) * C)
-            POOL_WINDOW(int8_t, bitnn_v16b_pool, bitnn_v16b_pool, out, C, k, PX);
-#undef PX
-        }
-}
 
 bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C, double mean,
                                     double inv, float amax, size_t k, size_t f, bitnn_conv_ws *ws,
@@ -478,15 +462,16 @@ bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C
 {
     if (!z || !ws || C % 4 || k == 0 || H % k || W % k || f % 2 == 0 || (k > 1 && !scratch))
         return BITNN_EINVAL;
-    relu_q8_job j = {z, H, W, C, k, W / k + f - 1, f / 2, mean, inv, amax, NULL, NULL};
-    if (k > 1) {
-        if (bitnn_buf_reserve(scratch, H * W * C) != BITNN_OK) return BITNN_ENOMEM;
-        j.q = scratch->p;
+    const size_t Ho = H / k, Wo = W / k;
+    if (k > 1) { /* the raw sums max-pooled first: a k x k-th of the values to convert */
+        if (bitnn_buf_reserve(scratch, Ho * Wo * C * sizeof(float)) != BITNN_OK) return BITNN_ENOMEM;
+        bitnn_maxpool2d(z, H, W, C, k, scratch->p, pool);
+        z = scratch->p;
     }
-    j.xp = bitnn_conv_q8_map(ws, H / k, W / k, C, f);
+    relu_q8_job j = {z, Wo, C, Wo + f - 1, f / 2, mean, inv, amax, NULL};
+    j.xp = bitnn_conv_q8_map(ws, Ho, Wo, C, f);
     if (!j.xp) return BITNN_ENOMEM;
-    bitnn_parallel_for(pool, H, 1, relu_q8_rows, &j);
-    if (k > 1) bitnn_parallel_for(pool, H / k, 1, pool_q8_rows, &j);
+    bitnn_parallel_for(pool, Ho, 1, relu_q8_rows, &j);
     return BITNN_OK;
 }
 

@@ -54,12 +54,14 @@ size_t bitnn_conv_q8_bytes(size_t N, size_t f, size_t C);
 int bitnn_conv_direct_q8(bitnn_precision prec, int isa);
 /* The next convolution's padded int8 map (kernel f) in ws from a relu layer
  * normalized over its whole map: the map of relu((float)((z - mean) * inv))
- * (H, W, C), after a k x k max-pool when k > 1 (k dividing H and W, int8
- * scratch of H * W * C bytes in scratch), quantized with amax, which must be
- * the largest of those values. The same bytes as bitnn_normalize_act, then
- * bitnn_maxpool2d, then the quantization of bitnn_conv2d_raw: the relu
- * values and the quantization are monotone, so the max-pool commutes with
- * them. C a multiple of 4. */
+ * (H, W, C), after a k x k max-pool when k > 1 (k dividing H and W; scratch
+ * then holds the pooled raw sums, H * W * C / k^2 floats), quantized with
+ * amax, which must be the largest of those values. The same bytes as
+ * bitnn_normalize_act, then bitnn_maxpool2d, then the quantization of
+ * bitnn_conv2d_raw: the relu values and the quantization are monotone in z,
+ * so the max-pool commutes with them, and it runs first, on the raw sums
+ * (relu never gives -0.0, and the raw sums are never -0.0 either). C a
+ * multiple of 4. */
 bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C, double mean,
                                     double inv, float amax, size_t k, size_t f, bitnn_conv_ws *ws,
                                     bitnn_buf *scratch, bitnn_pool *pool);
