@@ -106,7 +106,15 @@ BITNN_MULTIVERSION void bitnn_build_tables(const float *x, size_t K, float *tab)
 {
     const size_t G = 8 * bitnn_tile_chunks(K);
     size_t g = 0;
-    for (; 4 * g + 4 <= K; g++) group_table(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], tab + 16 * g);
+    for (; 4 * g + 4 <= K; g++) {
+        /* 4 KB ahead, a line per 16 inputs: the convolution's ring makes the
+         * tables of a whole input map pixel by pixel, a stream the hardware
+         * prefetcher left waiting on the loads (BCVNN fp32 on Zen 5: the
+         * builder's samples 0.24 -> 0.20 of the GEMM's); a prefetch past the
+         * end of the data does not fault */
+        if (g % 4 == 0) __builtin_prefetch(x + 4 * g + 1024);
+        group_table(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], tab + 16 * g);
+    }
     for (; g < G; g++) {
         float v[4];
         for (size_t b = 0; b < 4; b++) v[b] = 4 * g + b < K ? x[4 * g + b] : 0.0f;
