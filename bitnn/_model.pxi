@@ -36,8 +36,8 @@ cdef extern from "model.h" nogil:
                                             bitnn_classifier_state **out)
     void bitnn_classifier_state_free(bitnn_classifier_state *s)
     bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *s,
-                                          const float *x, size_t N, float *probs, int isa,
-                                          bitnn_pool *pool)
+                                          const float *x, size_t N, int nchw, float *probs,
+                                          int isa, bitnn_pool *pool)
 
 
 _ACT_NAMES = {BITNN_ACT_LINEAR: "linear", BITNN_ACT_RELU: "relu", BITNN_ACT_GELU: "gelu",
@@ -133,13 +133,19 @@ cdef class Classifier:
             bitnn_classifier_free(self.model)
             self.model = NULL
 
-    def forward(self, x, threads=None, kernel=None):
-        """Class probabilities (N, classes) for preprocessed float32 NHWC images (N, H, W, C)."""
+    def forward(self, x, threads=None, kernel=None, layout="NHWC"):
+        """Class probabilities (N, classes) for preprocessed float32 images: NHWC
+        (N, H, W, C), or with ``layout="NCHW"`` (N, C, H, W) (turned into NHWC in C)."""
         if (<BnbFile>self.file).ptr == NULL:
             raise ValueError("the model is closed")
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+        cdef int nchw = layout == "NCHW"
         arr = np.ascontiguousarray(x, dtype=np.float32)
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.input_shape))}), "
+        H, W, C = self.input_shape
+        want = (C, H, W) if nchw else (H, W, C)
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != want:
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, want))}), "
                              f"got {arr.shape}")
         if arr.shape[0] == 0:
             raise ValueError("empty batch: pass at least one image")
@@ -162,8 +168,8 @@ cdef class Classifier:
                     _check(bitnn_classifier_state_new(self.model, &self.state))
                 st = self.state
             with nogil:
-                s = bitnn_classifier_forward(self.model, st, &xv[0, 0, 0, 0], N, &ov[0, 0], isa,
-                                             pool.pool)
+                s = bitnn_classifier_forward(self.model, st, &xv[0, 0, 0, 0], N, nchw, &ov[0, 0],
+                                             isa, pool.pool)
         finally:
             if mine:
                 self.state_lock.release()

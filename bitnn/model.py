@@ -348,15 +348,18 @@ class ClassifierModel(Model):
                     "like raw pixels; leave preprocessed=False", UserWarning, stacklevel=3)
 
     def _to_float(self, a, layout, preprocessed):
-        """float32 NHWC of a chunk, preprocessed unless it already is."""
+        """float32 of a chunk, preprocessed unless it already is, and its layout:
+        preprocessed NCHW stays NCHW (the C graph turns it into NHWC faster than
+        numpy's transposing copy), the rest is made NHWC."""
+        if preprocessed:
+            return np.ascontiguousarray(a, dtype=np.float32), layout
         if layout == "NCHW":
             a = a.transpose(0, 2, 3, 1)
-        if preprocessed:
-            return np.ascontiguousarray(a, dtype=np.float32)
         p = self.preprocess
         mean = np.asarray(p["mean"], dtype=np.float32)
         std = np.asarray(p["std"], dtype=np.float32)
-        return np.ascontiguousarray((a.astype(np.float32) * np.float32(p["scale"]) - mean) / std)
+        x = (a.astype(np.float32) * np.float32(p["scale"]) - mean) / std
+        return np.ascontiguousarray(x), "NHWC"
 
     def predict(self, x, layout: str | None = None, *, preprocessed: bool = False,
                 calibrated: bool = False) -> np.ndarray:
@@ -389,9 +392,9 @@ class ClassifierModel(Model):
         out = np.empty((N, self._graph.classes), dtype=np.float32)
         with self._in_use():
             for i in range(0, N, chunk):  # Python runs signal handlers (Ctrl-C) between chunks
-                part = self._to_float(a[i:i + chunk], layout, preprocessed)
+                part, part_layout = self._to_float(a[i:i + chunk], layout, preprocessed)
                 out[i:i + chunk] = self._graph.forward(part, threads=self.threads,
-                                                       kernel=self.kernel)
+                                                       kernel=self.kernel, layout=part_layout)
         return apply_temperature(out, self.temperature) if calibrated else out
 
     def classify(self, x, top_k: int = CLASSIFY_TOP_K, layout: str | None = None, *,

@@ -66,6 +66,27 @@ def test_kernels_and_threads_bit_identical(tmp_path):
         np.testing.assert_array_equal(o, outs[0])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_nchw_input_is_transposed_in_c(tmp_path, precision):
+    """Preprocessed NCHW float batches go to the C graph as they are (it makes
+    them NHWC image by image): the same bits as the NHWC batch, odd sizes and
+    channel counts included, and the graph checks the NCHW shape."""
+    m = random_cnn(11, in_channels=5, num_classes=3, channels=(4,), kernel_size=3,
+                   fc_units=(), norm="chw")
+    path = tmp_path / "c5.bnb"
+    bitnn.export(m, path, input_shape=(5, 67, 13))
+    x = np.random.default_rng(2).standard_normal((3, 5, 67, 13)).astype(np.float32)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    with bitnn.load(path, precision=precision) as model:
+        a = model.predict(x, layout="NCHW", preprocessed=True)
+        np.testing.assert_array_equal(a, model.predict(nhwc, layout="NHWC", preprocessed=True))
+        np.testing.assert_array_equal(a, model._graph.forward(x, layout="NCHW"))
+        with pytest.raises(ValueError, match="shape"):
+            model._graph.forward(nhwc, layout="NCHW")
+        with pytest.raises(ValueError, match="layout"):
+            model._graph.forward(x, layout="CHWN")
+
+
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     m = random_cnn(3, in_channels=1, num_classes=4, channels=(4, 6), kernel_size=3,

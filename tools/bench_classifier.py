@@ -13,7 +13,7 @@ results):
   temporary .bnb, opened with ``bitnn.load(path, threads=t, precision=p)``,
   timed as ``model.predict(x, layout="NCHW", preprocessed=True)`` on float32
   NCHW input: the input checks of ``predict`` (dtype, shape, NaN, value range),
-  the NCHW -> NHWC copy, the network and the softmax; int8 also quantizes the
+  the NCHW -> NHWC copy (in the C graph), the network and the softmax; int8 also quantizes the
   activations entering each binary layer (inside the C graph).
 - torch fp32: a plain ``nn.Sequential`` twin whose Conv2d/Linear weights and
   biases are the 0/1 floats of the binary model, with parameter-free
@@ -93,7 +93,7 @@ EXACT = ("bitnn_fp32", "torch_fp32", "ort_fp32")  # agree with BinaryCNN.forward
 TIMED_CALL = {
     "bitnn_fp32": "model.predict(x, layout='NCHW', preprocessed=True): input checks (dtype, "
                   "shape, NaN, value range), "
-                  "NCHW -> NHWC copy, the C graph, softmax",
+                  "the C graph (NCHW -> NHWC copy included), softmax",
     "bitnn_int8": "the same with precision='int8' (activations quantized inside the C graph)",
     "torch_fp32": "twin(torch.from_numpy(x)) under inference_mode (no input copy, no checks), "
                   ".numpy() of the result",

@@ -192,6 +192,9 @@ MUTANTS = [
       "const bitnn_v16f y = v;",
       [NUMREF], "a fused relu layer quantizes the normalized values without the relu "
       "(16 at a time)"),
+    m("nchw-channels-reversed", "csrc/graph/model.c",
+      "const float *xc = x + c * HW;", "const float *xc = x + (C - 1 - c) * HW;",
+      [CLS], "the C graph's NCHW -> NHWC copy reverses the channels"),
     m("fused-amax-off", "csrc/graph/model.c",
       "*amax = top > 0.0f ? top : 0.0f;", "*amax = top > 0.0f ? top * 1.001f : 0.0f;",
       [NUMREF], "a fused relu layer quantizes the next convolution's input with a scale "

@@ -536,8 +536,21 @@ static bitnn_status relu_pool(const bitnn_classifier *m, size_t i, const float *
                                  BITNN_ACT_RELU, pool);
 }
 
+/* One image (C, HW) into (HW, C): 64 pixels at a time, so that the rows
+ * written stay in L1 while each channel is read in order. */
+static void nchw_to_nhwc(const float *x, size_t C, size_t HW, float *a)
+{
+    for (size_t p0 = 0; p0 < HW; p0 += 64) {
+        const size_t p1 = p0 + 64 < HW ? p0 + 64 : HW;
+        for (size_t c = 0; c < C; c++) {
+            const float *xc = x + c * HW;
+            for (size_t p = p0; p < p1; p++) a[p * C + c] = xc[p];
+        }
+    }
+}
+
 bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *st,
-                                      const float *x, size_t N, float *probs, int isa,
+                                      const float *x, size_t N, int nchw, float *probs, int isa,
                                       bitnn_pool *pool)
 {
     if (!m || (!x && N) || (!probs && N)) return BITNN_EINVAL;
@@ -562,7 +575,8 @@ bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifie
 
     const int direct = bitnn_conv_direct_q8(m->precision, isa);
     for (size_t n = 0; n < N && s == BITNN_OK; n++) {
-        memcpy(a, x + n * image, image * sizeof(float));
+        if (nchw) nchw_to_nhwc(x + n * image, m->C, m->H * m->W, a);
+        else memcpy(a, x + n * image, image * sizeof(float));
         float amax = -1.0f; /* >= 0: this convolution's input is already in st->conv's map */
         for (size_t i = 0; i < m->first_linear && s == BITNN_OK; i++) {
             const bitnn_layer *L = &m->layers[i];

@@ -96,9 +96,11 @@ typedef struct {
 bitnn_status bitnn_classifier_state_new(const bitnn_classifier *m, bitnn_classifier_state **out);
 void bitnn_classifier_state_free(bitnn_classifier_state *s);
 
-/* s: a state of m, or NULL for buffers made for this call. */
+/* s: a state of m, or NULL for buffers made for this call. nchw: x is
+ * (N, C, H, W) instead, turned into NHWC image by image here (a strided copy
+ * that numpy makes several times slower). */
 bitnn_status bitnn_classifier_forward(const bitnn_classifier *m, bitnn_classifier_state *s,
-                                      const float *x, size_t N,
+                                      const float *x, size_t N, int nchw,
                                       float *probs, int isa, bitnn_pool *pool);
 
 #endif
