@@ -343,8 +343,8 @@ MUTANTS = [
       'top_k = _check_int("top_k", top_k, 1)', 'top_k = _check_int("top_k", top_k, 0)',
       [RULES, CLS], "classify(top_k=0) is accepted"),
     m("preprocess-times-std", "bitnn/model.py",
-      "(a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) / std)",
-      "(a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) * std)",
+      "(a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) / std\n",
+      "(a.astype(np.float32) * np.float32(p[\"scale\"]) - mean) * std\n",
       [CLS], "uint8 preprocessing multiplies by std instead of dividing"),
     # ------------------------------------------------ tokenizer
     m("bpe-heap-tie-break", "csrc/text/tokenizer.c",
