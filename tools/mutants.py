@@ -182,10 +182,10 @@ MUTANTS = [
       [CORE, DISPATCH], "the last thread's share stops one item short when it is clamped"),
     # ------------------------------------------------ convolution and pooling
     m("maxpool-is-minpool", "csrc/graph/conv.c",
-      "const MT gt_ = v_ > m_;", "const MT gt_ = v_ < m_;",
+      "const bitnn_v16i_pool gt = v > m;", "const bitnn_v16i_pool gt = v < m;",
       [CLS, NUMREF], "the max-pool takes the minimum of 16 channels at a time"),
     m("maxpool-tail-is-minpool", "csrc/graph/conv.c",
-      "m_ = v_ > m_ ? v_ : m_;", "m_ = v_ < m_ ? v_ : m_;",
+      "m = v > m ? v : m;", "m = v < m ? v : m;",
       [NUMREF], "the max-pool takes the minimum of the channels past the last whole 16"),
     m("relu-q8-no-relu", "csrc/kernels/ops.c",
       "const bitnn_v16f y = (bitnn_v16f)((bitnn_v16i)v & (v > 0.0f));",

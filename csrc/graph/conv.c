@@ -424,38 +424,6 @@ static void relu_q8_rows(void *ctx, size_t r0, size_t r1)
                             j->xp + ((r + j->pad) * j->Wp + j->pad) * j->C);
 }
 
-/* A window's maximum, per channel: m = in > m ? in : m over the window's
- * pixels in row order from the first (a tie keeps the earlier value, which
- * only tells +0.0 from -0.0). PX(dy, dx) is the pixel's first channel. 16
- * channels at a time in a register where C allows, else one by one. */
-#define POOL_WINDOW(T, VT, MT, out, C, k, PX)                                      \
-    do {                                                                           \
-        size_t c_ = 0;                                                             \
-        for (; c_ + 16 <= (C); c_ += 16) {                                         \
-            VT m_, v_;                                                             \
-            memcpy(&m_, PX(0, 0) + c_, sizeof m_);                                 \
-            for (size_t dy_ = 0; dy_ < (k); dy_++)                                 \
-                for (size_t dx_ = 0; dx_ < (k); dx_++) {                           \
-                    memcpy(&v_, PX(dy_, dx_) + c_, sizeof v_);                     \
-                    const MT gt_ = v_ > m_;                                        \
-                    m_ = (VT)(((MT)v_ & gt_) | ((MT)m_ & ~gt_));                   \
-                }                                                                  \
-            memcpy((out) + c_, &m_, sizeof m_);                                    \
-        }                                                                          \
-        for (; c_ < (C); c_++) {                                                   \
-            T m_ = PX(0, 0)[c_];                                                   \
-            for (size_t dy_ = 0; dy_ < (k); dy_++)                                 \
-                for (size_t dx_ = 0; dx_ < (k); dx_++) {                           \
-                    const T v_ = PX(dy_, dx_)[c_];                                 \
-                    m_ = v_ > m_ ? v_ : m_;                                        \
-                }                                                                  \
-            (out)[c_] = m_;                                                        \
-        }                                                                          \
-    } while (0)
-
-typedef float bitnn_v16f_pool __attribute__((vector_size(64)));
-typedef int32_t bitnn_v16i_pool __attribute__((vector_size(64)));
-
 bitnn_status bitnn_conv_relu_q8_map(const float *z, size_t H, size_t W, size_t C, double mean,
                                     double inv, float amax, size_t k, size_t f, bitnn_conv_ws *ws,
                                     bitnn_buf *scratch, bitnn_pool *pool)
@@ -595,7 +563,13 @@ typedef struct {
     float *y;
 } pool_job;
 
-/* Output rows [i0, i1) of the max-pool. */
+typedef float bitnn_v16f_pool __attribute__((vector_size(64)));
+typedef int32_t bitnn_v16i_pool __attribute__((vector_size(64)));
+
+/* Output rows [i0, i1) of the max-pool. A window's maximum, per channel: m =
+ * in > m ? in : m over the window's pixels in row order from the first (a tie
+ * keeps the earlier value, which only tells +0.0 from -0.0); 16 channels at a
+ * time in a register where C allows, else one by one. */
 BITNN_MULTIVERSION static void maxpool_rows(void *ctx, size_t i0, size_t i1)
 {
     const pool_job *j = ctx;
@@ -603,9 +577,29 @@ BITNN_MULTIVERSION static void maxpool_rows(void *ctx, size_t i0, size_t i1)
     for (size_t i = i0; i < i1; i++)
         for (size_t jj = 0; jj < Wo; jj++) {
             float *out = j->y + (i * Wo + jj) * C;
-#define PX(dy, dx) (j->x + ((i * k + (dy)) * W + jj * k + (dx)) * C)
-            POOL_WINDOW(float, bitnn_v16f_pool, bitnn_v16i_pool, out, C, k, PX);
-#undef PX
+            const float *px = j->x + (i * k * W + jj * k) * C; /* the window's first pixel */
+            size_t c = 0;
+            for (; c + 16 <= C; c += 16) {
+                bitnn_v16f_pool m, v;
+                memcpy(&m, px + c, sizeof m);
+                for (size_t dy = 0; dy < k; dy++)
+                    for (size_t dx = 0; dx < k; dx++) {
+                        memcpy(&v, px + (dy * W + dx) * C + c, sizeof v);
+                        const bitnn_v16i_pool gt = v > m;
+                        m = (bitnn_v16f_pool)(((bitnn_v16i_pool)v & gt) |
+                                              ((bitnn_v16i_pool)m & ~gt));
+                    }
+                memcpy(out + c, &m, sizeof m);
+            }
+            for (; c < C; c++) {
+                float m = px[c];
+                for (size_t dy = 0; dy < k; dy++)
+                    for (size_t dx = 0; dx < k; dx++) {
+                        const float v = px[(dy * W + dx) * C + c];
+                        m = v > m ? v : m;
+                    }
+                out[c] = m;
+            }
         }
 }
 
